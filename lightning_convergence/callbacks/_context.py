@@ -1,0 +1,69 @@
+"""What the suite's callbacks in one Trainer share: the run's log and one gradient pass per step.
+
+The context lives beside the Trainer (a weak map, so nothing leaks when the Trainer goes) from
+``setup("fit")`` until ``teardown("fit")``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from lightning.pytorch import Trainer
+from torch import Tensor
+
+from lightning_convergence.report.run_log import ConvergenceLog
+from lightning_convergence.stats import sum_of_squares, tensor_stats
+
+
+@dataclass
+class _GradientPass:
+    key: tuple
+    sumsq: Tensor | None = None  # [N]
+    full: Tensor | None = None  # [N, 3]
+
+
+@dataclass
+class RunContext:
+    """Shared state of one fit: the convergence log and the cached gradient statistics."""
+
+    log: ConvergenceLog
+    layout_written: bool = False
+    report_written_by: set[str] = field(default_factory=set)
+    _gradient_pass: _GradientPass | None = None
+
+    def gradient_statistics(
+        self, trainer: Trainer, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+        backend: str, full: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Per-parameter sums of squares (and, with ``full``, ``[sumsq, max, non-finite]``).
+
+        Computed once per optimizer step however many callbacks ask, and always from the
+        gradients as they were when the first callback asked (before any clipping or skip).
+        """
+        key = (id(optimizer), trainer.global_step, tuple(id(p) for p in params), backend)
+        cached = self._gradient_pass
+        if cached is None or cached.key != key:
+            cached = self._gradient_pass = _GradientPass(key)
+        if full and cached.full is None:
+            cached.full = tensor_stats([p.grad for p in params], backend=backend)
+            cached.sumsq = cached.full[:, 0]
+        elif cached.sumsq is None:
+            cached.sumsq = sum_of_squares([p.grad for p in params], backend=backend)
+        return cached.sumsq, cached.full
+
+
+_CONTEXTS: "weakref.WeakKeyDictionary[Trainer, RunContext]" = weakref.WeakKeyDictionary()
+
+
+def run_context(trainer: Trainer, window_steps: int = 500) -> RunContext:
+    """The context of ``trainer``'s current fit, created on first use."""
+    context = _CONTEXTS.get(trainer)
+    if context is None:
+        context = _CONTEXTS[trainer] = RunContext(ConvergenceLog(window_steps=window_steps))
+    return context
+
+
+def drop_run_context(trainer: Trainer) -> None:
+    _CONTEXTS.pop(trainer, None)

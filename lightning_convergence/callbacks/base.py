@@ -1,0 +1,155 @@
+"""The base of the suite's callbacks: the shared log, the report at the end, clean teardown."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers.logger import DummyLogger
+from typing_extensions import override
+
+from lightning_convergence.callbacks._context import RunContext, drop_run_context, run_context
+from lightning_convergence.report.console import print_diagnosis
+from lightning_convergence.report.records import Diagnosis, Finding, Intervention
+from lightning_convergence.report.tensorboard import write_diagnosis_text, write_layout
+
+
+def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``value`` is an int >= 1."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1, got {value!r}.")
+
+
+def check_positive_float(name: str, value: Any, minimum: float = 0.0) -> None:
+    """Raise unless ``value`` is a finite real number greater than ``minimum``."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    if not math.isfinite(value) or value <= minimum:
+        raise ValueError(f"`{name}` must be a finite number > {minimum}, got {value!r}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+
+
+class ConvergenceCallback(Callback):
+    """Shared behaviour: record findings and interventions, write the report, remove hooks.
+
+    Subclasses call :meth:`record` and :meth:`record_intervention`, override :meth:`_flush` to
+    evaluate what they hold when fit ends, and :meth:`_remove_hooks` to drop what they registered.
+    """
+
+    def __init__(self, auto_remediate: bool = False, report_window_steps: int = 500) -> None:
+        check_bool("auto_remediate", auto_remediate)
+        check_positive_int("report_window_steps", report_window_steps)
+        self.auto_remediate = auto_remediate
+        self.report_window_steps = report_window_steps
+        self._pending_records: dict | None = None
+        self._trainer_ref: weakref.ref | None = None
+
+    @property
+    def source(self) -> str:
+        return type(self).__name__
+
+    def context(self, trainer: Trainer) -> RunContext:
+        return run_context(trainer, self.report_window_steps)
+
+    def is_acting(self, trainer: Trainer) -> bool:
+        """Remedies act only when asked, and never in the sanity check or ``fast_dev_run``."""
+        if not self.auto_remediate or trainer.sanity_checking or trainer.fast_dev_run:
+            return False
+        return not isinstance(trainer.logger, DummyLogger)
+
+    def record(self, trainer: Trainer, finding: Finding, step: int | None = None) -> Diagnosis | None:
+        """Add a finding to the run's log; show it if it was not rate-limited."""
+        at = trainer.global_step if step is None else step
+        diagnosis = Diagnosis.from_finding(finding, at, trainer.current_epoch, self.source)
+        if not self.context(trainer).log.add_diagnosis(diagnosis):
+            return None
+        print_diagnosis(diagnosis)
+        write_diagnosis_text(trainer, diagnosis)
+        return diagnosis
+
+    def record_intervention(self, trainer: Trainer, action: str, step: int, detail: dict) -> None:
+        self.context(trainer).log.add_intervention(Intervention(action, step, self.source, detail))
+
+    def write_report(self, trainer: Trainer) -> str | None:
+        """Write ``convergence_report.json`` into ``trainer.log_dir`` (global rank 0 only)."""
+        if not trainer.is_global_zero or trainer.fast_dev_run:
+            return None
+        directory = trainer.log_dir or trainer.default_root_dir
+        return self.context(trainer).log.write_json(os.fspath(directory), steps=trainer.global_step)
+
+    def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Evaluate whatever is held for the current window (called when fit ends)."""
+
+    def _remove_hooks(self) -> None:
+        """Remove every hook this callback registered."""
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.context(trainer)
+            self._trainer_ref = weakref.ref(trainer)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        context = self.context(trainer)
+        if self._pending_records is not None:
+            context.log.restore(self._pending_records)
+            self._pending_records = None
+        if not context.layout_written:
+            write_layout(trainer)
+            context.layout_written = True
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._flush(trainer, pl_module)
+        self._remove_hooks()
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write_report(trainer)
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Whatever happens here must not replace the user's exception with ours.
+        try:
+            self._remove_hooks()
+            self._flush(trainer, pl_module)
+        finally:
+            self.write_report(trainer)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_hooks()
+        if stage == "fit":
+            self._records_at_teardown = self._records_state(trainer)
+            drop_run_context(trainer)
+            self._trainer_ref = None  # a weakref would stop the callback from pickling
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"schema": 1, "records": self._records_state()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_records = state_dict.get("records")
+
+    def _records_state(self, trainer: Trainer | None = None) -> dict:
+        """This callback's records for its checkpointed state."""
+        if trainer is None and self._trainer_ref is not None:
+            trainer = self._trainer_ref()
+        if trainer is None:
+            return getattr(self, "_records_at_teardown", {"diagnoses": [], "interventions": []})
+        return self.context(trainer).log.records_from(self.source)

@@ -1,0 +1,341 @@
+"""GradientNormMonitor: gradient health every optimizer step, without a host sync.
+
+Runs in ``on_before_optimizer_step``, where gradients are unscaled (AMP), accumulated, synced
+across DDP ranks and not yet clipped by Lightning's ``gradient_clip_val``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_convergence.callbacks._layers import ForwardOrderRecorder, GroupBy, layer_of, ordered_layers
+from lightning_convergence.callbacks.base import (
+    ConvergenceCallback,
+    check_positive_float,
+    check_positive_int,
+)
+from lightning_convergence.remedies import drop_gradients
+from lightning_convergence.report.records import Finding
+from lightning_convergence.report.tensorboard import log_scalars, write_histograms
+from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
+from lightning_convergence.rules.advice import advise
+from lightning_convergence.stats import NONFINITE, sum_of_squares, tensor_stats, validate_backend
+
+
+@dataclass
+class _Track:
+    """Everything the monitor keeps for one optimizer."""
+
+    params: list[torch.nn.Parameter]
+    layers: list[str]
+    group_index: Tensor  # [num_params] long, on the gradients' device
+    window: GradientWindow
+    spike: SpikeDetector
+    rule: GradientHealthRule
+    consecutive_skips: int = 0
+    snapshot: list[Tensor] | None = None
+    snapshot_step: int = -1
+
+
+class GradientNormMonitor(ConvergenceCallback):
+    """Watches gradient norms per layer, explains exploding, vanishing and non-finite gradients.
+
+    Every optimizer step it computes, on the device, the total and per-layer gradient norms, a
+    spike test of the total norm against its own recent median, and non-finite counts. Every
+    ``log_every_n_steps`` it reads all of it on the host in one transfer, logs it, and evaluates
+    the rules. With ``auto_remediate=True`` a step with non-finite gradients under fp32/bf16 is
+    skipped (every ``p.grad = None``) and after ``max_consecutive_skips`` such steps in a row the
+    run stops on every rank. Under fp16 with a GradScaler the scaler's own skip is left alone.
+
+    Args:
+        group_by: ``"module"`` (one norm per module that owns parameters, e.g.
+            ``encoder.layers.0.attn``) or ``"parameter"`` (one per parameter tensor).
+        log_every_n_steps: logging cadence in optimizer steps; ``None`` uses the Trainer's.
+        histogram_every_n_steps: cadence of per-layer gradient histograms (TensorBoard only);
+            ``None`` turns them off.
+        track_updates: log weight norms and the update-to-weight ratio on logging steps (costs
+            one copy of the weights per logging step).
+        spike_factor: a total norm above this multiple of its recent median is a spike.
+        spike_history: how many recent finite total norms the median is taken over.
+        min_history: no spike is flagged before this many finite norms were seen.
+        thresholds: the thresholds of the layer rules (vanishing, layer growth, AMP).
+        auto_remediate: skip steps with non-finite gradients, stop when they persist.
+        max_consecutive_skips: consecutive skipped steps after which the run stops.
+        backend: statistics backend, ``"auto" | "reference" | "foreach" | "triton"``.
+        report_window_steps: a diagnosis kind is reported at most once per this many steps.
+
+    Raises:
+        ValueError: an argument is out of range or an unknown name.
+        TypeError: an argument has the wrong type (for example a bool where an int is needed).
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[GradientNormMonitor(log_every_n_steps=10)], logger=False)
+    """
+
+    def __init__(
+        self,
+        group_by: GroupBy = "module",
+        log_every_n_steps: int | None = None,
+        histogram_every_n_steps: int | None = 500,
+        track_updates: bool = True,
+        spike_factor: float = 10.0,
+        spike_history: int = 64,
+        min_history: int = 16,
+        thresholds: GradientThresholds | None = None,
+        auto_remediate: bool = False,
+        max_consecutive_skips: int = 5,
+        backend: str = "auto",
+        report_window_steps: int = 500,
+    ) -> None:
+        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
+        if group_by not in ("module", "parameter"):
+            raise ValueError(f"`group_by` must be 'module' or 'parameter', got {group_by!r}.")
+        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
+        check_positive_int("histogram_every_n_steps", histogram_every_n_steps, allow_none=True)
+        if not isinstance(track_updates, bool):
+            raise TypeError(f"`track_updates` must be a bool, got {track_updates!r}.")
+        check_positive_float("spike_factor", spike_factor, minimum=1.0)
+        check_positive_int("spike_history", spike_history)
+        check_positive_int("min_history", min_history)
+        if min_history > spike_history:
+            raise ValueError(f"`min_history` must be <= `spike_history` ({spike_history}), got {min_history!r}.")
+        if thresholds is not None and not isinstance(thresholds, GradientThresholds):
+            raise TypeError(f"`thresholds` must be a GradientThresholds, got {thresholds!r}.")
+        check_positive_int("max_consecutive_skips", max_consecutive_skips)
+        self.group_by = group_by
+        self.log_every_n_steps = log_every_n_steps
+        self.histogram_every_n_steps = histogram_every_n_steps
+        self.track_updates = track_updates
+        self.spike_factor = float(spike_factor)
+        self.spike_history = spike_history
+        self.min_history = min_history
+        self.thresholds = thresholds or GradientThresholds()
+        self.max_consecutive_skips = max_consecutive_skips
+        self.backend = validate_backend(backend)
+        self._tracks: dict[int, _Track] = {}
+        self._pending_tracks: dict[int, dict] = {}
+        self._order = ForwardOrderRecorder()
+        self._stepped_this_batch = False
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(group_by=self.group_by, spike_factor=self.spike_factor)
+
+    # ----------------------------------------------------------------- setting up
+
+    def _cadence(self, trainer: Trainer) -> int:
+        return self.log_every_n_steps or max(trainer.log_every_n_steps, 1)
+
+    def _track(self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer) -> _Track:
+        index = next((i for i, opt in enumerate(trainer.optimizers) if opt is optimizer), 0)
+        track = self._tracks.get(index)
+        if track is not None:
+            return track
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        params = [p for group in optimizer.param_groups for p in group["params"] if id(p) in names]
+        param_names = [names[id(p)] for p in params]
+        layers = ordered_layers(param_names, self.group_by, self._order.order)
+        position = {layer: i for i, layer in enumerate(layers)}
+        device = params[0].device if params else torch.device("cpu")
+        group_index = torch.tensor([position[layer_of(n, self.group_by)] for n in param_names], device=device)
+        track = _Track(
+            params=params,
+            layers=layers,
+            group_index=group_index,
+            window=GradientWindow(len(layers), trace_capacity=self._cadence(trainer)),
+            spike=SpikeDetector(self.spike_history, self.spike_factor, self.min_history),
+            rule=GradientHealthRule(layers, self.thresholds),
+        )
+        pending = self._pending_tracks.pop(index, None)
+        if pending is not None:
+            track.spike.load_state_dict(pending["spike"])
+            track.rule.load_state_dict(pending["rule"])
+            track.consecutive_skips = int(pending["consecutive_skips"])
+        self._tracks[index] = track
+        return track
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._tracks = {}
+        if not self._order.order:
+            self._order.attach(pl_module)  # detached after the first optimizer step
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._stepped_this_batch = False
+
+    # ----------------------------------------------------------------- every step
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        self._order.detach()
+        track = self._track(trainer, pl_module, optimizer)
+        if not track.params:
+            return
+        step = trainer.global_step
+        logging = (step + 1) % self._cadence(trainer) == 0
+        sumsq, full = self.context(trainer).gradient_statistics(
+            trainer, optimizer, track.params, self.backend, full=logging
+        )
+        layer_sumsq = torch.zeros(len(track.layers), dtype=sumsq.dtype, device=sumsq.device)
+        layer_sumsq.index_add_(0, track.group_index.to(sumsq.device), sumsq)  # [layers]
+        total_norm = sumsq.sum().sqrt()
+        spike, median = track.spike.update(total_norm)
+        track.window.update(step, total_norm, spike, median, layer_sumsq.sqrt(), ~torch.isfinite(layer_sumsq))
+        self._stepped_this_batch = True
+        if self.is_acting(trainer) and _scaler(trainer) is None:
+            self._skip_if_nonfinite(trainer, track, total_norm, step)
+        if logging:
+            self._log_window(trainer, pl_module, track, step, full, layer_sumsq)
+
+    def _skip_if_nonfinite(self, trainer: Trainer, track: _Track, total_norm: Tensor, step: int) -> None:
+        # The one host read per step that acting needs (as GradScaler's own found_inf check).
+        # Gradients are identical on every DDP rank here, so every rank decides the same.
+        if math.isfinite(total_norm.item()):
+            track.consecutive_skips = 0
+            return
+        counts = tensor_stats([p.grad for p in track.params], backend=self.backend)[:, NONFINITE]
+        nonfinite_values = int(counts.sum().item())
+        if nonfinite_values == 0:
+            return  # finite values whose squares overflow: an explosion for the rules, not a skip
+        drop_gradients(track.params)
+        track.consecutive_skips += 1
+        self.record_intervention(trainer, "skip_step", step, {
+            "reason": "nonfinite_gradients",
+            "nonfinite_values": nonfinite_values,
+            "consecutive": track.consecutive_skips,
+        })
+        if track.consecutive_skips >= self.max_consecutive_skips:
+            self._stop(trainer, track, step)
+
+    def _stop(self, trainer: Trainer, track: _Track, step: int) -> None:
+        trainer.should_stop = True
+        self.record_intervention(trainer, "stop", step, {"reason": "nonfinite_gradients",
+                                                         "consecutive_skips": track.consecutive_skips})
+        seen = (f"Gradients were NaN/Inf on {track.consecutive_skips} optimizer steps in a row up to "
+                f"step {step}; each was skipped, and training was stopped because it is not recovering.")
+        self.record(trainer, Finding("nonfinite_gradients", "critical", advise("nonfinite_gradients", seen),
+                                     evidence={"consecutive_skips": track.consecutive_skips}), step=step)
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        track = self._tracks.get(0)
+        step = trainer.global_step - 1 if self._stepped_this_batch else trainer.global_step
+        if track is not None and isinstance(loss, Tensor):
+            track.window.update_loss(step, loss)
+        for track in self._tracks.values():
+            if track.snapshot is not None and trainer.global_step > track.snapshot_step:
+                self._log_updates(trainer, track)
+
+    # ----------------------------------------------------------------- logging steps
+
+    def _log_window(self, trainer: Trainer, pl_module: LightningModule, track: _Track, step: int,
+                    full: Tensor | None, layer_sumsq: Tensor) -> None:
+        extra = torch.cat([layer_sumsq, full[:, 1].amax(0, keepdim=True) if full is not None and len(full)
+                           else layer_sumsq.new_zeros(1), full[:, NONFINITE].sum(0, keepdim=True)
+                           if full is not None else layer_sumsq.new_zeros(1)])
+        summary, values = track.window.read(extra=extra)
+        track.window.reset()
+        layer_norms = [math.sqrt(v) if v >= 0 else math.nan for v in values[: len(track.layers)]]
+        max_abs, nonfinite_values = values[-2], values[-1]
+        metrics = {f"convergence/grad_norm/{name}": norm for name, norm in zip(track.layers, layer_norms)}
+        metrics["convergence/grad_max_abs/total"] = max_abs
+        metrics["convergence/grad_nonfinite_steps"] = summary.nonfinite_grad_steps
+        metrics["convergence/grad_spike_steps"] = summary.spike_steps
+        if nonfinite_values:
+            metrics["convergence/grad_nonfinite_values"] = nonfinite_values
+        for trace_step, norm in summary.total_norm_trace[:-1]:
+            log_scalars(trainer, {"convergence/grad_norm/total": norm}, trace_step)
+        if summary.total_norm_trace:
+            metrics["convergence/grad_norm/total"] = summary.total_norm_trace[-1][1]
+        log_scalars(trainer, metrics, step)
+        self._evaluate(trainer, track, summary)
+        if self.histogram_every_n_steps and (step + 1) % self.histogram_every_n_steps == 0:
+            self._write_histograms(trainer, track, step)
+        if self.track_updates:
+            track.snapshot = [p.detach().clone() for p in track.params]
+            track.snapshot_step = step
+
+    def _evaluate(self, trainer: Trainer, track: _Track, summary) -> None:
+        scaler = _scaler(trainer)
+        first_bad = next((n for n, c in zip(track.layers, summary.layer_nonfinite_steps) if c > 0), None)
+        findings = track.rule.evaluate(
+            summary,
+            amp_scaler=scaler is not None,
+            amp_scale=float(scaler.get_scale()) if scaler is not None else None,
+            first_nonfinite_layer=first_bad,
+        )
+        for finding in findings:
+            self.record(trainer, finding)
+
+    def _write_histograms(self, trainer: Trainer, track: _Track, step: int) -> None:
+        by_layer: dict[str, list[Tensor]] = {}
+        for layer_index, param in zip(track.group_index.tolist(), track.params):
+            if param.grad is not None and param.grad.layout == torch.strided:
+                by_layer.setdefault(track.layers[layer_index], []).append(param.grad.reshape(-1))
+        tensors = {f"convergence/grad_hist/{k}": torch.cat(v) for k, v in by_layer.items()}
+        write_histograms(trainer, tensors, step)
+
+    def _log_updates(self, trainer: Trainer, track: _Track) -> None:
+        before, track.snapshot = track.snapshot, None
+        weights = [p.detach() for p in track.params]
+        deltas = torch._foreach_sub(weights, before)
+        index = track.group_index.to(weights[0].device)
+        rows = torch.stack([sum_of_squares(before, self.backend), sum_of_squares(deltas, self.backend)])
+        per_layer = torch.zeros(2, len(track.layers), dtype=rows.dtype, device=rows.device)
+        per_layer.index_add_(1, index, rows)
+        weight_sq, update_sq = per_layer.tolist()
+        metrics: dict[str, float] = {}
+        for name, w, u in zip(track.layers, weight_sq, update_sq):
+            metrics[f"convergence/weight_norm/{name}"] = math.sqrt(w)
+            if w > 0:
+                metrics[f"convergence/update_ratio/{name}"] = math.sqrt(u / w)
+        log_scalars(trainer, metrics, track.snapshot_step)
+
+    # ----------------------------------------------------------------- end of fit and state
+
+    @override
+    def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for track in self._tracks.values():
+            summary, _ = track.window.read()
+            track.window.reset()
+            self._evaluate(trainer, track, summary)
+
+    @override
+    def _remove_hooks(self) -> None:
+        self._order.detach()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        tracks = {index: {"spike": t.spike.state_dict(), "rule": t.rule.state_dict(),
+                          "consecutive_skips": t.consecutive_skips} for index, t in self._tracks.items()}
+        state["tracks"] = {**self._pending_tracks, **tracks}
+        state["forward_order"] = list(self._order.order)
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._pending_tracks = {int(k): v for k, v in state_dict.get("tracks", {}).items()}
+        self._order.order = list(state_dict.get("forward_order", []))
+
+
+def _scaler(trainer: Trainer) -> Any:
+    """The fp16 GradScaler of the precision plugin, or ``None``."""
+    return getattr(trainer.precision_plugin, "scaler", None)

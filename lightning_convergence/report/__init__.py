@@ -1,0 +1,27 @@
+"""The convergence report: records, the shared run log and its writers.
+
+Only the pure parts are imported here; the TensorBoard and console writers (which know Lightning)
+live in ``report.tensorboard`` and ``report.console``.
+"""
+
+from lightning_convergence.report.records import (
+    DIAGNOSIS_KINDS,
+    INTERVENTION_ACTIONS,
+    SEVERITIES,
+    Diagnosis,
+    Finding,
+    Intervention,
+)
+from lightning_convergence.report.run_log import REPORT_FILENAME, REPORT_VERSION, ConvergenceLog
+
+__all__ = [
+    "DIAGNOSIS_KINDS",
+    "INTERVENTION_ACTIONS",
+    "REPORT_FILENAME",
+    "REPORT_VERSION",
+    "SEVERITIES",
+    "ConvergenceLog",
+    "Diagnosis",
+    "Finding",
+    "Intervention",
+]

@@ -1,0 +1,129 @@
+"""The run's convergence log: the diagnoses and interventions of every callback in one Trainer.
+
+Diagnoses are rate-limited: a (kind, layer) pair is recorded at most once per window of optimizer
+steps unless its severity rises, so a long run is not flooded; what was held back is counted in the
+summary. Interventions are always recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from typing import Any
+
+from lightning_convergence.report.records import SEVERITIES, Diagnosis, Intervention
+
+REPORT_VERSION = 1
+REPORT_FILENAME = "convergence_report.json"
+
+
+class ConvergenceLog:
+    """Collects diagnoses and interventions and writes ``convergence_report.json``.
+
+    Args:
+        window_steps: a (kind, layer) pair is recorded at most once per this many optimizer
+            steps, unless its severity rises.
+
+    Example:
+        >>> from lightning_convergence.report.records import Diagnosis
+        >>> log = ConvergenceLog(window_steps=100)
+        >>> d = Diagnosis("plateau", "warning", step=5, epoch=0, source="Doc", message="flat")
+        >>> log.add_diagnosis(d), log.add_diagnosis(d)
+        (True, False)
+        >>> log.to_report(steps=10)["summary"]["healthy"]
+        False
+    """
+
+    def __init__(self, window_steps: int = 500) -> None:
+        if isinstance(window_steps, bool) or not isinstance(window_steps, int) or window_steps < 1:
+            raise ValueError(f"`window_steps` must be a positive int, got {window_steps!r}.")
+        self.window_steps = window_steps
+        self.diagnoses: list[Diagnosis] = []
+        self.interventions: list[Intervention] = []
+        self.suppressed: Counter[str] = Counter()
+        self._last_emitted: dict[tuple[str, str | None], tuple[int, int]] = {}
+
+    def add_diagnosis(self, diagnosis: Diagnosis) -> bool:
+        """Record ``diagnosis`` unless its (kind, layer) was recorded within the window.
+
+        Returns:
+            Whether it was recorded (and so should be shown on the console and TensorBoard).
+        """
+        key = (diagnosis.kind, diagnosis.layer)
+        rank = SEVERITIES.index(diagnosis.severity)
+        previous = self._last_emitted.get(key)
+        if previous is not None:
+            last_step, last_rank = previous
+            if diagnosis.step - last_step < self.window_steps and rank <= last_rank:
+                self.suppressed[diagnosis.kind] += 1
+                return False
+        self._last_emitted[key] = (diagnosis.step, rank)
+        self.diagnoses.append(diagnosis)
+        return True
+
+    def add_intervention(self, intervention: Intervention) -> None:
+        self.interventions.append(intervention)
+
+    def records_from(self, source: str) -> dict[str, list[dict[str, Any]]]:
+        """This source's records as plain dicts, for a callback's checkpointed state."""
+        return {
+            "diagnoses": [d.to_dict() for d in self.diagnoses if d.source == source],
+            "interventions": [i.to_dict() for i in self.interventions if i.source == source],
+        }
+
+    def restore(self, records: dict[str, list[dict[str, Any]]]) -> None:
+        """Put back records saved by :meth:`records_from` (on resume), without duplicates."""
+        known = {json.dumps(d.to_dict(), sort_keys=True) for d in self.diagnoses}
+        for data in records.get("diagnoses", []):
+            diagnosis = Diagnosis.from_dict(data)
+            if json.dumps(diagnosis.to_dict(), sort_keys=True) not in known:
+                self.diagnoses.append(diagnosis)
+                self._last_emitted[(diagnosis.kind, diagnosis.layer)] = (
+                    diagnosis.step,
+                    SEVERITIES.index(diagnosis.severity),
+                )
+        known_i = {json.dumps(i.to_dict(), sort_keys=True) for i in self.interventions}
+        for data in records.get("interventions", []):
+            intervention = Intervention.from_dict(data)
+            if json.dumps(intervention.to_dict(), sort_keys=True) not in known_i:
+                self.interventions.append(intervention)
+
+    def headline(self, steps: int) -> str:
+        """One sentence for the summary."""
+        serious = [d for d in self.diagnoses if d.severity != "info"]
+        if not serious:
+            notes = f" ({len(self.diagnoses)} informational notes)" if self.diagnoses else ""
+            return f"Healthy: no warnings in {steps} optimizer steps{notes}."
+        worst = max(serious, key=lambda d: (SEVERITIES.index(d.severity), -d.step))
+        kinds = sorted({d.kind for d in serious})
+        n = len(self.interventions)
+        acted = f"; {n} intervention{'' if n == 1 else 's'}" if n else ""
+        return (
+            f"{len(serious)} problems ({', '.join(kinds)}) in {steps} optimizer steps; the most "
+            f"severe: {worst.kind} ({worst.severity}) at step {worst.step}{acted}."
+        )
+
+    def to_report(self, steps: int) -> dict[str, Any]:
+        """The report as plain JSON-ready data (schema ``version`` 1)."""
+        return {
+            "version": REPORT_VERSION,
+            "diagnoses": [d.to_dict() for d in sorted(self.diagnoses, key=lambda d: d.step)],
+            "interventions": [i.to_dict() for i in sorted(self.interventions, key=lambda i: i.step)],
+            "summary": {
+                "steps": steps,
+                "healthy": not any(d.severity != "info" for d in self.diagnoses),
+                "headline": self.headline(steps),
+                "suppressed": dict(self.suppressed),
+            },
+        }
+
+    def write_json(self, directory: str, steps: int) -> str:
+        """Write ``convergence_report.json`` into ``directory`` atomically; return its path."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, REPORT_FILENAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(self.to_report(steps), handle, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+        return path

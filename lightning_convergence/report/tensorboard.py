@@ -1,0 +1,102 @@
+"""Writers for the Trainer's loggers: scalars to every logger, text, histograms and the
+custom-scalars layout to TensorBoard only. None of them ever crashes on an empty or non-finite
+value: such values are dropped before they reach a writer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lightning_convergence.report.records import Diagnosis
+
+TAG_PREFIX = "convergence/"
+
+
+def custom_scalars_layout() -> dict[str, dict[str, list]]:
+    """The TensorBoard custom-scalars layout that groups the suite's panels."""
+    return {
+        "convergence: gradients": {
+            "total gradient norm": ["Multiline", [r"convergence/grad_norm/total$"]],
+            "gradient norm per layer": ["Multiline", [r"convergence/grad_norm/(?!total$).*"]],
+            "max |gradient|": ["Multiline", [r"convergence/grad_max_abs/.*"]],
+            "non-finite and spike steps": ["Multiline", [r"convergence/grad_(nonfinite|spike)_steps"]],
+            "update / weight ratio": ["Multiline", [r"convergence/update_ratio/.*"]],
+            "weight norm per layer": ["Multiline", [r"convergence/weight_norm/.*"]],
+        },
+        "convergence: dead units": {
+            "dead fraction": ["Multiline", [r"convergence/dead_fraction/.*"]],
+            "dormant fraction": ["Multiline", [r"convergence/dormant_fraction/.*"]],
+            "saturation": ["Multiline", [r"convergence/saturation/.*"]],
+        },
+        "convergence: clipping": {
+            "norm vs threshold": ["Multiline", [r"convergence/autoclip/.*"]],
+        },
+        "convergence: learning rate": {
+            "our LR factor": ["Multiline", [r"convergence/lr_factor.*"]],
+            "effective LR": ["Multiline", [r"convergence/lr/.*"]],
+        },
+        "convergence: loss regime": {
+            "loss": ["Multiline", [r"convergence/loss/.*"]],
+        },
+    }
+
+
+def tensorboard_writers(trainer: Trainer) -> list:
+    """The ``SummaryWriter`` of every TensorBoardLogger of ``trainer`` (possibly none)."""
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Drop values that are not finite numbers (a logger must never see NaN from us)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def log_scalars(trainer: Trainer, metrics: Mapping[str, float], step: int) -> None:
+    """Send scalars to every logger of ``trainer`` in one call each (rank 0 only)."""
+    clean = finite_metrics(metrics)
+    if not clean or not trainer.is_global_zero:
+        return
+    for key in clean:
+        assert key.startswith(TAG_PREFIX), f"metric key {key!r} is outside {TAG_PREFIX!r}"
+    for logger in trainer.loggers:
+        logger.log_metrics(clean, step=step)
+
+
+def write_layout(trainer: Trainer) -> None:
+    """Write the custom-scalars layout to every TensorBoard writer (rank 0 only)."""
+    if not trainer.is_global_zero:
+        return
+    for writer in tensorboard_writers(trainer):
+        writer.add_custom_scalars(custom_scalars_layout())
+
+
+def write_diagnosis_text(trainer: Trainer, diagnosis: Diagnosis) -> None:
+    """Write one diagnosis as markdown text to TensorBoard (rank 0 only)."""
+    if not trainer.is_global_zero:
+        return
+    where = f" in `{diagnosis.layer}`" if diagnosis.layer else ""
+    text = (
+        f"**{diagnosis.severity}: {diagnosis.kind}**{where} (step {diagnosis.step}, "
+        f"from {diagnosis.source})\n\n{diagnosis.message}"
+    )
+    for writer in tensorboard_writers(trainer):
+        writer.add_text(f"{TAG_PREFIX}diagnoses", text, global_step=diagnosis.step)
+
+
+def write_histograms(trainer: Trainer, tensors: Mapping[str, torch.Tensor], step: int) -> None:
+    """Write value histograms (finite values only; empty ones skipped) to TensorBoard."""
+    writers = tensorboard_writers(trainer)
+    if not writers or not trainer.is_global_zero:
+        return
+    for tag, values in tensors.items():
+        flat = values.detach().reshape(-1).float().cpu()
+        flat = flat[torch.isfinite(flat)]
+        if flat.numel() == 0:
+            continue
+        for writer in writers:
+            writer.add_histogram(tag, flat, global_step=step)

@@ -1,0 +1,64 @@
+"""What each diagnosis kind usually means and what to try, in the order worth trying.
+
+Messages are built as: what was seen (with numbers), the likely causes, the steps to try.
+"""
+
+from __future__ import annotations
+
+CAUSES: dict[str, str] = {
+    "nonfinite_loss": "a learning rate that is too high, inputs with NaN/Inf or no normalisation, "
+    "a bad batch, or numeric overflow in fp16",
+    "nonfinite_gradients": "a learning rate that is too high, a deep or recurrent net without "
+    "normalisation, bad initialisation, or a NaN/Inf that entered through the loss or inputs",
+    "exploding_gradients": "a learning rate that is too high, a deep or recurrent net without "
+    "normalisation, or bad initialisation",
+    "vanishing_gradients": "saturating activations (sigmoid/tanh) stacked deep, poor "
+    "initialisation, or no normalisation between layers",
+    "amp_overflow": "normal now and then under fp16 with a loss scaler; when it persists, "
+    "numeric instability (often a learning rate that is too high)",
+}
+
+REMEDIES: dict[str, tuple[str, ...]] = {
+    "nonfinite_loss": (
+        "lower the learning rate about tenfold",
+        "clip gradients (AutoClip)",
+        "add warmup",
+        "check the inputs for NaN/Inf and scale them",
+        "use bf16 or a loss scaler instead of plain fp16",
+    ),
+    "nonfinite_gradients": (
+        "lower the learning rate",
+        "clip gradients by norm (AutoClip)",
+        "check inputs and loss for NaN/Inf",
+        "add normalisation layers or residual connections",
+    ),
+    "exploding_gradients": (
+        "clip gradients by norm (AutoClip)",
+        "lower the learning rate",
+        "add normalisation layers or residual connections",
+        "for RNNs use LSTM/GRU cells and aggressive clipping",
+    ),
+    "vanishing_gradients": (
+        "use ReLU-family or GELU activations",
+        "use He (ReLU) or Xavier (tanh) initialisation",
+        "add batch or layer normalisation",
+        "add residual connections",
+    ),
+    "amp_overflow": (
+        "nothing, if it is rare",
+        "if it persists: lower the learning rate",
+        "clip gradients",
+        "train in bf16 instead of fp16",
+    ),
+}
+
+
+def advise(kind: str, seen: str) -> str:
+    """A full diagnosis message: ``seen``, then the likely causes and the remedies to try.
+
+    Example:
+        >>> advise("exploding_gradients", "The gradient norm jumped to 812 (median 3.1).")[:45]
+        'The gradient norm jumped to 812 (median 3.1).'
+    """
+    steps = "; ".join(f"{i}) {step}" for i, step in enumerate(REMEDIES[kind], start=1))
+    return f"{seen} Likely causes: {CAUSES[kind]}. Try: {steps}."

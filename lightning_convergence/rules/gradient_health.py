@@ -1,0 +1,189 @@
+"""Host-side gradient health rules, evaluated once per logging window.
+
+Fed a :class:`~lightning_convergence.rules.gradient_window.WindowSummary` (plain floats), they
+return :class:`~lightning_convergence.report.records.Finding` objects. Trainer-free: the tests
+drive them with tables of numbers.
+
+References:
+    Zhang et al., "AUTOTRAINER: An Automatic DNN Training Problem Detection and Repair System",
+    ICSE 2021: vanishing gradients when the first/last layer gradient-norm ratio is below 1e-3
+    and the first layer's norm below 1e-4. We require it on ``patience`` consecutive windows of
+    window-mean norms to avoid alarms on single noisy steps.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from lightning_convergence.report.records import Finding
+from lightning_convergence.rules.advice import advise
+from lightning_convergence.rules.gradient_window import WindowSummary
+
+
+@dataclass(frozen=True)
+class GradientThresholds:
+    """Thresholds of :class:`GradientHealthRule`; defaults follow the module references.
+
+    Args:
+        vanishing_ratio: first/last layer norm ratio below which gradients vanish.
+        vanishing_first: the first layer's norm must also be below this.
+        vanishing_patience: consecutive windows the vanishing condition must hold.
+        layer_growth: a layer's window-mean norm this many times its own recent median is an
+            explosion in that layer.
+        layer_baseline_windows: windows of history a layer needs before ``layer_growth`` applies.
+        amp_persistent_fraction: under fp16, a window where more than this fraction of steps
+            overflowed is persistent overflow (escalated to a warning).
+        amp_min_scale: a loss scale below this is a collapsing scale (critical).
+    """
+
+    vanishing_ratio: float = 1e-3
+    vanishing_first: float = 1e-4
+    vanishing_patience: int = 2
+    layer_growth: float = 10.0
+    layer_baseline_windows: int = 3
+    amp_persistent_fraction: float = 0.5
+    amp_min_scale: float = 1.0
+
+
+class GradientHealthRule:
+    """Turns window summaries into findings; keeps a little state across windows.
+
+    Args:
+        layer_names: the layer groups, in forward order.
+        thresholds: the rule's thresholds.
+
+    Example:
+        >>> from lightning_convergence.rules.gradient_window import _empty_summary
+        >>> rule = GradientHealthRule(["fc1", "fc2"])
+        >>> summary = _empty_summary(2)
+        >>> summary.steps, summary.nonfinite_grad_steps, summary.first_nonfinite_grad_step = 5, 1, 3
+        >>> [f.kind for f in rule.evaluate(summary)]
+        ['nonfinite_gradients']
+    """
+
+    def __init__(self, layer_names: list[str], thresholds: GradientThresholds | None = None) -> None:
+        self.layer_names = list(layer_names)
+        self.thresholds = thresholds or GradientThresholds()
+        self._vanishing_streak = 0
+        self._layer_history: list[list[float]] = [[] for _ in self.layer_names]
+
+    def evaluate(
+        self,
+        summary: WindowSummary,
+        amp_scaler: bool = False,
+        amp_scale: float | None = None,
+        first_nonfinite_layer: str | None = None,
+    ) -> list[Finding]:
+        """All findings for one window (empty when healthy)."""
+        if summary.steps == 0 and summary.loss_steps == 0:
+            return []
+        findings: list[Finding] = []
+        findings += self._nonfinite_loss(summary)
+        findings += self._nonfinite(summary, amp_scaler, amp_scale, first_nonfinite_layer)
+        findings += self._spike(summary)
+        findings += self._layer_growth(summary)
+        findings += self._vanishing(summary)
+        return findings
+
+    def _nonfinite_loss(self, s: WindowSummary) -> list[Finding]:
+        if s.nonfinite_loss_steps == 0:
+            return []
+        seen = (
+            f"The training loss was NaN/Inf on {s.nonfinite_loss_steps} of {s.loss_steps} batches, "
+            f"first at step {s.first_nonfinite_loss_step}."
+        )
+        return [Finding("nonfinite_loss", "critical", advise("nonfinite_loss", seen),
+                        evidence={"nonfinite_batches": s.nonfinite_loss_steps, "batches": s.loss_steps},
+                        step=s.first_nonfinite_loss_step)]
+
+    def _nonfinite(self, s: WindowSummary, amp_scaler: bool, amp_scale: float | None,
+                   layer: str | None) -> list[Finding]:
+        if s.nonfinite_grad_steps == 0:
+            return []
+        t = self.thresholds
+        evidence = {"nonfinite_steps": s.nonfinite_grad_steps, "steps": s.steps}
+        where = f" (first layer in forward order: {layer})" if layer else ""
+        if amp_scaler:
+            fraction = s.nonfinite_grad_steps / max(s.steps, 1)
+            if amp_scale is not None:
+                evidence["loss_scale"] = amp_scale
+            if amp_scale is not None and amp_scale < t.amp_min_scale:
+                severity, state = "critical", f"the loss scale has collapsed to {amp_scale:.3g}"
+            elif fraction > t.amp_persistent_fraction:
+                severity, state = "warning", f"overflow persists ({fraction:.0%} of steps)"
+            else:
+                severity, state = "info", "the scaler skipped those steps and lowered its scale"
+            seen = (f"The fp16 loss scaler saw Inf/NaN gradients on {s.nonfinite_grad_steps} of "
+                    f"{s.steps} steps, first at step {s.first_nonfinite_grad_step}{where}; {state}.")
+            return [Finding("amp_overflow", severity, advise("amp_overflow", seen), layer=layer,
+                            evidence=evidence, step=s.first_nonfinite_grad_step)]
+        seen = (f"Gradients were NaN/Inf on {s.nonfinite_grad_steps} of {s.steps} optimizer steps, "
+                f"first at step {s.first_nonfinite_grad_step}{where}.")
+        return [Finding("nonfinite_gradients", "critical", advise("nonfinite_gradients", seen),
+                        layer=layer, evidence=evidence, step=s.first_nonfinite_grad_step)]
+
+    def _spike(self, s: WindowSummary) -> list[Finding]:
+        if s.spike_steps == 0:
+            return []
+        seen = (f"The total gradient norm jumped to {s.max_spike_ratio:.1f}x its recent median "
+                f"({s.spike_median:.3g}) on {s.spike_steps} of {s.steps} steps, first at step "
+                f"{s.first_spike_step}; the largest norm was {s.max_total_norm:.3g}.")
+        severity = "critical" if s.spike_steps > s.steps / 2 else "warning"
+        evidence = {"max_total_norm": s.max_total_norm, "median_norm": s.spike_median,
+                    "ratio": s.max_spike_ratio, "spike_steps": s.spike_steps}
+        return [Finding("exploding_gradients", severity, advise("exploding_gradients", seen),
+                        evidence=evidence, step=s.first_spike_step)]
+
+    def _layer_growth(self, s: WindowSummary) -> list[Finding]:
+        t = self.thresholds
+        worst: tuple[float, int, float] | None = None
+        for i, mean in enumerate(s.layer_mean_norms):
+            history = self._layer_history[i]
+            if math.isfinite(mean) and len(history) >= t.layer_baseline_windows:
+                baseline = statistics.median(history)
+                if baseline > 0 and mean / baseline > t.layer_growth:
+                    if worst is None or mean / baseline > worst[0]:
+                        worst = (mean / baseline, i, baseline)
+            if math.isfinite(mean):
+                history.append(mean)
+                del history[: -2 * t.layer_baseline_windows]
+        if worst is None:
+            return []
+        ratio, i, baseline = worst
+        name = self.layer_names[i]
+        seen = (f"The gradient norm of {name} averaged {s.layer_mean_norms[i]:.3g} over the last "
+                f"{s.steps} steps, {ratio:.1f}x its own recent level ({baseline:.3g}).")
+        return [Finding("exploding_gradients", "warning", advise("exploding_gradients", seen), layer=name,
+                        evidence={"layer_norm": s.layer_mean_norms[i], "baseline_norm": baseline, "ratio": ratio})]
+
+    def _vanishing(self, s: WindowSummary) -> list[Finding]:
+        t = self.thresholds
+        present = [(n, v) for n, v in zip(self.layer_names, s.layer_mean_norms) if math.isfinite(v)]
+        if len(present) < 2 or present[-1][1] <= 0:
+            self._vanishing_streak = 0
+            return []
+        (first_name, first), (last_name, last) = present[0], present[-1]
+        ratio = first / last
+        if ratio < t.vanishing_ratio and first < t.vanishing_first:
+            self._vanishing_streak += 1
+        else:
+            self._vanishing_streak = 0
+        if self._vanishing_streak != t.vanishing_patience:
+            return []  # report once when the streak reaches patience, not on every window after
+        seen = (f"The first layer ({first_name}) gets gradients of norm {first:.2e}, {ratio:.1e} "
+                f"times those of the last layer ({last_name}, {last:.2e}), for "
+                f"{self._vanishing_streak} logging windows in a row.")
+        return [Finding("vanishing_gradients", "warning", advise("vanishing_gradients", seen),
+                        layer=first_name, evidence={"first_norm": first, "last_norm": last, "ratio": ratio})]
+
+    def state_dict(self) -> dict:
+        return {"vanishing_streak": self._vanishing_streak,
+                "layer_history": [list(h) for h in self._layer_history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._vanishing_streak = int(state.get("vanishing_streak", 0))
+        history = state.get("layer_history")
+        if history is not None and len(history) == len(self.layer_names):
+            self._layer_history = [list(map(float, h)) for h in history]
