@@ -1,0 +1,1 @@
+"""The ``lightning-convergence demo``: a faulty run, without and with the suite."""

@@ -1,0 +1,120 @@
+"""Run one faulty configuration twice, without and with the suite, and tell the story."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import textwrap
+import warnings
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lightning_convergence.demo.data import DigitsDataModule
+from lightning_convergence.demo.models import DigitsCNN
+from lightning_convergence.report.console import ConvergenceWarning
+from lightning_convergence.report.run_log import REPORT_FILENAME
+from lightning_convergence.suite import default_callbacks
+
+FAULTS: dict[str, dict] = {
+    "lr_high": {"lr": 0.5, "what": "SGD (momentum 0.9) with lr=0.5 on a small CNN: about 10x too high"},
+}
+
+
+@dataclass
+class RunResult:
+    name: str
+    log_dir: str
+    val_acc: float
+    val_loss: float
+    train_loss: float
+    steps: int
+    report: dict | None
+
+
+def _metric(trainer: L.Trainer, key: str) -> float:
+    value = trainer.callback_metrics.get(key)
+    return float(value) if value is not None else float("nan")
+
+
+def _fit(name: str, fault: str, out: str, epochs: int, seed: int, with_suite: bool) -> RunResult:
+    L.seed_everything(seed, verbose=False)
+    model = DigitsCNN(lr=FAULTS[fault]["lr"])
+    logger = TensorBoardLogger(out, name=name, version=0)
+    callbacks = default_callbacks(auto_remediate=True, log_every_n_steps=10) if with_suite else []
+    trainer = L.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
+        log_every_n_steps=10, enable_checkpointing=False, enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        # The table printed at the end says it all; keep the progress bar readable.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        trainer.fit(model, DigitsDataModule(seed=seed))
+    report_path = os.path.join(logger.log_dir, REPORT_FILENAME)
+    report = None
+    if os.path.exists(report_path):
+        with open(report_path, encoding="utf-8") as handle:
+            report = json.load(handle)
+    return RunResult(name, logger.log_dir, _metric(trainer, "val_acc"), _metric(trainer, "val_loss"),
+                     _metric(trainer, "train_loss"), trainer.global_step, report)
+
+
+def _table(rows: list[list[str]], widths: list[int]) -> str:
+    lines = []
+    for row in rows:
+        cells = [textwrap.shorten(cell, width, placeholder="...").ljust(width) for cell, width in zip(row, widths)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _first_sentence(message: str) -> str:
+    return message.split(" Likely causes:")[0]
+
+
+def describe(result: RunResult) -> str:
+    """The diagnoses and interventions of a run with the suite, as two tables."""
+    report = result.report or {"diagnoses": [], "interventions": [], "summary": {"headline": "no report"}}
+    rows = [["step", "severity", "kind", "layer", "what was seen"]]
+    rows += [[str(d["step"]), d["severity"], d["kind"], d["layer"] or "-", _first_sentence(d["message"])]
+             for d in report["diagnoses"]]
+    text = "Diagnoses\n" + _table(rows, [5, 8, 20, 12, 90])
+    if report["interventions"]:
+        irows = [["step", "action", "detail"]]
+        irows += [[str(i["step"]), i["action"], json.dumps(i["detail"])] for i in report["interventions"]]
+        text += "\n\nInterventions\n" + _table(irows, [5, 10, 100])
+    else:
+        text += "\n\nInterventions: none"
+    return text + f"\n\nSummary: {report['summary']['headline']}"
+
+
+def verdict(without: RunResult, with_suite: RunResult) -> str:
+    """One line comparing the two runs."""
+    def state(r: RunResult) -> str:
+        if not torch.isfinite(torch.tensor(r.train_loss)):
+            return f"the loss became NaN/Inf (final val acc {r.val_acc:.2f})"
+        stuck = " (chance level: it did not learn)" if r.val_acc < 0.2 else ""
+        return f"final val acc {r.val_acc:.2f}, val loss {r.val_loss:.3f}{stuck}"
+
+    report = with_suite.report or {"diagnoses": []}
+    serious = [d for d in report["diagnoses"] if d["severity"] != "info"]
+    told = (f"the suite flagged {serious[0]['kind']} at step {serious[0]['step']}"
+            if serious else "the suite saw nothing wrong")
+    return f"Without the suite: {state(without)}. With it: {told}; {state(with_suite)}."
+
+
+def run_demo(fault: str = "lr_high", out: str = "convergence_demo", epochs: int = 4, seed: int = 0) -> tuple[RunResult, RunResult]:
+    """Run the demo and print what happened; returns both runs' results."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    print(f"lightning-convergence demo: fault {fault!r}: {FAULTS[fault]['what']}, on the bundled digits data.\n")
+    print("[1/2] Training without the suite ...")
+    without = _fit("without_suite", fault, out, epochs, seed, with_suite=False)
+    print("\n[2/2] Training with default_callbacks(auto_remediate=True) ...")
+    with_suite = _fit("with_suite", fault, out, epochs, seed, with_suite=True)
+    print("\n" + describe(with_suite))
+    print("\nVerdict: " + verdict(without, with_suite))
+    print(f"\nReport: {os.path.join(with_suite.log_dir, REPORT_FILENAME)}")
+    print(f"TensorBoard: tensorboard --logdir {os.path.abspath(out)}")
+    return without, with_suite
