@@ -1,0 +1,86 @@
+"""The device-side window and spike detector, driven by sequences of norms (no Trainer)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_convergence.rules import GradientWindow, SpikeDetector
+
+
+def _run_spikes(values, **kwargs):
+    detector = SpikeDetector(**kwargs)
+    return [bool(detector.update(torch.tensor(v))[0]) for v in values]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([1.0] * 10, [False] * 10),
+        ([1.0] * 8 + [50.0], [False] * 8 + [True]),
+        ([1.0] * 8 + [9.0], [False] * 9),  # below factor 10
+        ([1.0] * 3 + [50.0], [False] * 4),  # not enough history yet
+        ([1.0] * 8 + [math.nan, 50.0], [False] * 9 + [True]),  # NaN never enters the history
+        ([1.0] * 8 + [math.inf], [False] * 9),  # non-finite is not a spike (it is non-finite)
+    ],
+)
+def test_spike_table(values, expected):
+    assert _run_spikes(values, history=16, factor=10.0, min_history=8) == expected
+
+
+def test_gradual_growth_is_not_a_spike():
+    # A norm that grows 10x over 60 steps (as in healthy training) never jumps 10x its median.
+    values = [0.3 * 10 ** (i / 60) for i in range(60)]
+    assert not any(_run_spikes(values, history=32, factor=10.0, min_history=8))
+
+
+def test_window_summary_counts_and_first_steps():
+    window = GradientWindow(num_layers=2, trace_capacity=10)
+    detector = SpikeDetector(history=8, factor=10.0, min_history=3)
+    norms = [1.0, 1.0, 1.0, 100.0, math.nan, 1.0]
+    for step, norm in enumerate(norms):
+        total = torch.tensor(norm)
+        spike, median = detector.update(total)
+        layers = torch.tensor([norm / 2, norm / 2])
+        window.update(step, total, spike, median, layers, ~torch.isfinite(layers))
+    window.update_loss(4, torch.tensor(math.nan))
+    window.update_loss(5, torch.tensor(0.5))
+    summary, extra = window.read(extra=torch.tensor([7.0]))
+    assert extra == [7.0]
+    assert summary.steps == 6 and summary.spike_steps == 1 and summary.first_spike_step == 3
+    assert summary.nonfinite_grad_steps == 1 and summary.first_nonfinite_grad_step == 4
+    assert summary.nonfinite_loss_steps == 1 and summary.first_nonfinite_loss_step == 4
+    assert summary.max_total_norm == 100.0 and summary.spike_median == 1.0
+    assert summary.layer_nonfinite_steps == [1, 1]
+    assert summary.layer_mean_norms[0] == pytest.approx((0.5 * 4 + 50.0) / 5)
+    assert [s for s, _ in summary.total_norm_trace] == list(range(6))
+    window.reset()
+    empty, _ = window.read()
+    assert empty.steps == 0 and empty.first_spike_step is None and empty.total_norm_trace == []
+
+
+def test_spike_detector_state_round_trip():
+    a = SpikeDetector(history=8, factor=10.0, min_history=3)
+    for v in [1.0, 2.0, 3.0]:
+        a.update(torch.tensor(v))
+    b = SpikeDetector(history=8, factor=10.0, min_history=3)
+    b.load_state_dict(a.state_dict())
+    assert bool(b.update(torch.tensor(100.0))[0]) == bool(a.update(torch.tensor(100.0))[0]) is True
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.floats(0, 1e30), st.just(math.nan), st.just(math.inf)), min_size=1, max_size=40))
+def test_window_never_raises_and_stays_in_range(values):
+    window = GradientWindow(num_layers=1, trace_capacity=64)
+    detector = SpikeDetector(history=8, factor=10.0, min_history=3)
+    for step, value in enumerate(values):
+        total = torch.tensor(value)
+        spike, median = detector.update(total)
+        window.update(step, total, spike, median, total.reshape(1), ~torch.isfinite(total.reshape(1)))
+    summary, _ = window.read()
+    assert summary.steps == len(values)
+    assert 0 <= summary.spike_steps <= len(values)
+    assert summary.nonfinite_grad_steps == sum(not math.isfinite(v) for v in values)
+    assert math.isfinite(summary.max_total_norm) and summary.max_total_norm >= 0
