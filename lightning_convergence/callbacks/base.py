@@ -9,12 +9,16 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import DummyLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from lightning_convergence.callbacks._context import RunContext, drop_run_context, run_context
-from lightning_convergence.report.console import print_diagnosis
+from lightning_convergence.report.console import ConvergenceWarning, print_diagnosis
 from lightning_convergence.report.records import Diagnosis, Finding, Intervention
 from lightning_convergence.report.tensorboard import write_diagnosis_text, write_layout
+
+
+STATE_SCHEMA = 1
 
 
 def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -140,11 +144,25 @@ class ConvergenceCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"schema": 1, "records": self._records_state()}
+        return {"schema": STATE_SCHEMA, "records": self._records_state()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("schema") != STATE_SCHEMA:
+            rank_zero_warn(f"{self.source}: checkpoint state of schema {state_dict.get('schema')!r} is not "
+                           f"{STATE_SCHEMA}; starting with fresh statistics.", category=ConvergenceWarning)
+            return
         self._pending_records = state_dict.get("records")
+        self._load_own_state(state_dict)
+
+    def _load_own_state(self, state_dict: dict[str, Any]) -> None:
+        """Restore a subclass's own part of the state (the schema is already checked)."""
+
+    @override
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.state_key not in checkpoint.get("callbacks", {}):
+            rank_zero_warn(f"{self.source}: the checkpoint holds no state for {self.state_key!r} (saved "
+                           "without this callback?); starting with fresh statistics.", category=ConvergenceWarning)
 
     def _records_state(self, trainer: Trainer | None = None) -> dict:
         """This callback's records for its checkpointed state."""

@@ -330,8 +330,7 @@ class GradientNormMonitor(ConvergenceCallback):
         return state
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_own_state(self, state_dict: dict[str, Any]) -> None:
         self._pending_tracks = {int(k): v for k, v in state_dict.get("tracks", {}).items()}
         self._order.order = list(state_dict.get("forward_order", []))
 

@@ -22,7 +22,8 @@ class DigitsMLP(L.LightningModule):
 
     def __init__(self, lr: float = 0.05, hidden: int = 32, depth: int = 2, activation: type[nn.Module] = nn.ReLU,
                  nan_at_step: int | None = None, nan_steps: int = 1, dropout: float = 0.0,
-                 batch_size: int = 32, n: int = 512, optimizer: str = "sgd", val: bool = True):
+                 batch_size: int = 32, n: int = 512, optimizer: str = "sgd", val: bool = True,
+                 shuffle: bool = True):
         super().__init__()
         layers: list[nn.Module] = []
         width = 64
@@ -35,6 +36,7 @@ class DigitsMLP(L.LightningModule):
         self.net = nn.Sequential(*layers)
         self.lr, self.nan_at_step, self.nan_steps = lr, nan_at_step, nan_steps
         self.batch_size, self.n, self.optimizer_name, self.val = batch_size, n, optimizer, val
+        self.shuffle = shuffle
 
     def forward(self, x):
         return self.net(x)
@@ -58,7 +60,7 @@ class DigitsMLP(L.LightningModule):
 
     def train_dataloader(self):
         x, y = digits_tensors(self.n)
-        return DataLoader(TensorDataset(x, y), batch_size=self.batch_size, shuffle=True)
+        return DataLoader(TensorDataset(x, y), batch_size=self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self):
         if not self.val:
