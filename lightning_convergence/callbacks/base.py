@@ -8,6 +8,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
@@ -44,6 +45,20 @@ def check_positive_float(name: str, value: Any, minimum: float = 0.0) -> None:
 def check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+
+
+def report_directory(trainer: Trainer) -> str:
+    """``trainer.log_dir`` as rank 0 sees it, without its broadcast.
+
+    ``Trainer.log_dir`` broadcasts from rank 0, a collective: called on rank 0 alone (or from
+    ``on_exception`` on the one rank that failed) it would hang. This repeats its rule locally.
+    """
+    if not trainer.loggers:
+        return os.fspath(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+        return os.fspath(logger.log_dir)
+    return os.fspath(logger.save_dir or trainer.default_root_dir)
 
 
 class ConvergenceCallback(Callback):
@@ -91,7 +106,7 @@ class ConvergenceCallback(Callback):
         """Write ``convergence_report.json`` into ``trainer.log_dir`` (global rank 0 only)."""
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return None
-        directory = trainer.log_dir or trainer.default_root_dir
+        directory = report_directory(trainer)
         return self.context(trainer).log.write_json(os.fspath(directory), steps=trainer.global_step)
 
     def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:

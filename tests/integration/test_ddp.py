@@ -1,0 +1,72 @@
+"""Two real processes on gloo (CPU): the monitor's decisions are identical on both ranks.
+
+Under fork the parent is rank 0 and the child's callback objects are not the parent's, so each
+rank writes what it saw to its own file and the test compares the files.
+"""
+
+import json
+import os
+from datetime import timedelta
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+
+from lightning_convergence import default_callbacks
+from tests.helpers.models import DigitsMLP, trainer_kwargs
+
+pytestmark = pytest.mark.distributed
+
+
+class NaNOnRankOne(DigitsMLP):
+    """NaN batches on rank 1 only, at optimizer steps 2 and 3; an unused layer."""
+
+    def __init__(self):
+        super().__init__(shuffle=False)
+        self.unused = torch.nn.Linear(2, 2)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_rank == 1 and self.global_step in (2, 3):
+            x = x * float("nan")
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+
+class WritePerRank(L.Callback):
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        monitor = next(c for c in trainer.callbacks if type(c).__name__ == "GradientNormMonitor")
+        weights = torch.cat([p.detach().reshape(-1) for p in pl_module.parameters()])
+        result = {
+            "checksum": float(weights.double().sum()),
+            "finite": bool(torch.isfinite(weights).all()),
+            "records": monitor._records_state(trainer),
+            "global_step": trainer.global_step,
+        }
+        with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as handle:
+            json.dump(result, handle)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_fault_on_one_rank_gives_the_same_decision_on_both(tmp_path, accumulate):
+    L.seed_everything(0, verbose=False)
+    model = NaNOnRankOne()
+    model.unused.requires_grad_(True)
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60), find_unused_parameters=True)
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=1, devices=2, strategy=strategy,
+                            accumulate_grad_batches=accumulate)
+    kwargs.pop("deterministic")
+    trainer = L.Trainer(callbacks=default_callbacks(auto_remediate=True, log_every_n_steps=3)
+                        + [WritePerRank(str(tmp_path))], **kwargs)
+    trainer.fit(model)
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert ranks[0]["finite"] and ranks[1]["finite"]
+    assert ranks[0]["records"]["interventions"] == ranks[1]["records"]["interventions"]
+    skipped = [i["step"] for i in ranks[0]["records"]["interventions"] if i["action"] == "skip_step"]
+    assert skipped == [2, 3]  # each rank sees 8 batches: 8 optimizer steps, or 4 with accumulation
+    assert ranks[0]["global_step"] == ranks[1]["global_step"]
+    assert os.path.exists(tmp_path / "convergence_report.json")  # written by rank 0 only
