@@ -1,10 +1,35 @@
 """lightning-convergence: Lightning callbacks that say, during the run, why training is failing
-to converge, show it in TensorBoard, and fix what can be fixed when asked."""
+to converge, show it in TensorBoard, and fix what can be fixed when asked.
 
-from lightning_convergence.callbacks import GradientNormMonitor
-from lightning_convergence.report import Diagnosis, Intervention
-from lightning_convergence.suite import default_callbacks
+The public names are loaded on first use, so that the command line answers ``--help`` without
+importing torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Diagnosis", "GradientNormMonitor", "Intervention", "__version__", "default_callbacks"]
+_EXPORTS = {
+    "GradientNormMonitor": "lightning_convergence.callbacks.gradient_norm_monitor",
+    "default_callbacks": "lightning_convergence.suite",
+    "Diagnosis": "lightning_convergence.report.records",
+    "Intervention": "lightning_convergence.report.records",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
+    from lightning_convergence.report.records import Diagnosis, Intervention
+    from lightning_convergence.suite import default_callbacks
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_convergence' has no attribute {name!r}")

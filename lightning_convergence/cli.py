@@ -14,7 +14,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lightning_convergence.demo.run import FAULTS
+    from lightning_convergence.demo.faults import FAULTS
 
     parser = argparse.ArgumentParser(prog="lightning-convergence", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -38,12 +38,4 @@ def test_lower_layers_import_without_lightning_in_a_fresh_interpreter():
         "bad = [m for m in sys.modules if m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning'))]; "
         "assert not bad, bad"
     )
-    # Importing the subpackages runs lightning_convergence/__init__.py, which imports the
-    # callbacks; so load the layers through importlib without the top package's side effects.
-    code = (
-        "import importlib.util, sys, types, pathlib; "
-        f"root = pathlib.Path({str(PACKAGE)!r}); "
-        "pkg = types.ModuleType('lightning_convergence'); pkg.__path__ = [str(root)]; "
-        "sys.modules['lightning_convergence'] = pkg; " + code
-    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,14 +14,12 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_convergence.demo.data import DigitsDataModule
+from lightning_convergence.demo.faults import FAULTS
 from lightning_convergence.demo.models import DigitsCNN
 from lightning_convergence.report.console import ConvergenceWarning
 from lightning_convergence.report.run_log import REPORT_FILENAME
 from lightning_convergence.suite import default_callbacks
 
-FAULTS: dict[str, dict] = {
-    "lr_high": {"lr": 0.5, "what": "SGD (momentum 0.9) with lr=0.5 on a small CNN: about 10x too high"},
-}
 
 
 @dataclass
