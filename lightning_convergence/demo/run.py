@@ -78,7 +78,11 @@ def describe(result: RunResult) -> str:
     rows = [["step", "severity", "kind", "layer", "what was seen"]]
     rows += [[str(d["step"]), d["severity"], d["kind"], d["layer"] or "-", _first_sentence(d["message"])]
              for d in report["diagnoses"]]
-    text = "Diagnoses\n" + _table(rows, [5, 8, 20, 12, 90])
+    text = "Diagnoses\n" + _table(rows, [5, 8, 20, 12, 70])
+    for d in report["diagnoses"]:
+        if d["severity"] != "info":
+            wrapped = textwrap.fill(d["message"], width=100, initial_indent="  ", subsequent_indent="  ")
+            text += f"\n\nStep {d['step']}, {d['kind']}:\n{wrapped}"
     if report["interventions"]:
         irows = [["step", "action", "detail"]]
         irows += [[str(i["step"]), i["action"], json.dumps(i["detail"])] for i in report["interventions"]]
