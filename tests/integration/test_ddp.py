@@ -70,3 +70,22 @@ def test_fault_on_one_rank_gives_the_same_decision_on_both(tmp_path, accumulate)
     assert skipped == [2, 3]  # each rank sees 8 batches: 8 optimizer steps, or 4 with accumulation
     assert ranks[0]["global_step"] == ranks[1]["global_step"]
     assert os.path.exists(tmp_path / "convergence_report.json")  # written by rank 0 only
+
+
+def test_spawn_smoke_with_tensorboard(tmp_path):
+    """ddp_spawn pickles the callbacks into fresh processes; the parent's objects stay untouched,
+    so the checks read what the ranks wrote."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    strategy = DDPStrategy(start_method="spawn", timeout=timedelta(seconds=60), find_unused_parameters=True)
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    kwargs = trainer_kwargs(tmp_path, logger=logger, max_steps=6, devices=2, strategy=strategy)
+    kwargs.pop("deterministic")
+    trainer = L.Trainer(callbacks=default_callbacks(auto_remediate=True, log_every_n_steps=2)
+                        + [WritePerRank(str(tmp_path))], **kwargs)
+    trainer.fit(NaNOnRankOne())
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert [i["step"] for i in ranks[0]["records"]["interventions"]] == [2, 3]
+    report = json.load(open(tmp_path / "tb" / "version_0" / "convergence_report.json"))
+    assert [i["step"] for i in report["interventions"]] == [2, 3]
