@@ -26,7 +26,10 @@ from lightning_convergence.report.records import Finding
 from lightning_convergence.report.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
 from lightning_convergence.rules.advice import advise
-from lightning_convergence.stats import NONFINITE, sum_of_squares, tensor_stats, validate_backend
+from lightning_convergence.stats import ABSMAX, NONFINITE, sum_of_squares, tensor_stats, validate_backend
+
+
+_DEFAULT_CADENCE = 50
 
 
 @dataclass
@@ -133,7 +136,8 @@ class GradientNormMonitor(ConvergenceCallback):
     # ----------------------------------------------------------------- setting up
 
     def _cadence(self, trainer: Trainer) -> int:
-        return self.log_every_n_steps or max(trainer.log_every_n_steps, 1)
+        # With the Trainer's logging off (log_every_n_steps=0) the rules still need windows.
+        return self.log_every_n_steps or trainer.log_every_n_steps or _DEFAULT_CADENCE
 
     def _track(self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer) -> _Track:
         index = next((i for i, opt in enumerate(trainer.optimizers) if opt is optimizer), 0)
@@ -246,9 +250,9 @@ class GradientNormMonitor(ConvergenceCallback):
 
     def _log_window(self, trainer: Trainer, pl_module: LightningModule, track: _Track, step: int,
                     full: Tensor | None, layer_sumsq: Tensor) -> None:
-        extra = torch.cat([layer_sumsq, full[:, 1].amax(0, keepdim=True) if full is not None and len(full)
-                           else layer_sumsq.new_zeros(1), full[:, NONFINITE].sum(0, keepdim=True)
-                           if full is not None else layer_sumsq.new_zeros(1)])
+        # Brought back with the window in one transfer: this step's per-layer sums of squares,
+        # its max |grad| and its count of non-finite gradient values.
+        extra = torch.cat([layer_sumsq, _step_extremes(full, layer_sumsq)])
         summary, values = track.window.read(extra=extra)
         track.window.reset()
         layer_norms = [math.sqrt(v) if v >= 0 else math.nan for v in values[: len(track.layers)]]
@@ -333,6 +337,13 @@ class GradientNormMonitor(ConvergenceCallback):
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
         self._pending_tracks = {int(k): v for k, v in state_dict.get("tracks", {}).items()}
         self._order.order = list(state_dict.get("forward_order", []))
+
+
+def _step_extremes(full: Tensor | None, like: Tensor) -> Tensor:
+    """``[max |grad|, non-finite count]`` of one step from the full statistics ``[N, 3]``."""
+    if full is None or full.numel() == 0:
+        return like.new_zeros(2)
+    return torch.stack([full[:, ABSMAX].amax(), full[:, NONFINITE].sum()]).to(like.dtype)
 
 
 def _scaler(trainer: Trainer) -> Any:
