@@ -10,7 +10,7 @@ import weakref
 from dataclasses import dataclass, field
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lightning_convergence.report.run_log import ConvergenceLog
@@ -32,22 +32,37 @@ class RunContext:
     layout_written: bool = False
     report_written_by: set[str] = field(default_factory=set)
     _gradient_pass: _GradientPass | None = None
+    _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
+
+    def parameters(self, pl_module: LightningModule, optimizer: torch.optim.Optimizer) -> tuple[list, list[str]]:
+        """The optimizer's parameters that ``pl_module`` names, in param-group order, and names.
+
+        Every callback takes its parameters from here, so that they all index the shared
+        gradient statistics the same way.
+        """
+        cached = self._parameters.get(id(optimizer))
+        if cached is None:
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            params = [p for group in optimizer.param_groups for p in group["params"] if id(p) in names]
+            cached = self._parameters[id(optimizer)] = (params, [names[id(p)] for p in params])
+        return cached
 
     def gradient_statistics(
-        self, trainer: Trainer, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer,
         backend: str, full: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        """Per-parameter sums of squares (and, with ``full``, ``[sumsq, max, non-finite]``).
+        """Per-parameter sums of squares (and, with ``full``, ``[sumsq, max, non-finite flag]``).
 
         Computed once per optimizer step however many callbacks ask, and always from the
         gradients as they were when the first callback asked (before any clipping or skip).
         """
-        key = (id(optimizer), trainer.global_step, tuple(id(p) for p in params), backend)
+        params, _ = self.parameters(pl_module, optimizer)
+        key = (id(optimizer), trainer.global_step, backend)
         cached = self._gradient_pass
         if cached is None or cached.key != key:
             cached = self._gradient_pass = _GradientPass(key)
         if full and cached.full is None:
-            cached.full = tensor_stats([p.grad for p in params], backend=backend)
+            cached.full = tensor_stats([p.grad for p in params], backend=backend, count_nonfinite=False)
             cached.sumsq = cached.full[:, 0]
         elif cached.sumsq is None:
             cached.sumsq = sum_of_squares([p.grad for p in params], backend=backend)

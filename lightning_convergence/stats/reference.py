@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 
 
-def reference_tensor_stats(tensors: Sequence[Tensor]) -> Tensor:
+def reference_tensor_stats(tensors: Sequence[Tensor], count_nonfinite: bool = True) -> Tensor:
     """Per-tensor ``[sum of squares, max |x|, count of non-finite values]``.
 
     Args:
         tensors: dense tensors of any floating dtype, on any device.
+        count_nonfinite: count NaN/Inf values; ``False`` gives 1.0 for a tensor with any, else 0.0.
 
     Returns:
         A float32 tensor of shape ``[len(tensors), 3]`` on the device of the first tensor.
@@ -35,6 +36,8 @@ def reference_tensor_stats(tensors: Sequence[Tensor]) -> Tensor:
         sumsq = (x * x).sum()
         absmax = x.abs().max()  # max propagates NaN
         nonfinite = (~torch.isfinite(x)).sum().to(torch.float64)
+        if not count_nonfinite:
+            nonfinite = (nonfinite > 0).to(torch.float64)
         rows.append(torch.stack([sumsq, absmax, nonfinite]))
     if not rows:
         return torch.zeros(0, 3)

@@ -26,7 +26,7 @@ SUMSQ, ABSMAX, NONFINITE = 0, 1, 2
 def _dense_view(tensor: Tensor) -> Tensor:
     """The values to measure: the tensor itself, or a sparse COO tensor's coalesced values."""
     if tensor.layout == torch.strided:
-        return tensor.detach()
+        return tensor
     if tensor.layout == torch.sparse_coo:
         # Coalescing sums duplicate indices, so the values give the true norm of the gradient.
         return tensor.detach().coalesce().values()
@@ -48,7 +48,7 @@ def _output_device(tensors: Sequence[Tensor | None]) -> torch.device:
     return torch.device("cpu")
 
 
-def _run_grouped(tensors: Sequence[Tensor | None], backend: str, width: int) -> Tensor:
+def _run_grouped(tensors: Sequence[Tensor | None], backend: str, width: int, **options: bool) -> Tensor:
     """Group present tensors by (device, dtype), run ``backend`` per group, scatter back."""
     out_device = _output_device(tensors)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -68,17 +68,20 @@ def _run_grouped(tensors: Sequence[Tensor | None], backend: str, width: int) -> 
     for (device, _dtype), indices in groups.items():
         group = [values[i] for i in indices]
         concrete = resolve_backend(backend, device)
-        group_result = _BACKENDS[(concrete, width)](group).to(out_device, non_blocking=True)
+        group_result = _BACKENDS[(concrete, width)](group, **options).to(out_device, non_blocking=True)
         if len(indices) == len(tensors):
             return group_result  # the common case: one group, all present, already in order
         result.index_copy_(0, _index_tensor(tuple(indices), out_device), group_result)
     return result
 
 
-def _triton_tensor_stats(tensors: Sequence[Tensor]) -> Tensor:
+def _triton_tensor_stats(tensors: Sequence[Tensor], count_nonfinite: bool = True) -> Tensor:
     from lightning_convergence.stats.triton_kernel import triton_tensor_stats
 
-    return triton_tensor_stats(tensors)
+    stats = triton_tensor_stats(tensors)  # counts come free in the fused pass
+    if not count_nonfinite:
+        stats = torch.cat([stats[:, :NONFINITE], (stats[:, NONFINITE:] > 0).to(stats.dtype)], dim=1)
+    return stats
 
 
 def _triton_sum_of_squares(tensors: Sequence[Tensor]) -> Tensor:
@@ -95,12 +98,16 @@ _BACKENDS = {
 }
 
 
-def tensor_stats(tensors: Sequence[Tensor | None], backend: str = "auto") -> Tensor:
+@torch.no_grad()
+def tensor_stats(tensors: Sequence[Tensor | None], backend: str = "auto", count_nonfinite: bool = True) -> Tensor:
     """Per-tensor ``[sum of squares, max |x|, count of non-finite values]`` in one pass.
 
     Args:
         tensors: gradients or weights; ``None`` entries give a row of zeros.
         backend: ``"auto"``, ``"reference"``, ``"foreach"`` or ``"triton"``.
+        count_nonfinite: count NaN/Inf values exactly. ``False`` puts 1.0 in the last column of
+            a tensor holding any (0.0 otherwise): exact too, and free on CPU, where a count costs
+            an extra pass and a temporary as large as the tensor.
 
     Returns:
         float32 tensor ``[len(tensors), 3]`` on the device of the first present tensor. Columns
@@ -116,9 +123,10 @@ def tensor_stats(tensors: Sequence[Tensor | None], backend: str = "auto") -> Ten
         >>> tensor_stats([torch.tensor([3.0, 4.0]), None, torch.tensor([float("nan")])]).tolist()
         [[25.0, 4.0, 0.0], [0.0, 0.0, 0.0], [nan, nan, 1.0]]
     """
-    return _run_grouped(tensors, backend, width=3)
+    return _run_grouped(tensors, backend, width=3, count_nonfinite=count_nonfinite)
 
 
+@torch.no_grad()
 def sum_of_squares(tensors: Sequence[Tensor | None], backend: str = "auto") -> Tensor:
     """Per-tensor sum of squares, float32 ``[len(tensors)]``: the cheap every-step pass.
 

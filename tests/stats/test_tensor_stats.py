@@ -25,7 +25,7 @@ def tensor_lists(draw):
     dtype = draw(st.sampled_from(DTYPES))
     tensors = []
     for _ in range(draw(st.integers(1, 6))):
-        numel = draw(st.sampled_from([0, 1, 3, 17, 256]))
+        numel = draw(st.sampled_from([0, 1, 3, 17, 256, 20_000]))  # 20k: the CPU dot path
         seed = draw(st.integers(0, 2**16))
         scale = draw(st.sampled_from([1e-6, 1.0, 1e3]))
         generator = torch.Generator().manual_seed(seed)
@@ -44,6 +44,10 @@ def test_foreach_agrees_with_reference(case):
     expected = tensor_stats(tensors, backend="reference")
     actual = tensor_stats(tensors, backend="foreach")
     _assert_close(actual, expected, dtype)
+    flags = tensor_stats(tensors, backend="foreach", count_nonfinite=False)
+    torch.testing.assert_close(flags, tensor_stats(tensors, backend="reference", count_nonfinite=False),
+                               rtol=2e-2 if dtype != torch.float32 else 1e-5, atol=1e-6, equal_nan=True)
+    assert torch.equal(flags[:, 2], (expected[:, 2] > 0).float())
     sums = sum_of_squares(tensors, backend="foreach")
     torch.testing.assert_close(sums, expected[:, 0], rtol=2e-2 if dtype != torch.float32 else 1e-5,
                                atol=1e-6, equal_nan=True)
