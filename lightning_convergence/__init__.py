@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AutoClip": "lightning_convergence.callbacks.autoclip",
     "GradientNormMonitor": "lightning_convergence.callbacks.gradient_norm_monitor",
     "default_callbacks": "lightning_convergence.suite",
     "Diagnosis": "lightning_convergence.report.records",
@@ -22,6 +23,7 @@ _EXPORTS = {
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
+    from lightning_convergence.callbacks.autoclip import AutoClip
     from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
     from lightning_convergence.report.records import Diagnosis, Intervention
     from lightning_convergence.suite import default_callbacks

@@ -7,14 +7,24 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lightning_convergence.callbacks import GradientNormMonitor
+from lightning_convergence.callbacks import AutoClip, GradientNormMonitor
 
-# The callbacks of the suite, in the order they run. Each later callback joins this list.
-_SUITE: tuple[type[Callback], ...] = (GradientNormMonitor,)
+# The monitors, in the order they run; each later monitor joins this list.
+_MONITORS: tuple[type[Callback], ...] = (GradientNormMonitor,)
 
 
 def _accepted(cls: type[Callback]) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - {"self", "auto_remediate"}
+
+
+def _suite(auto_remediate: bool) -> list[tuple[type[Callback], dict[str, Any]]]:
+    """The callbacks and their defaults for this mode."""
+    suite: list[tuple[type[Callback], dict[str, Any]]] = [(cls, {}) for cls in _MONITORS]
+    if auto_remediate:
+        # Clipping joins only to act, and only on outliers (z-score), so a healthy run is barely
+        # changed. It runs after the monitor, which sees the gradients before any clip.
+        suite.append((AutoClip, {"mode": "zscore"}))
+    return suite
 
 
 def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Callback]:
@@ -22,9 +32,12 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
 
     Args:
         auto_remediate: ``False``: the suite only observes; training is bit-identical to a run
-            without it. ``True``: the monitors act on what they diagnose.
-        **overrides: constructor arguments, each passed to every callback of the suite that
-            accepts it (for example ``log_every_n_steps=20``).
+            without it. ``True``: the monitors act on what they diagnose, and AutoClip joins in
+            z-score mode (outlier steps only).
+        **overrides: either a callback's class name with a dict of its arguments
+            (``AutoClip={"z_thresh": 3.0}``) or ``None`` to leave it out (``AutoClip=None``),
+            or a plain argument passed to every callback of the suite that accepts it
+            (``log_every_n_steps=20``).
 
     Raises:
         TypeError: an override that no callback of the suite accepts, or a non-bool
@@ -33,15 +46,27 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
     Example:
         >>> [type(c).__name__ for c in default_callbacks()]
         ['GradientNormMonitor']
+        >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True)]
+        ['GradientNormMonitor', 'AutoClip']
     """
     if not isinstance(auto_remediate, bool):
         raise TypeError(f"`auto_remediate` must be a bool, got {auto_remediate!r}.")
-    known = set().union(*(_accepted(cls) for cls in _SUITE))
-    unknown = sorted(set(overrides) - known)
+    suite = _suite(auto_remediate)
+    by_name = {cls.__name__: cls for cls in (*_MONITORS, AutoClip)}
+    per_callback = {k: v for k, v in overrides.items() if k in by_name}
+    shared = {k: v for k, v in overrides.items() if k not in by_name}
+    known = set().union(*(_accepted(cls) for cls, _ in suite))
+    unknown = sorted(set(shared) - known)
     if unknown:
         raise TypeError(f"default_callbacks() got unknown overrides {unknown}; known: {sorted(known)}.")
+    for name, value in per_callback.items():
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"`{name}` must be a dict of arguments or None, got {value!r}.")
     callbacks = []
-    for cls in _SUITE:
-        kwargs = {k: v for k, v in overrides.items() if k in _accepted(cls)}
+    for cls, defaults in suite:
+        if cls.__name__ in per_callback and per_callback[cls.__name__] is None:
+            continue
+        kwargs = {**defaults, **{k: v for k, v in shared.items() if k in _accepted(cls)},
+                  **(per_callback.get(cls.__name__) or {})}
         callbacks.append(cls(auto_remediate=auto_remediate, **kwargs))
     return callbacks

@@ -1,6 +1,7 @@
 """The suite's Lightning callbacks: thin adapters from hooks to statistics, rules and remedies."""
 
+from lightning_convergence.callbacks.autoclip import AutoClip
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
 
-__all__ = ["ConvergenceCallback", "GradientNormMonitor"]
+__all__ = ["AutoClip", "ConvergenceCallback", "GradientNormMonitor"]

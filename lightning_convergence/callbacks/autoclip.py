@@ -1,0 +1,273 @@
+"""AutoClip: gradient clipping with thresholds learned from the run's own gradient norms."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_convergence.callbacks.base import (
+    ConvergenceCallback,
+    check_bool,
+    check_positive_float,
+    check_positive_int,
+)
+from lightning_convergence.remedies.clipping import (
+    PercentileThreshold,
+    ZScoreThreshold,
+    adaptive_clip_,
+    clip_coefficient,
+    scale_gradients_,
+)
+from lightning_convergence.report.tensorboard import log_scalars
+from lightning_convergence.stats import validate_backend
+
+Mode = Literal["percentile", "zscore", "agc"]
+_DEFAULT_WARMUP = {"percentile": 0, "zscore": 25, "agc": 0}
+_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
+
+
+class AutoClip(ConvergenceCallback):
+    """Clips gradients to a threshold learned from the run, in one of three published ways.
+
+    - ``"percentile"`` (default; Seetharaman et al. 2020): clip the global norm to the
+      ``percentile``-th percentile of the last ``window`` pre-clip global norms, the current one
+      included. The paper's p=10 clips most steps a little; it is a training rule, not a spike
+      guard.
+    - ``"zscore"`` (Kumar et al. 2025, ZClip): an EMA of the norm's mean and variance; a norm with
+      z-score above ``z_thresh`` is clipped to ``mu + z_thresh**2 * sigma / z``. Only outliers are
+      touched. ZClip's package also caps every norm at 1.0 by default; ``max_norm`` offers such a
+      cap but leaves it off, because a fixed cap is the guessed threshold this callback replaces.
+    - ``"agc"`` (Brock et al. 2021): unit-wise, each output unit's gradient norm is capped at
+      ``clip_factor`` times its weight norm (at least ``eps``); the final layer is excluded by
+      default, as the paper advises.
+
+    Runs in ``on_before_optimizer_step``: gradients are unscaled (AMP) and synced (DDP), and
+    Lightning's own ``gradient_clip_val``, if set, clips after it (ours first, the fixed cap
+    after). The global modes reuse the gradient pass GradientNormMonitor makes when both are
+    present. Every per-step decision is a ``clamp``/``where`` on the device: no host read except
+    on logging steps. Non-finite norms never enter the history and are never clipped (the skip
+    remedy of GradientNormMonitor handles them); a step the fp16 scaler will skip (Inf gradients)
+    leaves the history alone. Sharded strategies (FSDP, DeepSpeed) are refused at setup: their
+    global norm needs a reduce across ranks that this callback does not make.
+
+    Args:
+        mode: ``"percentile"``, ``"zscore"`` or ``"agc"``.
+        percentile: percentile mode, in (0, 100].
+        window: percentile mode, optimizer steps of history.
+        include_current: percentile mode, clip against a history that includes this step's norm.
+        z_thresh: zscore mode, z-score above which a norm is clipped.
+        alpha: zscore mode, EMA smoothing in (0, 1).
+        max_norm: optional hard cap on the global norm (percentile and zscore modes).
+        clip_factor: agc mode, the ratio of gradient to weight norm allowed per unit.
+        eps: agc mode, the least weight norm a unit is credited with.
+        exclude_final_layer: agc mode, leave the last module with parameters unclipped.
+        clip_warmup_steps: steps before clipping starts; ``None``: 0 for percentile and agc, 25 for
+            zscore (ZClip's default, the steps that initialise its EMA).
+        auto_remediate: ``False`` computes and logs the thresholds without clipping (a dry run).
+        log_every_n_steps: logging cadence; ``None`` uses the Trainer's.
+        backend: statistics backend (see ``lightning_convergence.stats``).
+        report_window_steps: rate limit of the run log.
+
+    Raises:
+        ValueError, TypeError: an argument out of range or of the wrong type.
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[AutoClip(mode="zscore")], logger=False)
+    """
+
+    def __init__(
+        self,
+        mode: Mode = "percentile",
+        percentile: float = 10.0,
+        window: int = 1000,
+        include_current: bool = True,
+        z_thresh: float = 2.5,
+        alpha: float = 0.97,
+        max_norm: float | None = None,
+        clip_factor: float = 0.01,
+        eps: float = 1e-3,
+        exclude_final_layer: bool = True,
+        clip_warmup_steps: int | None = None,
+        auto_remediate: bool = True,
+        log_every_n_steps: int | None = None,
+        backend: str = "auto",
+        report_window_steps: int = 500,
+    ) -> None:
+        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
+        if mode not in _DEFAULT_WARMUP:
+            raise ValueError(f"`mode` must be one of {tuple(_DEFAULT_WARMUP)}, got {mode!r}.")
+        check_positive_float("percentile", percentile)
+        if percentile > 100:
+            raise ValueError(f"`percentile` must be in (0, 100], got {percentile!r}.")
+        check_positive_int("window", window)
+        if window > 2**24:
+            raise ValueError(f"`window` must be <= 2**24 (torch.quantile's limit), got {window!r}.")
+        check_bool("include_current", include_current)
+        check_positive_float("z_thresh", z_thresh)
+        check_positive_float("alpha", alpha)
+        if alpha >= 1:
+            raise ValueError(f"`alpha` must be in (0, 1), got {alpha!r}.")
+        if max_norm is not None:
+            check_positive_float("max_norm", max_norm)
+        check_positive_float("clip_factor", clip_factor)
+        check_positive_float("eps", eps)
+        check_bool("exclude_final_layer", exclude_final_layer)
+        if clip_warmup_steps is not None and (isinstance(clip_warmup_steps, bool) or not isinstance(clip_warmup_steps, int)):
+            raise TypeError(f"`clip_warmup_steps` must be an int or None, got {clip_warmup_steps!r}.")
+        if clip_warmup_steps is not None and clip_warmup_steps < 0:
+            raise ValueError(f"`clip_warmup_steps` must be >= 0, got {clip_warmup_steps!r}.")
+        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
+        self.mode = mode
+        self.percentile = float(percentile)
+        self.window = window
+        self.include_current = include_current
+        self.z_thresh = float(z_thresh)
+        self.alpha = float(alpha)
+        self.max_norm = None if max_norm is None else float(max_norm)
+        self.clip_factor = float(clip_factor)
+        self.eps = float(eps)
+        self.exclude_final_layer = exclude_final_layer
+        self.clip_warmup_steps = _DEFAULT_WARMUP[mode] if clip_warmup_steps is None else clip_warmup_steps
+        self.log_every_n_steps = log_every_n_steps
+        self.backend = validate_backend(backend)
+        self._rule = self._make_rule()
+        self._steps = 0  # optimizer steps seen (host-side count: no read needed)
+        self._window: Tensor | None = None  # [steps, clipped steps, first, last, unit fraction sum]
+        self._last: Tensor | None = None  # [pre-clip norm, threshold, post-clip norm] of this step
+        self._pending_rule: dict | None = None
+
+    def _make_rule(self) -> PercentileThreshold | ZScoreThreshold | None:
+        if self.mode == "percentile":
+            return PercentileThreshold(self.percentile, self.window, self.include_current)
+        if self.mode == "zscore":
+            return ZScoreThreshold(self.z_thresh, self.alpha, warmup_steps=self.clip_warmup_steps)
+        return None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode, percentile=self.percentile, z_thresh=self.z_thresh)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        strategy = type(trainer.strategy).__name__
+        if stage == "fit" and strategy in _SHARDED_STRATEGIES:
+            raise RuntimeError(
+                f"AutoClip does not support {strategy}: with sharded parameters the global norm needs a "
+                "sum-of-squares reduce across ranks, and clipping with a rank-local norm would be wrong."
+            )
+
+    def _cadence(self, trainer: Trainer) -> int:
+        return self.log_every_n_steps or trainer.log_every_n_steps or 50
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if trainer.fast_dev_run:
+            return
+        context = self.context(trainer)
+        params, names = context.parameters(pl_module, optimizer)
+        if not params:
+            return
+        step = trainer.global_step
+        active = self._steps >= self.clip_warmup_steps and self.is_acting(trainer)
+        self._steps += 1
+        if self.mode == "agc":
+            fraction = self._clip_agc(params, names, active)  # of units clipped this step
+            clipped = (fraction > 0).to(torch.float32)
+            norm = threshold = post = torch.full((), math.nan, device=fraction.device)
+        else:
+            sumsq, _ = context.gradient_statistics(trainer, pl_module, optimizer, self.backend, full=False)
+            norm = sumsq.sum().sqrt()
+            threshold = self._rule.update(norm)
+            coefficient = clip_coefficient(norm, threshold, self.max_norm)
+            clipped = (coefficient < 1.0).to(torch.float32)
+            if active:
+                scale_gradients_([p.grad for p in params], coefficient)
+            else:
+                clipped = torch.zeros_like(clipped)
+            post = norm.to(torch.float64) * coefficient if active else norm.to(torch.float64)
+            fraction = clipped
+        self._update_window(step, clipped, fraction)
+        self._last = torch.stack([norm.double(), threshold.double(), post.double()])
+        if (step + 1) % self._cadence(trainer) == 0:
+            self._log(trainer, step)
+
+    def _clip_agc(self, params: list, names: list[str], active: bool) -> Tensor:
+        if self.exclude_final_layer and names:
+            final = names[-1].rsplit(".", 1)[0] if "." in names[-1] else names[-1]
+            params = [p for p, n in zip(params, names) if not (n == final or n.startswith(final + "."))]
+        if not active:
+            return torch.zeros((), device=params[0].device if params else "cpu")
+        fraction = adaptive_clip_(params, self.clip_factor, self.eps)
+        return fraction.to(params[0].device if params else "cpu")
+
+    def _update_window(self, step: int, clipped: Tensor, fraction: Tensor) -> None:
+        """Accumulate on the device: steps, clipped steps, first/last clipped step, unit fraction."""
+        if self._window is None:
+            self._window = torch.tensor([0.0, 0.0, math.inf, -math.inf, 0.0], dtype=torch.float64)
+        self._window = self._window.to(clipped.device)
+        did_clip = clipped > 0
+        self._window.copy_(torch.stack([
+            self._window[0] + 1,
+            self._window[1] + clipped.double(),
+            torch.minimum(self._window[2], torch.where(did_clip, float(step), math.inf).double()),
+            torch.maximum(self._window[3], torch.where(did_clip, float(step), -math.inf).double()),
+            self._window[4] + fraction.double(),
+        ]))
+
+    def _log(self, trainer: Trainer, step: int) -> None:
+        """One host read: the window's clip counts and this step's norms."""
+        if self._window is None or self._last is None:
+            return
+        values = torch.cat([self._window, self._last.to(self._window.device)]).tolist()
+        steps, clipped, first, last, fraction, norm, threshold, post = values
+        self._window = None
+        metrics = {"convergence/autoclip/clipped_fraction": clipped / max(steps, 1)}
+        if self.mode == "agc":
+            metrics["convergence/autoclip/clipped_unit_fraction"] = fraction / max(steps, 1)
+        else:
+            metrics.update({"convergence/autoclip/norm": norm, "convergence/autoclip/threshold": threshold,
+                            "convergence/autoclip/clipped_norm": post})
+        log_scalars(trainer, metrics, step)
+        if clipped > 0 and math.isfinite(first):
+            # One record per logging window, not one per clipped step.
+            detail = {"mode": self.mode, "clipped_steps": int(round(clipped)), "steps": int(steps),
+                      "first_step": int(first), "last_step": int(last)}
+            if self.mode == "agc":
+                detail["mean_clipped_unit_fraction"] = fraction / steps
+            self.record_intervention(trainer, "clip", int(first), detail)
+
+    @override
+    def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, trainer.global_step)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._pending_rule is not None and self._rule is not None:
+            self._rule.load_state_dict(self._pending_rule)
+            self._pending_rule = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["steps"] = self._steps
+        state["rule"] = self._rule.state_dict() if self._rule is not None else {}
+        state["window"] = None if self._window is None else self._window.cpu()
+        return state
+
+    @override
+    def _load_own_state(self, state_dict: dict[str, Any]) -> None:
+        self._steps = int(state_dict.get("steps", 0))
+        self._pending_rule = state_dict.get("rule") or None
+        window = state_dict.get("window")
+        self._window = window.clone() if window is not None else None
