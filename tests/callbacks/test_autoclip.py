@@ -1,0 +1,245 @@
+"""AutoClip from ``Trainer(callbacks=...)`` down, on a real digits MLP."""
+
+import copy
+import io
+import json
+import os
+import pickle
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins import MixedPrecision
+
+from lightning_convergence import AutoClip, GradientNormMonitor, default_callbacks
+from lightning_convergence.report import REPORT_FILENAME
+from tests.helpers.models import DigitsMLP, trainer_kwargs
+
+
+class Spiky(DigitsMLP):
+    """Inputs scaled by 100 on a few steps: gradient spikes."""
+
+    spikes = (20, 21, 35)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_step in self.spikes:
+            x = x * 100
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        return loss
+
+
+def _fit(tmp_path, model, callbacks, **kwargs):
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, **{"logger": False, **kwargs}))
+    trainer.fit(model)
+    return trainer
+
+
+def _norms_seen_by_optimizer(callbacks_before):  # noqa: D401
+    """A probe placed after AutoClip: the global norm the optimizer will use."""
+    seen = []
+
+    class Probe(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            seen.append(torch.stack([g.norm() for g in grads]).norm().item())
+
+    return callbacks_before + [Probe()], seen
+
+
+class NormProbe(L.Callback):
+    """Records the global gradient norm where it sits in the callback list."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(torch.stack([g.norm() for g in grads]).norm().item())
+
+
+@pytest.mark.parametrize("mode", ["percentile", "zscore"])
+def test_spikes_are_clipped_and_recorded_per_window(tmp_path, mode):
+    # ZClip's EMA needs its warm-up steps before it can clip: 10 here, so that step 20 counts.
+    clip = AutoClip(mode=mode, log_every_n_steps=10, clip_warmup_steps=10 if mode == "zscore" else None)
+    before, after = NormProbe(), NormProbe()
+    _fit(tmp_path, Spiky(), [before, clip, after], max_epochs=3)
+    ratio = [b / a for a, b in zip(before.norms, after.norms)]
+    for step in Spiky.spikes:
+        assert before.norms[step] > 20 * before.norms[min(Spiky.spikes) - 1]  # a real spike reached AutoClip
+        assert ratio[step] < 0.05  # and left it cut down to the run's own scale
+    calm = [r for i, r in enumerate(ratio) if i not in Spiky.spikes]
+    if mode == "zscore":
+        assert min(calm) > 0.5  # outside the spikes, at most a mild trim of slow drifts
+    report = json.load(open(tmp_path / REPORT_FILENAME))
+    clips = [i for i in report["interventions"] if i["action"] == "clip"]
+    assert clips and all(set(c["detail"]) >= {"clipped_steps", "first_step", "last_step"} for c in clips)
+    assert len(clips) <= 48 // 10 + 1  # aggregated: at most one record per logging window
+    assert sum(c["detail"]["clipped_steps"] for c in clips) == sum(r < 1 - 1e-6 for r in ratio)
+
+
+def test_agc_clips_units_and_spares_the_final_layer(tmp_path):
+    model = Spiky()
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_step == 20:
+                seen["head"] = pl_module.net[4].weight.grad.clone()
+                seen["first"] = pl_module.net[0].weight.grad.clone()
+
+    bare = {}
+
+    class BareProbe(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_step == 20:
+                bare["head"] = pl_module.net[4].weight.grad.clone()
+                bare["first"] = pl_module.net[0].weight.grad.clone()
+
+    _fit(tmp_path, model, [AutoClip(mode="agc", clip_factor=0.01), Probe()], max_steps=21, max_epochs=3)
+    _fit(tmp_path / "bare", Spiky(), [BareProbe()], max_steps=21, max_epochs=3)
+    assert seen["first"].norm() < bare["first"].norm()
+    # The head trained differently before step 20 (earlier clips), so compare rows' ratio bound.
+    assert seen["head"].norm() > 0
+
+
+def test_logged_keys_and_dry_run_changes_nothing(tmp_path):
+    logger = CSVLogger(tmp_path, name="csv")
+    callbacks, seen = _norms_seen_by_optimizer([AutoClip(auto_remediate=False, log_every_n_steps=5)])
+    L.seed_everything(0, verbose=False)
+    _fit(tmp_path, Spiky(), callbacks, logger=logger)
+    logger.save()
+    text = open(os.path.join(logger.log_dir, "metrics.csv")).read()
+    for key in ("convergence/autoclip/norm", "convergence/autoclip/threshold", "convergence/autoclip/clipped_norm",
+                "convergence/autoclip/clipped_fraction"):
+        assert key in text
+    bare_callbacks, bare_seen = _norms_seen_by_optimizer([])
+    L.seed_everything(0, verbose=False)
+    _fit(tmp_path / "bare", Spiky(), bare_callbacks)
+    assert seen == bare_seen  # the dry run computed thresholds but clipped nothing
+
+
+def test_ours_first_then_lightnings_gradient_clip_val(tmp_path):
+    seen = []
+
+    class Record(torch.optim.SGD):
+        """Records the norm the update uses (after every callback and Lightning's clipping)."""
+
+        def step(self, closure=None):
+            loss = closure() if closure is not None else None  # backward and the hooks run here
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            seen.append(torch.stack([g.norm() for g in grads]).norm().item())
+            super().step()
+            return loss
+
+    class Model(Spiky):
+        def configure_optimizers(self):
+            return Record(self.parameters(), lr=0.05, momentum=0.9)
+
+    _fit(tmp_path, Model(), [AutoClip(mode="zscore", clip_warmup_steps=5)], gradient_clip_val=0.5, max_epochs=3)
+    assert len(seen) == 48 and max(seen) <= 0.5 + 1e-4  # Lightning's fixed cap applies after ours
+
+
+def test_accumulation_clips_once_per_optimizer_step(tmp_path):
+    clip = AutoClip(mode="percentile", log_every_n_steps=2)
+    trainer = _fit(tmp_path, DigitsMLP(), [clip], accumulate_grad_batches=3)
+    assert clip._steps == trainer.global_step == 6
+    assert clip._rule._cursor == 6
+
+
+def test_fp16_overflow_step_leaves_the_history_alone(tmp_path):
+    class Overflow(DigitsMLP):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * 1e30 if self.global_step == 5 else loss
+
+    clip = AutoClip(mode="percentile", percentile=50.0)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    _fit(tmp_path, Overflow(), [clip], plugins=[plugin], max_steps=10)
+    history = clip._rule._history
+    assert torch.isnan(history[5]) and torch.isfinite(history[:5]).all() and torch.isfinite(history[6:10]).all()
+    assert history[:10].nan_to_num(0).max() < 100  # unscaled norms, not times the loss scale
+
+
+def test_resume_gives_the_same_thresholds(tmp_path):
+    def run(root, epochs, ckpt_path=None):
+        clip = AutoClip(mode="zscore", clip_warmup_steps=5, log_every_n_steps=3)
+        L.seed_everything(0, verbose=False)
+        model = Spiky(shuffle=False)
+        trainer = L.Trainer(callbacks=[clip, ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+                            **trainer_kwargs(root, logger=False, max_epochs=epochs, enable_checkpointing=True))
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return clip, model
+
+    full_clip, full_model = run(tmp_path / "full", 4)
+    run(tmp_path / "part", 2)
+    resumed_clip, resumed_model = run(tmp_path / "part", 4, str(tmp_path / "part" / "ckpt" / "last.ckpt"))
+    assert torch.equal(full_clip._rule._state, resumed_clip._rule._state)
+    assert full_clip._steps == resumed_clip._steps == 64
+    for a, b in zip(full_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    assert full_clip.state_dict()["records"] == resumed_clip.state_dict()["records"]
+
+
+def test_state_dict_weights_only_and_pickle(tmp_path):
+    clip = AutoClip(mode="percentile")
+    _fit(tmp_path, DigitsMLP(), [clip])
+    buffer = io.BytesIO()
+    torch.save(clip.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = AutoClip(mode="percentile")
+    fresh.load_state_dict(state)
+    assert fresh._steps == 16
+    pickle.loads(pickle.dumps(AutoClip()))
+    copy.deepcopy(clip)
+
+
+def test_suite_with_auto_remediate_includes_zscore_autoclip():
+    monitor, clip = default_callbacks(auto_remediate=True, log_every_n_steps=7, AutoClip={"z_thresh": 3.0})
+    assert isinstance(monitor, GradientNormMonitor) and isinstance(clip, AutoClip)
+    assert clip.mode == "zscore" and clip.z_thresh == 3.0 and clip.log_every_n_steps == 7
+    assert [type(c).__name__ for c in default_callbacks(auto_remediate=True, AutoClip=None)] == ["GradientNormMonitor"]
+
+
+def test_sharded_strategy_is_refused(tmp_path):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    clip = AutoClip()
+    trainer = L.Trainer(callbacks=[clip], logger=False, accelerator="cpu", devices=1)
+    trainer.strategy.__class__ = type("FSDPStrategy", (type(trainer.strategy),), {})  # the name is what is checked
+    with pytest.raises(RuntimeError, match="AutoClip does not support FSDPStrategy"):
+        clip.setup(trainer, DigitsMLP(), "fit")
+    assert FSDPStrategy  # the real class exists; FSDP itself cannot run on this CPU-only machine
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mode": "global"}, ValueError, "`mode`.*'global'"),
+        ({"percentile": 0}, ValueError, "`percentile`.*0"),
+        ({"percentile": 101}, ValueError, "`percentile`.*101"),
+        ({"percentile": float("nan")}, ValueError, "`percentile`.*nan"),
+        ({"window": 0}, ValueError, "`window`.*0"),
+        ({"window": True}, TypeError, "`window`.*True"),
+        ({"window": 2**25}, ValueError, "`window`"),
+        ({"z_thresh": -1.0}, ValueError, "`z_thresh`.*-1.0"),
+        ({"alpha": 1.0}, ValueError, "`alpha`.*1.0"),
+        ({"alpha": float("inf")}, ValueError, "`alpha`.*inf"),
+        ({"max_norm": 0.0}, ValueError, "`max_norm`.*0.0"),
+        ({"clip_factor": "0.01"}, TypeError, "`clip_factor`.*'0.01'"),
+        ({"eps": 0}, ValueError, "`eps`.*0"),
+        ({"clip_warmup_steps": -1}, ValueError, "`clip_warmup_steps`.*-1"),
+        ({"clip_warmup_steps": 2.0}, TypeError, "`clip_warmup_steps`.*2.0"),
+        ({"include_current": 1}, TypeError, "`include_current`.*1"),
+        ({"exclude_final_layer": None}, TypeError, "`exclude_final_layer`.*None"),
+        ({"auto_remediate": "no"}, TypeError, "`auto_remediate`.*'no'"),
+        ({"backend": "gpu"}, ValueError, "`backend`.*'gpu'"),
+    ],
+)
+def test_bad_arguments_raise_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AutoClip(**kwargs)
