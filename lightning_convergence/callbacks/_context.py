@@ -30,6 +30,7 @@ class RunContext:
 
     log: ConvergenceLog
     layout_written: bool = False
+    finished: bool = False
     report_written_by: set[str] = field(default_factory=set)
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
@@ -80,5 +81,19 @@ def run_context(trainer: Trainer, window_steps: int = 500) -> RunContext:
     return context
 
 
-def drop_run_context(trainer: Trainer) -> None:
-    _CONTEXTS.pop(trainer, None)
+def start_run_context(trainer: Trainer, window_steps: int = 500) -> RunContext:
+    """At ``setup("fit")``: a fresh context if the last fit of ``trainer`` has ended."""
+    context = _CONTEXTS.get(trainer)
+    if context is not None and context.finished:
+        del _CONTEXTS[trainer]
+    return run_context(trainer, window_steps)
+
+
+def finish_run_context(trainer: Trainer) -> None:
+    """At ``teardown("fit")``: mark the fit as ended. The context stays readable until the next
+    fit starts (every callback's teardown still reads its records from it) or the Trainer goes."""
+    context = _CONTEXTS.get(trainer)
+    if context is not None:
+        context.finished = True
+        context._gradient_pass = None  # holds gradient statistics tensors
+        context._parameters.clear()  # holds references to the model's parameters

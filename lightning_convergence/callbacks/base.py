@@ -13,7 +13,12 @@ from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from lightning_convergence.callbacks._context import RunContext, drop_run_context, run_context
+from lightning_convergence.callbacks._context import (
+    RunContext,
+    finish_run_context,
+    run_context,
+    start_run_context,
+)
 from lightning_convergence.report.console import ConvergenceWarning, print_diagnosis
 from lightning_convergence.report.records import Diagnosis, Finding, Intervention
 from lightning_convergence.report.tensorboard import write_diagnosis_text, write_layout
@@ -118,7 +123,7 @@ class ConvergenceCallback(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.context(trainer)
+            start_run_context(trainer, self.report_window_steps)
             self._trainer_ref = weakref.ref(trainer)
 
     @override
@@ -154,7 +159,7 @@ class ConvergenceCallback(Callback):
         self._remove_hooks()
         if stage == "fit":
             self._records_at_teardown = self._records_state(trainer)
-            drop_run_context(trainer)
+            finish_run_context(trainer)
             self._trainer_ref = None  # a weakref would stop the callback from pickling
 
     @override

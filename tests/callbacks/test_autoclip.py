@@ -243,3 +243,18 @@ def test_sharded_strategy_is_refused(tmp_path):
 def test_bad_arguments_raise_at_construction(kwargs, error, match):
     with pytest.raises(error, match=match):
         AutoClip(**kwargs)
+
+
+def test_each_callback_keeps_its_records_after_fit(tmp_path):
+    """Teardown order must not lose any callback's records (the run context is shared)."""
+    class SpikyWithNaN(Spiky):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("nan") if self.global_step == 40 else loss
+
+    monitor, clip = default_callbacks(auto_remediate=True, AutoClip={"clip_warmup_steps": 10})
+    _fit(tmp_path, SpikyWithNaN(), [monitor, clip], max_epochs=3)
+    assert [i["action"] for i in monitor.state_dict()["records"]["interventions"]] == ["skip_step"]
+    assert {i["action"] for i in clip.state_dict()["records"]["interventions"]} == {"clip"}
+    report = json.load(open(tmp_path / REPORT_FILENAME))
+    assert {i["source"] for i in report["interventions"]} == {"GradientNormMonitor", "AutoClip"}
