@@ -53,12 +53,14 @@ REMEDIES: dict[str, tuple[str, ...]] = {
 }
 
 
-def advise(kind: str, seen: str) -> str:
+def advise(kind: str, seen: str, causes: str | None = None) -> str:
     """A full diagnosis message: ``seen``, then the likely causes and the remedies to try.
+
+    ``causes`` replaces the kind's usual causes where the evidence points elsewhere.
 
     Example:
         >>> advise("exploding_gradients", "The gradient norm jumped to 812 (median 3.1).")[:45]
         'The gradient norm jumped to 812 (median 3.1).'
     """
     steps = "; ".join(f"{i}) {step}" for i, step in enumerate(REMEDIES[kind], start=1))
-    return f"{seen} Likely causes: {CAUSES[kind]}. Try: {steps}."
+    return f"{seen} Likely causes: {causes or CAUSES[kind]}. Try: {steps}."

@@ -172,17 +172,18 @@ class GradientHealthRule:
             self._vanishing_streak = 0
         if self._vanishing_streak != t.vanishing_patience:
             return []  # report once when the streak reaches patience, not on every window after
+        causes = None
         if first == 0:
             seen = (f"No gradient reaches the first layer ({first_name}): its gradient norm has been "
                     f"exactly 0 for {self._vanishing_streak} logging windows while the last layer "
-                    f"({last_name}) gets {last:.2e}. With ReLUs this usually means the units feeding it "
-                    f"died (often from a learning rate that is too high); otherwise look for a detached "
-                    f"graph or a frozen layer.")
+                    f"({last_name}) gets {last:.2e}.")
+            causes = ("with ReLUs, units after it that died (often from a learning rate that is too high "
+                      "early on); otherwise a detached graph or a layer cut off from the loss")
         else:
             seen = (f"The first layer ({first_name}) gets gradients of norm {first:.2e}, {ratio:.1e} "
                     f"times those of the last layer ({last_name}, {last:.2e}), for "
                     f"{self._vanishing_streak} logging windows in a row.")
-        return [Finding("vanishing_gradients", "warning", advise("vanishing_gradients", seen),
+        return [Finding("vanishing_gradients", "warning", advise("vanishing_gradients", seen, causes),
                         layer=first_name, evidence={"first_norm": first, "last_norm": last, "ratio": ratio})]
 
     def state_dict(self) -> dict:
