@@ -65,7 +65,9 @@ class AutoClip(ConvergenceCallback):
         max_norm: optional hard cap on the global norm (percentile and zscore modes).
         clip_factor: agc mode, the ratio of gradient to weight norm allowed per unit.
         eps: agc mode, the least weight norm a unit is credited with.
-        exclude_final_layer: agc mode, leave the last module with parameters unclipped.
+        exclude_final_layer: agc mode, leave the final layer unclipped: the last module, in the
+            order the model registers them, that owns parameters (the classifier head of a
+            typical model).
         clip_warmup_steps: steps before clipping starts; ``None``: 0 for percentile and agc, 25 for
             zscore (ZClip's default, the steps that initialise its EMA).
         auto_remediate: ``False`` computes and logs the thresholds without clipping (a dry run).
@@ -141,6 +143,7 @@ class AutoClip(ConvergenceCallback):
         self._window: Tensor | None = None  # [steps, clipped steps, first, last, unit fraction sum]
         self._last: Tensor | None = None  # [pre-clip norm, threshold, post-clip norm] of this step
         self._pending_rule: dict | None = None
+        self._final_module: str | None = None
 
     def _make_rule(self) -> PercentileThreshold | ZScoreThreshold | None:
         if self.mode == "percentile":
@@ -202,9 +205,10 @@ class AutoClip(ConvergenceCallback):
             self._log(trainer, step)
 
     def _clip_agc(self, params: list, names: list[str], active: bool) -> Tensor:
-        if self.exclude_final_layer and names:
-            final = names[-1].rsplit(".", 1)[0] if "." in names[-1] else names[-1]
-            params = [p for p, n in zip(params, names) if not (n == final or n.startswith(final + "."))]
+        if self.exclude_final_layer and self._final_module is not None:
+            final = self._final_module
+            # A parameter of the final module is named "<final>.<name>" with no further dot.
+            params = [p for p, n in zip(params, names) if n.rsplit(".", 1)[0] != final and n != final]
         if not active:
             return torch.zeros((), device=params[0].device if params else "cpu")
         fraction = adaptive_clip_(params, self.clip_factor, self.eps)
@@ -253,6 +257,9 @@ class AutoClip(ConvergenceCallback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        # The final layer for AGC: the last module, in registration order, owning parameters.
+        owners = [name for name, m in pl_module.named_modules() if any(True for _ in m.parameters(recurse=False))]
+        self._final_module = owners[-1] if owners else None
         if self._pending_rule is not None and self._rule is not None:
             self._rule.load_state_dict(self._pending_rule)
             self._pending_rule = None
