@@ -81,28 +81,24 @@ def test_spikes_are_clipped_and_recorded_per_window(tmp_path, mode):
     assert sum(c["detail"]["clipped_steps"] for c in clips) == sum(r < 1 - 1e-6 for r in ratio)
 
 
+class GradientsAt(L.Callback):
+    """Keeps the first and final layers' gradients and weights at one step."""
+
+    def __init__(self, step):
+        self.step, self.kept = step, {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step == self.step:
+            for name, layer in (("first", pl_module.net[0]), ("head", pl_module.net[4])):
+                self.kept[name] = layer.weight.grad.clone()
+                self.kept[f"{name}_w"] = layer.weight.detach().clone()
+
+
 def test_agc_clips_units_and_spares_the_final_layer(tmp_path):
-    model = Spiky()
-    seen = {}
-
-    class Probe(L.Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            if trainer.global_step == 20:
-                seen["head"] = pl_module.net[4].weight.grad.clone()
-                seen["first"] = pl_module.net[0].weight.grad.clone()
-                seen["head_w"] = pl_module.net[4].weight.detach().clone()
-                seen["first_w"] = pl_module.net[0].weight.detach().clone()
-
-    bare = {}
-
-    class BareProbe(L.Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            if trainer.global_step == 20:
-                bare["head"] = pl_module.net[4].weight.grad.clone()
-                bare["first"] = pl_module.net[0].weight.grad.clone()
-
-    _fit(tmp_path, model, [AutoClip(mode="agc", clip_factor=0.01), Probe()], max_steps=21, max_epochs=3)
-    _fit(tmp_path / "bare", Spiky(), [BareProbe()], max_steps=21, max_epochs=3)
+    probe, bare_probe = GradientsAt(20), GradientsAt(20)
+    _fit(tmp_path, Spiky(), [AutoClip(mode="agc", clip_factor=0.01), probe], max_steps=21, max_epochs=3)
+    _fit(tmp_path / "bare", Spiky(), [bare_probe], max_steps=21, max_epochs=3)
+    seen, bare = probe.kept, bare_probe.kept
     assert seen["first"].norm() < bare["first"].norm()
     # Every unit of a clipped layer is within clip_factor of its weights; the head is not clipped.
     for name in ("first", "head"):
