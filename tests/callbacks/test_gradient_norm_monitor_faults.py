@@ -190,3 +190,26 @@ def test_exception_before_the_first_step_removes_forward_order_hooks(tmp_path):
         _fit(tmp_path, model, [GradientNormMonitor()])
     assert all(not m._forward_pre_hooks for m in model.modules())
     assert os.path.exists(os.path.join(tmp_path, REPORT_FILENAME))
+
+
+def test_diagnoses_reach_tensorboard_text_and_nan_never_crashes_a_writer(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from tests.helpers.tensorboard import load_events
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    # A NaN batch exactly on a logging step that also writes histograms.
+    monitor = GradientNormMonitor(log_every_n_steps=5, histogram_every_n_steps=5)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, logger=logger))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        trainer.fit(DigitsMLP(nan_at_step=9))
+    events = load_events(logger.log_dir)
+    assert "convergence/diagnoses/text_summary" in events.Tags()["tensors"]
+    texts = [e.tensor_proto.string_val[0].decode() for e in events.Tensors("convergence/diagnoses/text_summary")]
+    assert any("nonfinite_gradients" in t and "Try:" in t for t in texts)
+    # The NaN step's scalars were dropped, not written as NaN.
+    totals = {e.step: e.value for e in events.Scalars("convergence/grad_norm/total")}
+    assert 9 not in totals and all(v == v for v in totals.values())
+    assert "convergence/grad_nonfinite_steps" in events.Tags()["scalars"]
