@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AutoClip": "lightning_convergence.callbacks.autoclip",
     "GradientNormMonitor": "lightning_convergence.callbacks.gradient_norm_monitor",
+    "WarmupScheduler": "lightning_convergence.callbacks.warmup_scheduler",
     "default_callbacks": "lightning_convergence.suite",
     "Diagnosis": "lightning_convergence.report.records",
     "Intervention": "lightning_convergence.report.records",
@@ -25,6 +26,7 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 if TYPE_CHECKING:
     from lightning_convergence.callbacks.autoclip import AutoClip
     from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
+    from lightning_convergence.callbacks.warmup_scheduler import WarmupScheduler
     from lightning_convergence.report.records import Diagnosis, Intervention
     from lightning_convergence.suite import default_callbacks
 

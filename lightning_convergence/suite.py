@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lightning_convergence.callbacks import AutoClip, GradientNormMonitor
+from lightning_convergence.callbacks import AutoClip, GradientNormMonitor, WarmupScheduler
 
 # The monitors, in the order they run; each later monitor joins this list.
 _MONITORS: tuple[type[Callback], ...] = (GradientNormMonitor,)
@@ -17,9 +17,12 @@ def _accepted(cls: type[Callback]) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - {"self", "auto_remediate"}
 
 
-def _suite(auto_remediate: bool) -> list[tuple[type[Callback], dict[str, Any]]]:
+def _suite(auto_remediate: bool, warmup: bool) -> list[tuple[type[Callback], dict[str, Any]]]:
     """The callbacks and their defaults for this mode."""
     suite: list[tuple[type[Callback], dict[str, Any]]] = [(cls, {}) for cls in _MONITORS]
+    if warmup:
+        # Preventive, not a reaction: only when asked for (warmup_steps=... or WarmupScheduler={...}).
+        suite.append((WarmupScheduler, {}))
     if auto_remediate:
         # Clipping joins only to act, and only on outliers, so a healthy run is barely changed.
         # ZClip's own defaults (z 2.5, alpha 0.97) clipped 158 of 188 steps of a healthy digits
@@ -38,7 +41,8 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
         auto_remediate: ``False``: the suite only observes; training is bit-identical to a run
             without it. ``True``: the monitors act on what they diagnose, and AutoClip joins in
             z-score mode tuned to touch outlier steps only (``z_thresh=4``, ``alpha=0.9``,
-            ``clip_warmup_steps=10``).
+            ``clip_warmup_steps=10``). WarmupScheduler joins when ``warmup_steps`` (or
+            ``WarmupScheduler={...}``) is given, with ``auto_remediate=True`` only.
         **overrides: either a callback's class name with a dict of its arguments
             (``AutoClip={"z_thresh": 3.0}``) or ``None`` to leave it out (``AutoClip=None``),
             or a plain argument passed to every callback of the suite that accepts it
@@ -47,17 +51,24 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
     Raises:
         TypeError: an override that no callback of the suite accepts, or a non-bool
             ``auto_remediate``.
+        ValueError: warmup asked for with ``auto_remediate=False``.
 
     Example:
         >>> [type(c).__name__ for c in default_callbacks()]
         ['GradientNormMonitor']
         >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True)]
         ['GradientNormMonitor', 'AutoClip']
+        >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True, warmup_steps=500)]
+        ['GradientNormMonitor', 'WarmupScheduler', 'AutoClip']
     """
     if not isinstance(auto_remediate, bool):
         raise TypeError(f"`auto_remediate` must be a bool, got {auto_remediate!r}.")
-    suite = _suite(auto_remediate)
-    by_name = {cls.__name__: cls for cls in (*_MONITORS, AutoClip)}
+    warmup = "warmup_steps" in overrides or isinstance(overrides.get("WarmupScheduler"), dict)
+    if warmup and not auto_remediate:
+        raise ValueError("Warmup changes training, and `auto_remediate=False` promises it does not: pass "
+                         "`auto_remediate=True` with `warmup_steps`, or add `WarmupScheduler()` to the callbacks.")
+    suite = _suite(auto_remediate, warmup)
+    by_name = {cls.__name__: cls for cls in (*_MONITORS, AutoClip, WarmupScheduler)}
     per_callback = {k: v for k, v in overrides.items() if k in by_name}
     shared = {k: v for k, v in overrides.items() if k not in by_name}
     known = set().union(*(_accepted(cls) for cls, _ in suite))
@@ -73,5 +84,7 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
             continue
         kwargs = {**defaults, **{k: v for k, v in shared.items() if k in _accepted(cls)},
                   **(per_callback.get(cls.__name__) or {})}
-        callbacks.append(cls(auto_remediate=auto_remediate, **kwargs))
+        if "auto_remediate" in inspect.signature(cls.__init__).parameters:
+            kwargs["auto_remediate"] = auto_remediate
+        callbacks.append(cls(**kwargs))
     return callbacks

@@ -3,5 +3,6 @@
 from lightning_convergence.callbacks.autoclip import AutoClip
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
+from lightning_convergence.callbacks.warmup_scheduler import WarmupScheduler
 
-__all__ = ["AutoClip", "ConvergenceCallback", "GradientNormMonitor"]
+__all__ = ["AutoClip", "ConvergenceCallback", "GradientNormMonitor", "WarmupScheduler"]

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
+from lightning_convergence.remedies.lr_control import LRControl
 from lightning_convergence.report.run_log import ConvergenceLog
 from lightning_convergence.stats import sum_of_squares, tensor_stats
 
@@ -34,6 +35,20 @@ class RunContext:
     report_written_by: set[str] = field(default_factory=set)
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
+    _lr_controls: dict[int, LRControl] = field(default_factory=dict)
+
+    def lr_control(self, optimizer: torch.optim.Optimizer) -> LRControl:
+        """The one LR control of ``optimizer`` that every callback of this fit shares."""
+        control = self._lr_controls.get(id(optimizer))
+        if control is None or control.optimizer is not optimizer:
+            control = self._lr_controls[id(optimizer)] = LRControl(optimizer)
+        return control
+
+    def detach_lr_controls(self) -> None:
+        """Remove every optimizer hook of ours (end of fit, or a fault)."""
+        for control in self._lr_controls.values():
+            control.detach()
+        self._lr_controls.clear()
 
     def parameters(self, pl_module: LightningModule, optimizer: torch.optim.Optimizer) -> tuple[list, list[str]]:
         """The optimizer's parameters that ``pl_module`` names, in param-group order, and names.
@@ -95,5 +110,6 @@ def finish_run_context(trainer: Trainer) -> None:
     context = _CONTEXTS.get(trainer)
     if context is not None:
         context.finished = True
+        context.detach_lr_controls()
         context._gradient_pass = None  # holds gradient statistics tensors
         context._parameters.clear()  # holds references to the model's parameters
