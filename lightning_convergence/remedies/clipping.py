@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from lightning_convergence.stats.host import cpu_scalar
+
 _NORM_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_: threshold / (norm + eps)
 
 
@@ -180,7 +182,14 @@ def clip_coefficient(norm: Tensor, threshold: Tensor, max_norm: float | None = N
 
 
 def scale_gradients_(grads: Sequence[Tensor | None], coefficient: Tensor) -> None:
-    """Multiply every gradient in place by the 0-d ``coefficient``, without a host read."""
+    """Multiply every gradient in place by the 0-d ``coefficient``.
+
+    On an accelerator the multiply always runs (deciding to skip it would need a host read, a
+    sync). On CPU the coefficient is read for free, and a coefficient of exactly 1 (no clip, most
+    steps of an outlier-only clipper) skips a pass that writes every gradient.
+    """
+    if coefficient.device.type == "cpu" and cpu_scalar(coefficient) == 1.0:
+        return
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for grad in grads:
         if grad is not None:

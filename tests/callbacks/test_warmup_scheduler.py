@@ -228,3 +228,27 @@ def test_suite_adds_warmup_only_when_asked():
 def test_bad_arguments_raise_at_construction(kwargs, error, match):
     with pytest.raises(error, match=match):
         WarmupScheduler(**kwargs)
+
+
+def test_each_optimizer_warms_up_on_its_own_steps(tmp_path):
+    from tests.callbacks.test_gradient_norm_monitor_modes import TwoOptimizers
+
+    warmup = WarmupScheduler(warmup_steps=4)
+    model = TwoOptimizers()
+    _fit(tmp_path, model, [warmup], max_epochs=1)
+    assert warmup._steps == {0: 8, 1: 8}  # 8 batches, each optimizer steps once per batch
+    assert all(not o._optimizer_step_pre_hooks for o in model.trainer.optimizers)
+
+
+def test_fp16_step_skipped_by_the_scaler_does_not_count(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    class Overflow(Scheduled):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * 1e30 if self.global_step == 3 else loss
+
+    warmup = WarmupScheduler(warmup_steps=10)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    _fit(tmp_path, Overflow("none"), [warmup], plugins=[plugin], max_epochs=1)
+    assert warmup._steps == {0: 15}  # 16 batches, one skipped by the scaler: 15 real updates

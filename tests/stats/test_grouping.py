@@ -17,3 +17,13 @@ def test_reduce_by_group_matches_reference(rows, extra_groups):
     index = torch.tensor([r[2] for r in rows])
     torch.testing.assert_close(reduce_by_group(stats, index, num_groups),
                                reference_reduce_by_group(stats, index, num_groups), equal_nan=True)
+
+
+def test_cpu_scalar_refuses_other_devices():
+    import pytest
+
+    from lightning_convergence.stats.host import cpu_scalar
+
+    assert cpu_scalar(torch.tensor(2.0)) == 2.0
+    with pytest.raises(ValueError, match="CPU tensors only.*meta"):
+        cpu_scalar(torch.empty((), device="meta"))
