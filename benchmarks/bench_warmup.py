@@ -2,7 +2,7 @@
 
 Run::
 
-    python benchmarks/bench_warmup.py [--seeds 5] [--epochs 8] [--lr 3e-3] [--out benchmarks/results]
+    python benchmarks/bench_warmup.py [--seeds 5] [--epochs 8] [--lr 6e-3] [--out benchmarks/results]
 
 The model. A small post-LN transformer (``torch.nn.TransformerEncoder`` with ``norm_first=False``,
 as written in the original Transformer and in most tutorials): ``--layers`` layers, d_model
@@ -21,12 +21,21 @@ weight moves by about the full learning rate at once, and the residual-then-norm
 amplify that. The optimizer here is Adam with betas ``--betas`` (default 0.9, 0.98, the Transformer
 paper's), at a learning rate ``--lr`` chosen so that the run without warmup goes wrong in most seeds.
 
+How the default lr was chosen (when the script was written, 8 epochs, seeds 0-2): with 4 layers, at
+lr 1e-3 and 3e-3 the run without warmup trained as well as with untuned warmup (val acc 0.93 to 0.98
+either way): no effect to show. With 6 layers at 3e-3, one seed of five stayed at chance without
+warmup (the others were fine). With 4 layers at 6e-3 every seed without warmup ended clearly worse
+(val acc 0.54 to 0.64 on seeds 0-2), with untuned warmup 0.91 to 0.93; at 1e-2 the run without
+warmup stayed at chance. So the default is 4 layers at lr 6e-3; a beta2 of 0.999 was not used
+because its untuned warmup (2 / (1 - 0.999), about 2000 steps) is longer than the whole run (376 steps).
+
 Variants, each trained on the same seeds (same init, split and batch order per seed):
 
 - ``none``: constant ``--lr``, no warmup;
 - ``linear N``: ``WarmupScheduler(warmup_steps=N)`` (``--warmup-steps``), linear;
 - ``untuned``: ``WarmupScheduler(warmup_steps="untuned")``: linear over ``2 / (1 - beta2)`` optimizer
-  steps (100 for beta2 0.98), the callback's default (Ma & Yarats 2021);
+  steps, the callback's default (Ma & Yarats 2021). For beta2 0.98 that is 99 steps, not 100: the
+  library truncates ``2 / (1 - 0.98)`` = 99.99999999999991 in floating point with ``int()``;
 - ``cosine``: the user's own ``CosineAnnealingLR`` over the whole run (``interval="step"``), no warmup;
 - ``cosine+untuned``: the same scheduler with ``WarmupScheduler("untuned")`` on top: the warmup is a
   factor on the scheduler's LR, so the two compose;
@@ -39,11 +48,13 @@ so it sees ``param_group["lr"]`` while the warmup factor is applied; WarmupSched
 scheduler's LR right after the step), the final validation loss and accuracy (after the last
 epoch), whether the training loss ever went NaN/Inf, and the worst loss spike: the largest rise of
 the 5-step mean training loss above its running minimum (0 for a run whose smoothed loss only went
-down; about 2 for a run that got to 0.3 and fell back to chance, ln 10 = 2.30).
+down; about 2 for a run that got to 0.3 and fell back to chance, ln 10 = 2.30; batch-to-batch noise
+alone gives 0.2 to 0.3, see the ``none lr/10`` reference), and the best 5-step mean training loss
+(how far the run got at all).
 
 Writes ``warmup.md`` (the tables, the command, machine and versions) and ``warmup.png`` (training
 loss and effective LR of every variant on the first seed) into ``--out``, and prints the tables.
-About 3 to 4 minutes on 2 CPU cores with the defaults (one torch thread).
+About 3 minutes on 2 CPU cores with the defaults (one torch thread).
 """
 
 from __future__ import annotations
@@ -199,6 +210,11 @@ class RunResult:
         return (math.inf, self.first_nonfinite) if self.first_nonfinite is not None else (worst, at)
 
     @property
+    def best_loss(self) -> float:
+        finite = [v for v in self.smoothed if math.isfinite(v)]
+        return min(finite) if finite else math.nan
+
+    @property
     def tail_loss(self) -> float:
         return finite_mean(self.losses[-20:]) if self.first_nonfinite is None else math.nan
 
@@ -248,14 +264,16 @@ def summary_rows(results: dict[str, list[RunResult]]) -> list[list[str]]:
     steps = len(next(iter(results.values()))[0].losses)
     rows = [["variant", "val loss mean [min, max]", "val acc mean [min, max]", f"seeds failed (acc < {FAILED_ACC})",
              "non-finite loss", f"worst loss spike ({SMOOTH}-step mean) mean [min, max]",
-             "last-20 train loss mean [min, max]", f"effective LR: step 0 / peak (step) / last (of {steps})"]]
+             f"best train loss ({SMOOTH}-step mean) mean [min, max]", "last-20 train loss mean [min, max]",
+             f"effective LR: step 0 / peak (step) / last (of {steps})"]]
     for name, runs in results.items():
         bad = sum(r.first_nonfinite is not None for r in runs)
         lrs = runs[0].lrs
         rows.append([
             name, spread([r.val_loss for r in runs], ".3f"), spread([r.val_acc for r in runs], ".3f"),
             f"{sum(r.failed for r in runs)}/{len(runs)}", f"{bad}/{len(runs)} seeds" if bad else "no",
-            spread([r.spike[0] for r in runs], ".2f"), spread([r.tail_loss for r in runs], ".3f"),
+            spread([r.spike[0] for r in runs], ".2f"), spread([r.best_loss for r in runs], ".3f"),
+            spread([r.tail_loss for r in runs], ".3f"),
             f"{lrs[0]:.2e} / {max(lrs):.2e} ({warmup_length(results, name)}) / {lrs[-1]:.2e}",
         ])
     return rows
@@ -263,14 +281,13 @@ def summary_rows(results: dict[str, list[RunResult]]) -> list[list[str]]:
 
 def seed_rows(results: dict[str, list[RunResult]]) -> list[list[str]]:
     rows = [["variant", "seed", "val loss", "val acc", "first non-finite step", "worst spike (at step)",
-             "min train loss (5-step mean)", "last-20 train loss", "fit s"]]
+             f"best train loss ({SMOOTH}-step mean)", "last-20 train loss", "fit s"]]
     for name, runs in results.items():
         for r in runs:
             spike, at = r.spike
-            finite = [v for v in r.smoothed if math.isfinite(v)]
             rows.append([name, str(r.seed), f"{r.val_loss:.3f}", f"{r.val_acc:.3f}",
                          "-" if r.first_nonfinite is None else str(r.first_nonfinite), f"{spike:.2f} ({at})",
-                         f"{min(finite):.3f}" if finite else "nan", f"{r.tail_loss:.3f}", f"{r.seconds:.1f}"])
+                         f"{r.best_loss:.3f}", f"{r.tail_loss:.3f}", f"{r.seconds:.1f}"])
     return rows
 
 
@@ -294,6 +311,9 @@ def verdicts(results: dict[str, list[RunResult]]) -> list[str]:
         big = sum(s > 0.5 for s in spikes)
         text += (f"; worst loss spike {max(spikes):.2f} (mean {finite_mean(spikes):.2f}), "
                  f"{big} of {len(runs)} seeds with a rise above 0.5")
+        best = [r.best_loss for r in runs]
+        text += (f"; best {SMOOTH}-step training loss {min(best):.3f} to {max(best):.3f}, "
+                 f"last-20 mean {finite_mean([r.tail_loss for r in runs]):.3f}")
         lines.append(text + ".")
     return lines
 
@@ -302,8 +322,15 @@ def headline(results: dict[str, list[RunResult]]) -> str:
     failed = [f"`{n}` {sum(r.failed for r in runs)}/{len(runs)}" for n, runs in results.items()
               if any(r.failed for r in runs)]
     held = [f"`{n}`" for n, runs in results.items() if not any(r.failed for r in runs)]
-    return (f"Seeds failed (final val acc below {FAILED_ACC} or a NaN/Inf training loss): "
+    text = (f"Seeds failed (final val acc below {FAILED_ACC} or a NaN/Inf training loss): "
             + (", ".join(failed) if failed else "none") + ". No seed failed: " + (", ".join(held) or "none") + ".")
+    if "none lr/10" in results:
+        floor = min(r.val_acc for r in results["none lr/10"])
+        below = [f"`{n}` {sum(not r.val_acc >= floor for r in runs)}/{len(runs)}" for n, runs in results.items()
+                 if n != "none lr/10"]
+        text += (f" Seeds ending below the worst val acc of the `none lr/10` reference ({floor:.3f}): "
+                 + ", ".join(below) + ".")
+    return text
 
 
 def notes(results: dict[str, list[RunResult]]) -> list[str]:
@@ -325,10 +352,19 @@ def notes(results: dict[str, list[RunResult]]) -> list[str]:
             out.append(f"- Composition: after the warmup, the LR of `cosine+untuned` equals the cosine schedule's "
                        f"(ratio {min(after):.6f} to {max(after):.6f} over the remaining steps); during it the ratio is "
                        "the warmup factor: the scheduler's own trajectory is untouched.")
+    for name, runs in results.items():
+        best, tail = finite_mean([r.best_loss for r in runs]), finite_mean([r.tail_loss for r in runs])
+        if tail > 2 * best and tail > 0.1:
+            out.append(f"- `{name}`: the training loss went down to a {SMOOTH}-step mean of {best:.3f} (mean over "
+                       f"seeds) and then rose again, to {tail:.3f} over the last 20 steps: it keeps its full lr after "
+                       "its best point, and the loss does not settle there (see the figure).")
     if "none lr/10" in results:
         accs = [r.val_acc for r in results["none lr/10"]]
+        spikes = [r.spike[0] for r in results["none lr/10"]]
         out.append(f"- Noise: the reference `none lr/10` ranges {min(accs):.3f} to {max(accs):.3f} in val acc over "
-                   "the seeds; a difference between variants smaller than the seed spread is not a result.")
+                   f"the seeds, and its worst loss spike is {min(spikes):.2f} to {max(spikes):.2f}, which is "
+                   "batch-to-batch noise of the 5-step mean: a difference between variants smaller than these "
+                   "spreads is not a result.")
     return out
 
 
@@ -353,7 +389,8 @@ def plot(results: dict[str, list[RunResult]], args: argparse.Namespace, path: st
         top.plot(range(len(run.losses)), run.smoothed, label=name, linewidth=1.3, **style)
         if run.first_nonfinite is not None:
             top.axvline(run.first_nonfinite, color=color, linestyle=":", linewidth=1)
-        bottom.plot(range(len(run.lrs)), run.lrs, label=name, linewidth=1.3, **style)
+        width = 3.0 if name in ("none", "cosine") else 1.3  # drawn under the warmup lines that join them
+        bottom.plot(range(len(run.lrs)), run.lrs, label=name, linewidth=width, **style)
     top.set_yscale("log")
     top.set_ylim(1e-2, 10.0)
     top.axhline(math.log(10), color="black", linewidth=0.6, alpha=0.5)
@@ -393,7 +430,8 @@ digits data (1500 train / 297 validation) is a sequence of its 8 rows, linear em
 positional embedding, mean over positions, linear head. Adam, lr {args.lr:g}, betas {tuple(args.betas)},
 batch {args.batch_size}, {args.epochs} epochs ({steps} optimizer steps), validation after each epoch; a real
 `Trainer.fit` on CPU. Seeds {list(args.seed_list)}: each seed has its own init, split and batch order,
-the same for every variant.
+the same for every variant. How the default lr (6e-3) was chosen, after 1e-3 and 3e-3 showed no
+effect of warmup on this model, is in the script's docstring.
 
 {listing}
 
@@ -424,7 +462,8 @@ Notes:
 
 `{os.path.basename(png)}`, seed {args.seed_list[0]}: top, the training loss of every variant ({SMOOTH}-step mean,
 log scale, cut at 10; a dotted vertical line marks a run's first NaN/Inf loss); below, the effective
-learning rate of every optimizer step.
+learning rate of every optimizer step (`none` and `cosine` drawn thicker: the warmup lines join them
+after their warmup).
 
 ![training loss and effective LR per variant]({os.path.basename(png)})
 """
@@ -440,7 +479,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per run (default 8; 47 steps each)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    parser.add_argument("--lr", type=float, default=6e-3, help="Adam learning rate (default 6e-3)")
     parser.add_argument("--betas", type=str, default="0.9,0.98", help="Adam betas (default 0.9,0.98)")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
     parser.add_argument("--layers", type=int, default=4, help="encoder layers (default 4)")
