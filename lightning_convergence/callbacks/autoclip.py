@@ -167,9 +167,6 @@ class AutoClip(ConvergenceCallback):
                 "sum-of-squares reduce across ranks, and clipping with a rank-local norm would be wrong."
             )
 
-    def _cadence(self, trainer: Trainer) -> int:
-        return self.log_every_n_steps or trainer.log_every_n_steps or 50
-
     @override
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
@@ -201,7 +198,7 @@ class AutoClip(ConvergenceCallback):
             fraction = clipped
         self._update_window(step, clipped, fraction)
         self._last = torch.stack([norm.double(), threshold.double(), post.double()])
-        if (step + 1) % self._cadence(trainer) == 0:
+        if (step + 1) % self.logging_cadence(trainer) == 0:
             self._log(trainer, step)
 
     def _clip_agc(self, params: list, names: list[str], active: bool) -> Tensor:

@@ -25,6 +25,7 @@ from lightning_convergence.report.tensorboard import write_diagnosis_text, write
 
 
 STATE_SCHEMA = 1
+DEFAULT_CADENCE = 50
 
 
 def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -80,6 +81,11 @@ class ConvergenceCallback(Callback):
         self.report_window_steps = report_window_steps
         self._pending_records: dict | None = None
         self._trainer_ref: weakref.ref | None = None
+
+    def logging_cadence(self, trainer: Trainer) -> int:
+        """Optimizer steps between logging steps: this callback's ``log_every_n_steps``, else the
+        Trainer's; with the Trainer's logging off (0) the rules still need windows, so 50."""
+        return getattr(self, "log_every_n_steps", None) or trainer.log_every_n_steps or DEFAULT_CADENCE
 
     @property
     def source(self) -> str:

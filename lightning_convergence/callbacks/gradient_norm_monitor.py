@@ -29,7 +29,6 @@ from lightning_convergence.rules.advice import advise
 from lightning_convergence.stats import ABSMAX, NONFINITE, sum_of_squares, tensor_stats, validate_backend
 
 
-_DEFAULT_CADENCE = 50
 _HISTOGRAM_SAMPLES = 4096  # values per layer histogram
 
 
@@ -137,10 +136,6 @@ class GradientNormMonitor(ConvergenceCallback):
 
     # ----------------------------------------------------------------- setting up
 
-    def _cadence(self, trainer: Trainer) -> int:
-        # With the Trainer's logging off (log_every_n_steps=0) the rules still need windows.
-        return self.log_every_n_steps or trainer.log_every_n_steps or _DEFAULT_CADENCE
-
     def _track(self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer) -> _Track:
         index = next((i for i, opt in enumerate(trainer.optimizers) if opt is optimizer), 0)
         track = self._tracks.get(index)
@@ -155,7 +150,7 @@ class GradientNormMonitor(ConvergenceCallback):
             params=params,
             layers=layers,
             group_index=group_index,
-            window=GradientWindow(len(layers), trace_capacity=self._cadence(trainer)),
+            window=GradientWindow(len(layers), trace_capacity=self.logging_cadence(trainer)),
             spike=SpikeDetector(self.spike_history, self.spike_factor, self.min_history),
             rule=GradientHealthRule(layers, self.thresholds),
         )
@@ -189,7 +184,7 @@ class GradientNormMonitor(ConvergenceCallback):
         if not track.params:
             return
         step = trainer.global_step
-        logging = (step + 1) % self._cadence(trainer) == 0
+        logging = (step + 1) % self.logging_cadence(trainer) == 0
         sumsq, full = self.context(trainer).gradient_statistics(
             trainer, pl_module, optimizer, self.backend, full=logging
         )

@@ -157,7 +157,7 @@ class WarmupScheduler(ConvergenceCallback):
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        cadence = self.log_every_n_steps or trainer.log_every_n_steps or 50
+        cadence = self.logging_cadence(trainer)
         step = trainer.global_step
         if step == 0 or step % cadence != 0 or step == self._logged_at:
             return  # (under gradient accumulation several batches end at one global step)
