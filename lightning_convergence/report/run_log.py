@@ -100,7 +100,8 @@ class ConvergenceLog:
         n = len(self.interventions)
         acted = f"; {n} intervention{'' if n == 1 else 's'}" if n else ""
         return (
-            f"{len(serious)} problems ({', '.join(kinds)}) in {steps} optimizer steps; the most "
+            f"{len(serious)} problem{'' if len(serious) == 1 else 's'} ({', '.join(kinds)}) in {steps} "
+            f"optimizer steps; the most "
             f"severe: {worst.kind} ({worst.severity}) at step {worst.step}{acted}."
         )
 

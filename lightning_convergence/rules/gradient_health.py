@@ -36,6 +36,9 @@ class GradientThresholds:
         amp_persistent_fraction: under fp16, a window where more than this fraction of steps
             overflowed is persistent overflow (escalated to a warning).
         amp_min_scale: a loss scale below this is a collapsing scale (critical).
+        spike_warning_steps: spikes in one window that make ``exploding_gradients`` a warning
+            (fewer: info), unless one spike reaches ``spike_warning_ratio`` x the median.
+        spike_warning_ratio: a single spike this many times the median is a warning.
     """
 
     vanishing_ratio: float = 1e-3
@@ -45,6 +48,8 @@ class GradientThresholds:
     layer_baseline_windows: int = 3
     amp_persistent_fraction: float = 0.5
     amp_min_scale: float = 1.0
+    spike_warning_steps: int = 2
+    spike_warning_ratio: float = 50.0
 
 
 class GradientHealthRule:
@@ -130,7 +135,16 @@ class GradientHealthRule:
         seen = (f"The total gradient norm jumped to {s.max_spike_ratio:.1f}x its recent median "
                 f"({s.spike_median:.3g}) on {s.spike_steps} of {s.steps} steps, first at step "
                 f"{s.first_spike_step}; the largest norm was {s.max_total_norm:.3g}.")
-        severity = "critical" if s.spike_steps > s.steps / 2 else "warning"
+        # One moderate spike in a window is common in runs that converge fine (measured: single
+        # 12-13x spikes in healthy digits CNNs at lr 0.05-0.1): a note, not a warning. Repeated
+        # spikes, or one far outside the run's scale, are a warning; most steps spiking, critical.
+        t = self.thresholds
+        if s.spike_steps > s.steps / 2:
+            severity = "critical"
+        elif s.spike_steps >= t.spike_warning_steps or s.max_spike_ratio >= t.spike_warning_ratio:
+            severity = "warning"
+        else:
+            severity = "info"
         evidence = {"max_total_norm": s.max_total_norm, "median_norm": s.spike_median,
                     "ratio": s.max_spike_ratio, "spike_steps": s.spike_steps}
         return [Finding("exploding_gradients", severity, advise("exploding_gradients", seen),

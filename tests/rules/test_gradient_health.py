@@ -118,3 +118,15 @@ def test_rule_never_raises_on_any_sequence(windows, nonfinite, spikes, scaler):
                            first_nonfinite_grad_step=0 if nonfinite else None)
         for finding in rule.evaluate(summary, amp_scaler=scaler, amp_scale=1.0 if scaler else None):
             assert finding.kind in DIAGNOSIS_KINDS and finding.message
+
+
+@pytest.mark.parametrize(
+    ("spikes", "ratio", "severity"),
+    [(1, 13.0, "info"), (2, 13.0, "warning"), (1, 60.0, "warning"), (6, 13.0, "critical")],
+)
+def test_spike_severity_table(spikes, ratio, severity):
+    rule = GradientHealthRule(["a"])
+    summary = _summary(["a"], spike_steps=spikes, first_spike_step=3, max_spike_ratio=ratio,
+                       spike_median=1.0, max_total_norm=ratio)
+    (finding,) = rule.evaluate(summary)
+    assert (finding.kind, finding.severity) == ("exploding_gradients", severity)
