@@ -159,6 +159,10 @@ class ConvergenceCallback(Callback):
             self._flush(trainer, pl_module)
         finally:
             self.write_report(trainer)
+            # Lightning does not call `teardown` after a fault: end the fit here.
+            self._records_at_teardown = self._records_state(trainer)
+            finish_run_context(trainer)
+            self._trainer_ref = None
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

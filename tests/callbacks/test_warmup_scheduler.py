@@ -252,3 +252,27 @@ def test_fp16_step_skipped_by_the_scaler_does_not_count(tmp_path):
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
     _fit(tmp_path, Overflow("none"), [warmup], plugins=[plugin], max_epochs=1)
     assert warmup._steps == {0: 15}  # 16 batches, one skipped by the scaler: 15 real updates
+
+
+def test_exception_mid_warmup_leaves_no_hooks_and_the_users_lr(tmp_path):
+    import copy
+    import pickle
+
+    class Boom(Scheduled):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 5:
+                raise RuntimeError("user bug at step 5")
+            return super().training_step(batch, batch_idx)
+
+    warmup = WarmupScheduler(warmup_steps=20)
+    pickle.loads(pickle.dumps(warmup))
+    copy.deepcopy(warmup)
+    model = Boom("none")
+    with pytest.raises(RuntimeError, match="user bug at step 5"):
+        _fit(tmp_path, model, [warmup])
+    optimizer = model.trainer.optimizers[0]
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+    assert optimizer.param_groups[0]["lr"] == 0.05
+    report = json.load(open(tmp_path / REPORT_FILENAME))
+    assert [i["detail"]["event"] for i in report["interventions"]] == ["start"]
+    assert warmup._trainer_ref is None  # no reference of ours to the failed Trainer is kept
