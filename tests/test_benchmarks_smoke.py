@@ -1,0 +1,41 @@
+"""The benchmark scripts still run against the current package (tiny settings, outputs to tmp).
+
+The numbers themselves are measured by running the scripts at their defaults; see
+benchmarks/README.md. This only guards against a change in the package breaking them.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args, timeout=240):
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_autoclip_spikes_benchmark_runs(tmp_path):
+    out = _run(["benchmarks/bench_autoclip_spikes.py", "--seeds", "1", "--epochs", "1",
+                "--variants", "none,percentile,suite", "--out", str(tmp_path)])
+    assert "Results over 1 seeds" in out
+    assert (tmp_path / "autoclip_spikes.md").exists() and (tmp_path / "autoclip_spikes.png").exists()
+
+
+@pytest.mark.slow
+def test_warmup_benchmark_runs(tmp_path):
+    out = _run(["benchmarks/bench_warmup.py", "--seeds", "1", "--epochs", "1", "--layers", "1",
+                "--variants", "none,untuned", "--out", str(tmp_path)])
+    assert "Results over 1 seeds" in out
+    assert (tmp_path / "warmup.md").exists() and (tmp_path / "warmup.png").exists()
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_imports_and_parses_its_arguments():
+    out = _run(["benchmarks/bench_gradient_monitor.py", "--help"], timeout=60)
+    assert "--quick" in out and "--init" in out
