@@ -26,7 +26,7 @@ from lightning_convergence.report.records import Finding
 from lightning_convergence.report.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
 from lightning_convergence.rules.advice import advise
-from lightning_convergence.stats import ABSMAX, NONFINITE, sum_of_squares, tensor_stats, validate_backend
+from lightning_convergence.stats import ABSMAX, NONFINITE, sum_by_group, sum_of_squares, tensor_stats, validate_backend
 
 
 _HISTOGRAM_SAMPLES = 4096  # values per layer histogram
@@ -188,8 +188,7 @@ class GradientNormMonitor(ConvergenceCallback):
         sumsq, full = self.context(trainer).gradient_statistics(
             trainer, pl_module, optimizer, self.backend, full=logging
         )
-        layer_sumsq = torch.zeros(len(track.layers), dtype=sumsq.dtype, device=sumsq.device)
-        layer_sumsq.index_add_(0, track.group_index.to(sumsq.device), sumsq)  # [layers]
+        layer_sumsq = sum_by_group(sumsq, track.group_index, len(track.layers))  # [layers]
         total_norm = sumsq.sum().sqrt()
         spike, median = track.spike.update(total_norm)
         track.window.update(step, total_norm, spike, median, layer_sumsq.sqrt(), ~torch.isfinite(layer_sumsq))
@@ -316,9 +315,7 @@ class GradientNormMonitor(ConvergenceCallback):
         before_sq = sum_of_squares(track.snapshot, self.backend)
         torch._foreach_sub_(track.snapshot, weights)  # the buffer now holds -(this step's update)
         rows = torch.stack([before_sq, sum_of_squares(track.snapshot, self.backend)])  # [2, params]
-        per_layer = torch.zeros(2, len(track.layers), dtype=rows.dtype, device=rows.device)
-        per_layer.index_add_(1, track.group_index.to(rows.device), rows)
-        weight_sq, update_sq = per_layer.tolist()
+        weight_sq, update_sq = sum_by_group(rows, track.group_index, len(track.layers)).tolist()
         metrics: dict[str, float] = {}
         for name, w, u in zip(track.layers, weight_sq, update_sq):
             metrics[f"convergence/weight_norm/{name}"] = math.sqrt(w)

@@ -8,6 +8,19 @@ from torch import Tensor
 from lightning_convergence.stats.tensor_stats import ABSMAX, NONFINITE, SUMSQ
 
 
+def sum_by_group(values: Tensor, group_index: Tensor, num_groups: int) -> Tensor:
+    """Sum the last dimension of ``values`` ``[..., N]`` into groups: ``[..., G]``, on the device.
+
+    Example:
+        >>> import torch
+        >>> sum_by_group(torch.tensor([1.0, 3.0, 4.0]), torch.tensor([0, 0, 1]), 2).tolist()
+        [4.0, 4.0]
+    """
+    out = values.new_zeros(*values.shape[:-1], num_groups)
+    out.index_add_(values.dim() - 1, group_index.to(values.device), values)
+    return out
+
+
 def reduce_by_group(stats: Tensor, group_index: Tensor, num_groups: int) -> Tensor:
     """Combine per-tensor rows ``[N, 3]`` into per-group rows ``[G, 3]``.
 
@@ -25,12 +38,11 @@ def reduce_by_group(stats: Tensor, group_index: Tensor, num_groups: int) -> Tens
         [[4.0, 2.0, 0.0], [4.0, 5.0, 1.0]]
     """
     out = torch.zeros(num_groups, 3, dtype=stats.dtype, device=stats.device)
-    out[:, SUMSQ].index_add_(0, group_index, stats[:, SUMSQ])
-    out[:, NONFINITE].index_add_(0, group_index, stats[:, NONFINITE])
+    out[:, SUMSQ] = sum_by_group(stats[:, SUMSQ], group_index, num_groups)
+    out[:, NONFINITE] = sum_by_group(stats[:, NONFINITE], group_index, num_groups)
     # scatter_reduce's amax skips NaN on some builds; add NaN back from the sums of squares.
     absmax = out[:, ABSMAX].scatter_reduce(0, group_index, stats[:, ABSMAX], reduce="amax")
-    has_nan = torch.zeros(num_groups, dtype=stats.dtype, device=stats.device)
-    has_nan.index_add_(0, group_index, torch.isnan(stats[:, ABSMAX]).to(stats.dtype))
+    has_nan = sum_by_group(torch.isnan(stats[:, ABSMAX]).to(stats.dtype), group_index, num_groups)
     out[:, ABSMAX] = torch.where(has_nan > 0, torch.nan, absmax)
     return out
 
@@ -47,8 +59,3 @@ def reference_reduce_by_group(stats: Tensor, group_index: Tensor, num_groups: in
         else:
             out[group, ABSMAX] = max(current, row[ABSMAX])
     return out
-
-
-def l2_norms(sumsq: Tensor) -> Tensor:
-    """L2 norms from sums of squares (any shape)."""
-    return sumsq.sqrt()
