@@ -193,10 +193,10 @@ class GradientNormMonitor(ConvergenceCallback):
         spike, median = track.spike.update(total_norm)
         track.window.update(step, total_norm, spike, median, layer_sumsq.sqrt(), ~torch.isfinite(layer_sumsq))
         self._stepped_this_batch = True
+        if logging:  # before a skip drops the gradients, so a bad step's values are still counted
+            self._log_window(trainer, pl_module, track, step, full, layer_sumsq)
         if self.is_acting(trainer) and _scaler(trainer) is None:
             self._skip_if_nonfinite(trainer, track, total_norm, step)
-        if logging:
-            self._log_window(trainer, pl_module, track, step, full, layer_sumsq)
 
     def _skip_if_nonfinite(self, trainer: Trainer, track: _Track, total_norm: Tensor, step: int) -> None:
         # The one host read per step that acting needs (as GradScaler's own found_inf check).
