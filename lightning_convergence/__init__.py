@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AutoClip": "lightning_convergence.callbacks.autoclip",
+    "DeadNeuronTracker": "lightning_convergence.callbacks.dead_neuron_tracker",
     "GradientNormMonitor": "lightning_convergence.callbacks.gradient_norm_monitor",
     "WarmupScheduler": "lightning_convergence.callbacks.warmup_scheduler",
     "default_callbacks": "lightning_convergence.suite",
@@ -25,6 +26,7 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
     from lightning_convergence.callbacks.autoclip import AutoClip
+    from lightning_convergence.callbacks.dead_neuron_tracker import DeadNeuronTracker
     from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
     from lightning_convergence.callbacks.warmup_scheduler import WarmupScheduler
     from lightning_convergence.report.records import Diagnosis, Intervention

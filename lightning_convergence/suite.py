@@ -7,10 +7,10 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lightning_convergence.callbacks import AutoClip, GradientNormMonitor, WarmupScheduler
+from lightning_convergence.callbacks import AutoClip, DeadNeuronTracker, GradientNormMonitor, WarmupScheduler
 
 # The monitors, in the order they run; each later monitor joins this list.
-_MONITORS: tuple[type[Callback], ...] = (GradientNormMonitor,)
+_MONITORS: tuple[type[Callback], ...] = (GradientNormMonitor, DeadNeuronTracker)
 
 
 def _accepted(cls: type[Callback]) -> set[str]:
@@ -55,11 +55,11 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
 
     Example:
         >>> [type(c).__name__ for c in default_callbacks()]
-        ['GradientNormMonitor']
+        ['GradientNormMonitor', 'DeadNeuronTracker']
         >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True)]
-        ['GradientNormMonitor', 'AutoClip']
+        ['GradientNormMonitor', 'DeadNeuronTracker', 'AutoClip']
         >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True, warmup_steps=500)]
-        ['GradientNormMonitor', 'WarmupScheduler', 'AutoClip']
+        ['GradientNormMonitor', 'DeadNeuronTracker', 'WarmupScheduler', 'AutoClip']
     """
     if not isinstance(auto_remediate, bool):
         raise TypeError(f"`auto_remediate` must be a bool, got {auto_remediate!r}.")

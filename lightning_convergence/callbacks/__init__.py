@@ -2,7 +2,8 @@
 
 from lightning_convergence.callbacks.autoclip import AutoClip
 from lightning_convergence.callbacks.base import ConvergenceCallback
+from lightning_convergence.callbacks.dead_neuron_tracker import DeadNeuronTracker
 from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
 from lightning_convergence.callbacks.warmup_scheduler import WarmupScheduler
 
-__all__ = ["AutoClip", "ConvergenceCallback", "GradientNormMonitor", "WarmupScheduler"]
+__all__ = ["AutoClip", "ConvergenceCallback", "DeadNeuronTracker", "GradientNormMonitor", "WarmupScheduler"]

@@ -14,6 +14,10 @@ CAUSES: dict[str, str] = {
     "normalisation, or bad initialisation",
     "vanishing_gradients": "saturating activations (sigmoid/tanh) stacked deep, poor "
     "initialisation, or no normalisation between layers",
+    "dead_units": "a learning rate that is too high (one large step pushes a unit's bias far "
+    "negative), large negative biases, or poor initialisation",
+    "saturated_units": "unnormalised inputs, weights that are too large, or a deep stack of "
+    "saturating activations",
     "amp_overflow": "normal now and then under fp16 with a loss scaler; when it persists, "
     "numeric instability (often a learning rate that is too high)",
 }
@@ -43,6 +47,19 @@ REMEDIES: dict[str, tuple[str, ...]] = {
         "use He (ReLU) or Xavier (tanh) initialisation",
         "add batch or layer normalisation",
         "add residual connections",
+    ),
+    "dead_units": (
+        "lower the learning rate",
+        "use LeakyReLU, ELU or GELU instead of ReLU",
+        "use He initialisation",
+        "add normalisation (BatchNorm/LayerNorm) before the activation",
+        "re-initialise the dead units (DeadNeuronTracker(auto_remediate=True) does it: ReDo)",
+    ),
+    "saturated_units": (
+        "normalise the inputs",
+        "use smaller initial weights (Xavier for sigmoid/tanh)",
+        "add batch normalisation before the activation",
+        "use a non-saturating activation (ReLU family, GELU)",
     ),
     "amp_overflow": (
         "nothing, if it is rare",
