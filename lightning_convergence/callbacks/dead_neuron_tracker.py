@@ -147,6 +147,7 @@ class DeadNeuronTracker(ConvergenceCallback):
         self._window_start = 0
         self._last_evaluated = -1
         self._reported: set[str] = set()
+        self._warned_nothing_ran = False
 
     @property
     @override
@@ -196,10 +197,22 @@ class DeadNeuronTracker(ConvergenceCallback):
         step = trainer.global_step
         if step == self._last_evaluated or step % self.logging_cadence(trainer) != 0:
             return
-        if not self._sites.sites or min(s.accumulator.batches for s in self._sites.sites.values()) < self.min_batches:
+        if not self._sites.sites:
+            self._warn_nothing_ran()
+            return
+        if min(s.accumulator.batches for s in self._sites.sites.values()) < self.min_batches:
             return
         self._last_evaluated = step
         self._evaluate(trainer, step - 1)
+
+    def _warn_nothing_ran(self) -> None:
+        hooked = len(self._sites._handles)
+        if hooked and not self._warned_nothing_ran:
+            self._warned_nothing_ran = True
+            rank_zero_warn(f"DeadNeuronTracker: none of the {hooked} activation modules ran in a training forward "
+                           "so far: they may be defined but unused, with forward calling F.relu and the like, which "
+                           "cannot be hooked. Name the modules whose outputs to track with `include=[...]`.",
+                           category=ConvergenceWarning)
 
     # ----------------------------------------------------------------- one window
 

@@ -1,0 +1,249 @@
+"""DeadNeuronTracker from Trainer.fit down: counts against a naive reference, messages, hooks."""
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lightning_convergence import DeadNeuronTracker
+from lightning_convergence.report.console import ConvergenceWarning
+from tests.helpers.loggers import MemoryLogger
+from tests.helpers.models import DigitsMLP, digits_tensors, trainer_kwargs
+
+
+class PlantedCNN(DigitsMLP):
+    """Conv -> ReLU -> Flatten -> Linear -> ReLU -> Linear on 8x8 digits, with conv channel 2
+    and hidden unit 5 planted dead (a bias of -1000: their ReLU never fires, gets no gradient)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.net = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(6 * 64, 16), nn.ReLU(), nn.Linear(16, 10))
+        with torch.no_grad():
+            self.net[1].bias[2] = -1000.0
+            self.net[4].bias[5] = -1000.0
+
+
+class Recorder(L.Callback):
+    """The reference: every training output of the hooked activations, with its step."""
+
+    def __init__(self, modules):
+        self.modules, self.outputs, self.step, self.handles = modules, [], 0, []
+
+    def on_train_start(self, trainer, pl_module):
+        for name in self.modules:
+            module = pl_module.get_submodule(name)
+            self.handles.append(module.register_forward_hook(
+                lambda m, a, out, name=name: self.outputs.append((self.step, name, out.detach().clone()))))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.step = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module):
+        for handle in self.handles:
+            handle.remove()
+
+
+def fit(tmp_path, model, callbacks, **kwargs):
+    logger = MemoryLogger(str(tmp_path))
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, logger=logger, **kwargs), callbacks=callbacks)
+    trainer.fit(model)
+    return trainer, logger
+
+
+def test_dead_fractions_equal_a_naive_reference_on_the_same_batches(tmp_path):
+    L.seed_everything(0)
+    tracker = DeadNeuronTracker(sample_every_n_steps=2, min_batches=2)
+    recorder = Recorder(["net.2", "net.5"])
+    _, logger = fit(tmp_path, PlantedCNN(lr=0.05), [tracker, recorder], log_every_n_steps=4, max_epochs=1)
+    dims = {"net.2": 1, "net.5": 1}
+    windows = 0
+    for step, logged in logger.series("convergence/dead_fraction/net.2"):
+        for name in ("net.2", "net.5"):
+            batches = [out for s, n, out in recorder.outputs if n == name and step - 3 <= s <= step and s % 2 == 0]
+            moved = [b.movedim(dims[name], -1).reshape(-1, b.shape[dims[name]]) for b in batches]
+            dead = (torch.cat(moved).amax(0) <= 0).double().mean().item()
+            value = dict(logger.series(f"convergence/dead_fraction/{name}"))[step]
+            assert value == pytest.approx(dead)
+        windows += 1
+    assert windows >= 3
+    last = dict(logger.series("convergence/dead_fraction/net.2"))
+    assert min(last.values()) >= 1 / 6  # the planted channel is dead in every window
+
+
+def test_planted_dead_layer_is_diagnosed_with_numbers_and_layer(tmp_path):
+    L.seed_everything(0)
+    model = DigitsMLP(hidden=16)
+    with torch.no_grad():
+        model.net[0].bias[:8] = -1000.0
+    tracker = DeadNeuronTracker(sample_every_n_steps=1)
+    trainer, _ = fit(tmp_path, model, [tracker], log_every_n_steps=4)
+    records = tracker._records_state(trainer)["diagnoses"]
+    dead = [d for d in records if d["kind"] == "dead_units"]
+    assert dead and dead[0]["layer"] == "net.1" and dead[0]["severity"] == "warning"
+    assert dead[0]["evidence"]["dead_fraction"] == 0.5 and "8 of 16 units" in dead[0]["message"]
+    assert "-1e+03" in dead[0]["message"]  # the planted biases are named as the likely cause
+
+
+def test_saturated_tanh_layer_is_diagnosed(tmp_path):
+    L.seed_everything(0)
+    model = DigitsMLP(hidden=16, activation=nn.Tanh)
+    with torch.no_grad():
+        model.net[0].weight.mul_(200.0)
+    tracker = DeadNeuronTracker(sample_every_n_steps=1)
+    trainer, logger = fit(tmp_path, model, [tracker], log_every_n_steps=4)
+    kinds = {d["kind"] for d in tracker._records_state(trainer)["diagnoses"]}
+    assert "saturated_units" in kinds and "dead_units" not in kinds
+    assert logger.series("convergence/saturation/net.1")[0][1] > 0.5
+
+
+def test_redo_revives_dead_units_and_training_recovers(tmp_path):
+    x, y = digits_tensors(1500)
+    accuracies, records = {}, {}
+    for act in (False, True):
+        L.seed_everything(0)
+        model = DigitsMLP(hidden=32, lr=0.05, n=1500)
+        with torch.no_grad():
+            model.net[0].bias.fill_(-5.0)
+            model.net[2].bias.fill_(-5.0)
+        tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=act, redo_cooldown_steps=1000)
+        trainer, _ = fit(tmp_path / str(act), model, [tracker], log_every_n_steps=4, max_epochs=4)
+        accuracies[act] = (model(x).argmax(1) == y).float().mean().item()
+        records[act] = tracker._records_state(trainer)
+    assert accuracies[False] < 0.2 and accuracies[True] > 0.8
+    assert records[False]["interventions"] == []
+    revived = records[True]["interventions"]
+    assert {(i["detail"]["layer"], i["detail"]["units"]) for i in revived} == {("net.1", 32), ("net.3", 32)}
+    assert all(i["action"] == "reinit_units" for i in revived)  # and once per layer: the cooldown holds
+
+
+def test_watching_changes_nothing(tmp_path):
+    results = []
+    for callbacks in ([], [DeadNeuronTracker(sample_every_n_steps=1)]):
+        L.seed_everything(0)
+        model = DigitsMLP(dropout=0.2)
+        fit(tmp_path, model, callbacks, log_every_n_steps=3)
+        results.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])
+
+
+def test_no_hooks_after_fit_and_a_second_fit_registers_once(tmp_path):
+    class CountHooks(L.Callback):
+        counts = []
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            self.counts.append(len(pl_module.net[1]._forward_hooks))
+
+    model = DigitsMLP()
+    tracker = DeadNeuronTracker(sample_every_n_steps=1)
+    for _ in range(2):
+        L.Trainer(**trainer_kwargs(tmp_path, logger=False, max_epochs=1, limit_train_batches=3),
+                  callbacks=[tracker, CountHooks()]).fit(model)
+        assert all(len(m._forward_hooks) == 0 and len(m._forward_pre_hooks) == 0 for m in model.modules())
+    assert set(CountHooks.counts) == {1}
+
+
+def test_inplace_relu_counts_like_plain_relu(tmp_path):
+    fractions = []
+    for inplace in (False, True):
+        L.seed_everything(0)
+        model = DigitsMLP(hidden=16, activation=lambda: nn.ReLU(inplace=inplace))
+        with torch.no_grad():
+            model.net[0].bias[:4] = -1000.0
+        _, logger = fit(tmp_path, model, [DeadNeuronTracker(sample_every_n_steps=1)], log_every_n_steps=4)
+        fractions.append(logger.series("convergence/dead_fraction/net.1"))
+    assert fractions[0] == fractions[1] and fractions[0][0][1] == 0.25
+
+
+class SharedReLU(DigitsMLP):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.act = nn.Linear(64, 16), nn.Linear(16, 8), nn.Linear(8, 10), nn.ReLU()
+
+    def forward(self, x):
+        return self.c(self.act(self.b(self.act(self.a(x)))))
+
+
+def test_an_activation_called_twice_is_tracked_per_call(tmp_path):
+    _, logger = fit(tmp_path, SharedReLU(), [DeadNeuronTracker(sample_every_n_steps=1)], log_every_n_steps=4)
+    keys = {k for _, m in logger.metrics for k in m if k.startswith("convergence/dead_fraction/")}
+    assert keys == {"convergence/dead_fraction/act", "convergence/dead_fraction/act#2"}
+
+
+class FunctionalReLU(DigitsMLP):
+    def __init__(self):
+        super().__init__()
+        del self.net
+        self.fc1, self.fc2 = nn.Linear(64, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.relu(self.fc1(x)))
+
+
+def test_a_model_without_activation_modules_says_why_nothing_is_tracked(tmp_path):
+    with pytest.warns(ConvergenceWarning, match="F.relu.*cannot be hooked.*include"):
+        fit(tmp_path, FunctionalReLU(), [DeadNeuronTracker()], max_epochs=1, limit_train_batches=2)
+
+
+def test_activation_modules_that_never_run_are_reported(tmp_path):
+    model = FunctionalReLU()
+    model.unused = nn.ReLU()
+    with pytest.warns(ConvergenceWarning, match="none of the 1 activation modules ran"):
+        fit(tmp_path, model, [DeadNeuronTracker(sample_every_n_steps=1)], log_every_n_steps=2,
+            limit_train_batches=4)
+
+
+def test_include_tracks_a_named_module_and_unknown_names_raise(tmp_path):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 16)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    class Model(DigitsMLP):
+        def __init__(self):
+            super().__init__()
+            self.block, self.head = Block(), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.head(self.block(x))
+
+    _, logger = fit(tmp_path, Model(), [DeadNeuronTracker(sample_every_n_steps=1, include=["block"])],
+                    log_every_n_steps=4)
+    assert logger.series("convergence/dead_fraction/block")
+    with pytest.raises(ValueError, match="nope"):
+        fit(tmp_path, Model(), [DeadNeuronTracker(include=["nope"])], limit_train_batches=1)
+
+
+def test_no_remedy_in_fast_dev_run(tmp_path):
+    model = DigitsMLP()
+    with torch.no_grad():
+        model.net[0].bias.fill_(-1000.0)
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, min_batches=1, auto_remediate=True)
+    trainer = L.Trainer(fast_dev_run=3, accelerator="cpu", callbacks=[tracker], enable_progress_bar=False,
+                        log_every_n_steps=1)
+    trainer.fit(model)
+    assert tracker._records_state(trainer)["interventions"] == []
+
+
+@pytest.mark.parametrize("kwargs,error,named", [
+    ({"sample_every_n_steps": 0}, ValueError, "sample_every_n_steps"),
+    ({"sample_every_n_steps": True}, TypeError, "sample_every_n_steps"),
+    ({"min_batches": 1.5}, TypeError, "min_batches"),
+    ({"dormant_tau": float("nan")}, ValueError, "dormant_tau"),
+    ({"dormant_tau": 1.0}, ValueError, "dormant_tau"),
+    ({"saturation_eps": 0.5}, ValueError, "saturation_eps"),
+    ({"saturation_eps": -0.1}, ValueError, "saturation_eps"),
+    ({"redo_on": "all"}, ValueError, "redo_on"),
+    ({"redo_cooldown_steps": 0}, ValueError, "redo_cooldown_steps"),
+    ({"include": "net.1"}, TypeError, "include"),
+    ({"unit_dims": {"net.1": 1.0}}, TypeError, "unit_dims"),
+    ({"thresholds": {"dead_info": 0.1}}, TypeError, "thresholds"),
+    ({"seed": 1.0}, TypeError, "seed"),
+    ({"auto_remediate": 1}, TypeError, "auto_remediate"),
+])
+def test_bad_arguments_raise_naming_the_argument(kwargs, error, named):
+    with pytest.raises(error, match=named):
+        DeadNeuronTracker(**kwargs)

@@ -1,0 +1,125 @@
+"""The per-unit accumulator against the float64 reference, on random, planted and odd inputs."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_convergence.stats.activations import (
+    UnitAccumulator,
+    activation_kind,
+    dormant_mask,
+    unit_activity_reference,
+    unit_dim,
+)
+
+ACTIVATIONS = {
+    "nonnegative": torch.relu,
+    "signed": torch.nn.functional.gelu,
+    "positive": torch.nn.functional.softplus,
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+}
+
+
+def accumulate(batches, dim, kind, eps=0.01):
+    acc = UnitAccumulator(kind, dim, eps)
+    for batch in batches:
+        acc.update(batch)
+    return acc.activity()
+
+
+def assert_matches_reference(batches, dim, kind):
+    activity = accumulate(batches, dim, kind)
+    ref = unit_activity_reference(batches, dim, kind)
+    dead = (activity.peak <= 0).tolist() if kind in ("nonnegative", "signed") else [False] * len(ref["dead"])
+    assert dead == ref["dead"]
+    torch.testing.assert_close(activity.abs_sum.double(), torch.tensor(ref["abs_sum"], dtype=torch.float64),
+                               rtol=1e-5, atol=1e-4)
+    assert activity.saturated.tolist() == [float(s) for s in ref["saturated"]]
+    assert activity.values_per_unit == sum(b.numel() for b in batches) // batches[0].shape[dim]
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(sorted(ACTIVATIONS)), shape=st.sampled_from([(6, 5), (3, 4, 7), (2, 3, 4, 4)]),
+       batches=st.integers(1, 3), scale=st.sampled_from([0.1, 1.0, 8.0]), seed=st.integers(0, 1000))
+def test_accumulator_matches_reference_on_random_outputs(kind, shape, batches, scale, seed):
+    generator = torch.Generator().manual_seed(seed)
+    dim = 1 if len(shape) == 4 else len(shape) - 1
+    outputs = [ACTIVATIONS[kind](torch.randn(shape, generator=generator) * scale) for _ in range(batches)]
+    assert_matches_reference(outputs, dim, kind)
+
+
+@pytest.mark.parametrize("shape,dim", [((16, 8, 5, 5), 1), ((16, 12), 1), ((4, 9, 6), 2)])
+def test_planted_dead_unit_is_found_in_conv_linear_and_sequence_outputs(shape, dim):
+    x = torch.randn(shape)
+    index = [slice(None)] * len(shape)
+    index[dim] = 3
+    x[tuple(index)] = -torch.rand(x[tuple(index)].shape) - 0.1  # unit 3 is always negative before ReLU
+    activity = accumulate([torch.relu(x), torch.relu(x.flip(0))], dim, "nonnegative")
+    dead = (activity.peak <= 0).nonzero().flatten().tolist()
+    assert dead == [3]
+    assert_matches_reference([torch.relu(x)], dim, "nonnegative")
+
+
+def test_leaky_relu_unit_that_never_turns_positive_is_dead():
+    x = torch.randn(32, 4)
+    x[:, 0] = -x[:, 0].abs()
+    activity = accumulate([torch.nn.functional.leaky_relu(x, 0.1)], 1, "signed")
+    assert (activity.peak <= 0).tolist() == [True, False, False, False]
+
+
+def test_saturation_counts_flat_ends_of_sigmoid_and_tanh():
+    values = torch.tensor([[0.001, 0.5, 0.999, 0.3]])
+    assert accumulate([values], 1, "sigmoid").saturated.tolist() == [1.0, 0.0, 1.0, 0.0]
+    values = torch.tensor([[-0.995, 0.0, 0.999, 0.5]])
+    assert accumulate([values], 1, "tanh").saturated.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_kinds_that_cannot_die_report_no_dead_units():
+    activity = accumulate([torch.zeros(4, 3) + 0.5], 1, "sigmoid")
+    assert bool((activity.peak > 0).all())
+
+
+def test_half_precision_and_nan_outputs_do_not_crash():
+    activity = accumulate([torch.relu(torch.randn(8, 4)).to(torch.bfloat16)], 1, "nonnegative")
+    assert activity.abs_sum.dtype == torch.float32
+    x = torch.relu(torch.randn(8, 4))
+    x[0, 1] = math.nan
+    activity = accumulate([x], 1, "nonnegative")
+    assert not bool(activity.peak[1] <= 0)  # a NaN unit is not called dead
+
+
+def test_changed_unit_count_raises():
+    acc = UnitAccumulator("nonnegative", 1)
+    acc.update(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="unit count changed"):
+        acc.update(torch.zeros(2, 4))
+
+
+def test_reset_starts_a_new_window():
+    acc = UnitAccumulator("nonnegative", 1)
+    acc.update(torch.ones(2, 3))
+    acc.reset()
+    acc.update(torch.zeros(2, 3))
+    assert acc.activity().abs_sum.tolist() == [0.0, 0.0, 0.0] and acc.batches == 1
+
+
+@pytest.mark.parametrize("sums,tau,expected", [
+    ([10.0, 10.0, 0.5, 0.0], 0.1, [False, False, True, True]),
+    ([1.0, 1.0, 1.0], 0.1, [False, False, False]),
+    ([0.0, 0.0], 0.1, [True, True]),  # a silent layer is all dormant
+    ([4.0, 0.35, 0.0], 0.25, [False, True, True]),
+])
+def test_dormant_mask_table(sums, tau, expected):
+    assert dormant_mask(torch.tensor(sums), tau).tolist() == expected
+
+
+def test_unit_dim_rule_and_kinds():
+    assert unit_dim(torch.zeros(2, 8, 3, 3), after_conv=True) == 1
+    assert unit_dim(torch.zeros(2, 8), after_conv=False) == 1
+    assert unit_dim(torch.zeros(2, 5, 8), after_conv=False) == 2
+    assert unit_dim(torch.zeros(2, 5, 8), after_conv=True) == 1
+    assert activation_kind(torch.nn.Tanh()) == "tanh" and activation_kind(torch.nn.Conv2d(1, 1, 1)) is None
