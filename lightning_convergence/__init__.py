@@ -16,6 +16,7 @@ _EXPORTS = {
     "AutoClip": "lightning_convergence.callbacks.autoclip",
     "DeadNeuronTracker": "lightning_convergence.callbacks.dead_neuron_tracker",
     "GradientNormMonitor": "lightning_convergence.callbacks.gradient_norm_monitor",
+    "PlateauAdvisor": "lightning_convergence.callbacks.plateau_advisor",
     "WarmupScheduler": "lightning_convergence.callbacks.warmup_scheduler",
     "default_callbacks": "lightning_convergence.suite",
     "Diagnosis": "lightning_convergence.report.records",
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from lightning_convergence.callbacks.autoclip import AutoClip
     from lightning_convergence.callbacks.dead_neuron_tracker import DeadNeuronTracker
     from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
+    from lightning_convergence.callbacks.plateau_advisor import PlateauAdvisor
     from lightning_convergence.callbacks.warmup_scheduler import WarmupScheduler
     from lightning_convergence.report.records import Diagnosis, Intervention
     from lightning_convergence.suite import default_callbacks

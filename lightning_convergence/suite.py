@@ -7,10 +7,16 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lightning_convergence.callbacks import AutoClip, DeadNeuronTracker, GradientNormMonitor, WarmupScheduler
+from lightning_convergence.callbacks import (
+    AutoClip,
+    DeadNeuronTracker,
+    GradientNormMonitor,
+    PlateauAdvisor,
+    WarmupScheduler,
+)
 
 # The monitors, in the order they run; each later monitor joins this list.
-_MONITORS: tuple[type[Callback], ...] = (GradientNormMonitor, DeadNeuronTracker)
+_MONITORS: tuple[type[Callback], ...] = (GradientNormMonitor, DeadNeuronTracker, PlateauAdvisor)
 
 
 def _accepted(cls: type[Callback]) -> set[str]:
@@ -55,11 +61,11 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
 
     Example:
         >>> [type(c).__name__ for c in default_callbacks()]
-        ['GradientNormMonitor', 'DeadNeuronTracker']
+        ['GradientNormMonitor', 'DeadNeuronTracker', 'PlateauAdvisor']
         >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True)]
-        ['GradientNormMonitor', 'DeadNeuronTracker', 'AutoClip']
+        ['GradientNormMonitor', 'DeadNeuronTracker', 'PlateauAdvisor', 'AutoClip']
         >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True, warmup_steps=500)]
-        ['GradientNormMonitor', 'DeadNeuronTracker', 'WarmupScheduler', 'AutoClip']
+        ['GradientNormMonitor', 'DeadNeuronTracker', 'PlateauAdvisor', 'WarmupScheduler', 'AutoClip']
     """
     if not isinstance(auto_remediate, bool):
         raise TypeError(f"`auto_remediate` must be a bool, got {auto_remediate!r}.")

@@ -38,6 +38,24 @@ def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
         raise ValueError(f"`{name}` must be >= 1, got {value!r}.")
 
 
+def check_nonnegative_int(name: str, value: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``value`` is an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {value!r}.")
+    if value < 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+
+
+def check_nonnegative_float(name: str, value: Any) -> None:
+    """Raise unless ``value`` is a finite real number >= 0."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+
+
 def check_positive_float(name: str, value: Any, minimum: float = 0.0) -> None:
     """Raise unless ``value`` is a finite real number greater than ``minimum``."""
     import math

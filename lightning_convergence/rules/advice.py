@@ -18,6 +18,15 @@ CAUSES: dict[str, str] = {
     "negative), large negative biases, or poor initialisation",
     "saturated_units": "unnormalised inputs, weights that are too large, or a deep stack of "
     "saturating activations",
+    "divergence": "a learning rate that is too high, inputs without normalisation, a bad batch, or "
+    "numeric overflow (fp16)",
+    "oscillation": "a learning rate that is too high, a batch that is too small, or numeric instability",
+    "plateau": "a learning rate that is now too high to settle or too low to move, a poor minimum or "
+    "saddle, or too little capacity",
+    "no_learning": "a bug in the data pipeline or the labels, a learning rate far too small, frozen "
+    "layers, a loss that does not fit the task, or gradients that do not reach the early layers",
+    "overfitting": "too little regularisation, too much capacity for the data, label noise, or "
+    "leakage between the splits",
     "amp_overflow": "normal now and then under fp16 with a loss scaler; when it persists, "
     "numeric instability (often a learning rate that is too high)",
 }
@@ -60,6 +69,42 @@ REMEDIES: dict[str, tuple[str, ...]] = {
         "use smaller initial weights (Xavier for sigmoid/tanh)",
         "add batch normalisation before the activation",
         "use a non-saturating activation (ReLU family, GELU)",
+    ),
+    "divergence": (
+        "lower the learning rate about tenfold",
+        "clip gradients (AutoClip)",
+        "add warmup",
+        "check the inputs for NaN/Inf and their scale",
+        "use bf16 or a loss scaler instead of plain fp16",
+    ),
+    "oscillation": (
+        "lower the learning rate tenfold and see whether the swings shrink",
+        "use a larger batch",
+        "check for NaN/Inf in inputs and loss",
+        "clip gradients (AutoClip)",
+        "verify that the loss function is the right one",
+    ),
+    "plateau": (
+        "reduce the learning rate on the plateau (if it was high) or add a schedule",
+        "add momentum",
+        "try a larger model",
+        "check the preprocessing",
+        "try another initialisation",
+    ),
+    "no_learning": (
+        "check that inputs and labels match",
+        "overfit one small batch on purpose: if that fails, look for a bug",
+        "check that the loss matches the task",
+        "raise the learning rate tenfold",
+        "check requires_grad and that gradients reach every layer",
+    ),
+    "overfitting": (
+        "add dropout",
+        "add weight decay",
+        "stop early on the validation metric",
+        "add data augmentation",
+        "use a smaller model",
+        "check for leakage between the splits",
     ),
     "amp_overflow": (
         "nothing, if it is rare",

@@ -1,0 +1,320 @@
+"""Which regime a training loss is in: divergence, oscillation, no learning, or progress.
+
+Fed the per-step training losses of one window at a time (host floats, in step order), the rule
+keeps a few floats of state and returns findings. The loss is smoothed per step with an EMA
+(``beta`` 0.9 by default: about the last 10 steps), and every threshold is relative:
+
+- ``divergence``: most of a window's losses are NaN/Inf; or the smoothed loss, and the window's
+  median with it, has climbed back above its best by ``divergence_rise`` of the progress made so
+  far (start - best), or above the starting loss by ``divergence_above_start`` of it. The start
+  is the mean of the first ``initial_steps`` losses; the best is the lowest value of a slower
+  average (about 50 steps), so that minibatch noise does not fake progress. A single NaN batch
+  is not divergence (the gradient monitor skips it).
+- ``oscillation``: the loss averaged over chunks of ``chunk`` steps swings around its trend
+  (a quadratic fit over the last two windows) much more than the minibatch noise explains
+  (``oscillation_noise_ratio`` x the standard error of a chunk mean) and by a sizeable share of
+  its level (``oscillation_level``), while the trend itself is smaller than the swings.
+- ``no_learning``: after ``no_learning_steps`` steps the smoothed loss has never been
+  ``no_learning_progress`` below where it started; with ``num_classes`` known, "near chance"
+  when it sits within ``chance_tolerance`` of log(K).
+
+Plateaus are judged by :class:`~lightning_convergence.rules.plateau_schedule.PlateauSchedule`
+(torch's ``ReduceLROnPlateau`` decisions) and overfitting by :class:`OverfitRule`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lightning_convergence.report.records import Finding
+from lightning_convergence.rules.advice import advise
+
+_SLOW_BETA = 0.98
+
+
+@dataclass(frozen=True)
+class RegimeThresholds:
+    """Thresholds of :class:`LossRegimeRule`; see the module docstring for what each means."""
+
+    beta: float = 0.9
+    initial_steps: int = 10
+    nonfinite_fraction: float = 0.5
+    divergence_rise: float = 0.5
+    divergence_above_start: float = 0.5
+    chunk: int = 5
+    oscillation_noise_ratio: float = 4.0
+    oscillation_level: float = 0.2
+    no_learning_steps: int = 150
+    no_learning_progress: float = 0.05
+    chance_tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("beta", "nonfinite_fraction", "no_learning_progress", "chance_tolerance"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ValueError(f"`{name}` must be in (0, 1), got {value!r}.")
+        for name in ("divergence_rise", "divergence_above_start", "oscillation_noise_ratio", "oscillation_level"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+        for name in ("initial_steps", "chunk", "no_learning_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+
+
+class LossRegimeRule:
+    """Classifies the training loss window by window.
+
+    Args:
+        thresholds: see :class:`RegimeThresholds`.
+        num_classes: the number of classes of a classification loss, when known (for chance level).
+
+    Example:
+        >>> rule = LossRegimeRule(RegimeThresholds(initial_steps=2))
+        >>> rule.evaluate(list(range(20)), [2.0 - 0.05 * i for i in range(20)])
+        []
+        >>> [f.kind for f in rule.evaluate(list(range(20, 40)), [5.0] * 20)]
+        ['divergence']
+    """
+
+    def __init__(self, thresholds: RegimeThresholds | None = None, num_classes: int | None = None) -> None:
+        self.thresholds = thresholds or RegimeThresholds()
+        self.num_classes = num_classes
+        self.ema: float | None = None
+        self.slow: float | None = None
+        self.initial: float | None = None
+        self.best = math.inf
+        self.best_step = -1
+        self.steps_seen = 0
+        self._first: list[float] = []
+        self._previous_chunks: list[tuple[float, float]] = []  # (mean, variance) of the last window
+
+    @property
+    def progress_made(self) -> bool:
+        """Whether the smoothed loss ever went clearly below where it started."""
+        return self.initial is not None and self.best < _lowered(self.initial, self.thresholds.no_learning_progress)
+
+    def evaluate(self, steps: list[int], losses: list[float]) -> list[Finding]:
+        """Judge one window of per-step losses; returns the findings (possibly none)."""
+        if not losses:
+            return []
+        t = self.thresholds
+        findings: list[Finding] = []
+        nonfinite = [s for s, v in zip(steps, losses) if not math.isfinite(v)]
+        if len(nonfinite) >= t.nonfinite_fraction * len(losses):
+            findings.append(self._nonfinite_divergence(nonfinite, len(losses)))
+        onset = self._smooth(steps, losses)
+        finite = [v for v in losses if math.isfinite(v)]
+        # The median of the window must be over the line too: one heavy minibatch lifts the EMA.
+        if onset is not None and not findings and finite and _median(finite) > self._divergence_line():
+            findings.append(self._rising_divergence(onset))
+        oscillation = self._oscillation(finite, steps)
+        if oscillation is not None and not findings:
+            findings.append(oscillation)
+        no_learning = self._no_learning()
+        if no_learning is not None and not findings:
+            findings.append(no_learning)
+        return findings
+
+    # ----------------------------------------------------------------- smoothing and divergence
+
+    def _smooth(self, steps: list[int], losses: list[float]) -> int | None:
+        """Advance the EMA over the window; the first step where it crossed the divergence line."""
+        t = self.thresholds
+        onset = None
+        for step, value in zip(steps, losses):
+            if not math.isfinite(value):
+                continue
+            self.steps_seen += 1
+            if self.initial is None:
+                self._first.append(value)
+                if len(self._first) >= t.initial_steps:
+                    self.initial = _mean_var(self._first)[0]
+            self.ema = value if self.ema is None else t.beta * self.ema + (1 - t.beta) * value
+            # The best is taken on a slower average (about 50 steps): the minimum of a noisy
+            # fast average sits far below the typical loss and would fake progress.
+            if self.initial is None:
+                continue
+            # (started at the mean of the first losses, so its first values are not one batch's)
+            self.slow = self.initial if self.slow is None else _SLOW_BETA * self.slow + (1 - _SLOW_BETA) * value
+            if self.slow < self.best:
+                self.best, self.best_step = self.slow, step
+            if onset is None and self._diverged(self.ema):
+                onset = step
+        return onset if onset is not None and self.ema is not None and self._diverged(self.ema) else None
+
+    def _divergence_line(self) -> float:
+        """Above this the smoothed loss has diverged: well above the start, or far back up
+        from its best relative to the progress made."""
+        t = self.thresholds
+        start, best = self.initial, self.best
+        line = start + t.divergence_above_start * abs(start)
+        if self.progress_made:
+            line = min(line, best + t.divergence_rise * (start - best))
+        return line
+
+    def _diverged(self, ema: float) -> bool:
+        return ema > self._divergence_line()
+
+    def _nonfinite_divergence(self, nonfinite: list[int], count: int) -> Finding:
+        seen = (f"The training loss was NaN/Inf on {len(nonfinite)} of the last {count} steps (from step "
+                f"{nonfinite[0]}): training has diverged.")
+        return Finding("divergence", "critical", advise("divergence", seen),
+                       evidence={"nonfinite_steps": len(nonfinite), "window_steps": count}, step=nonfinite[0])
+
+    def _rising_divergence(self, onset: int) -> Finding:
+        seen = (f"The smoothed training loss climbed from its best {self.best:.4g} (step {self.best_step}) to "
+                f"{self.ema:.4g}; it started at {self.initial:.4g}. The climb began at step {onset}.")
+        evidence = {"loss_ema": self.ema, "best": self.best, "best_step": self.best_step, "initial": self.initial}
+        return Finding("divergence", "critical", advise("divergence", seen), evidence=evidence, step=onset)
+
+    # ----------------------------------------------------------------- oscillation
+
+    def _oscillation(self, finite: list[float], steps: list[int]) -> Finding | None:
+        t = self.thresholds
+        chunks = [finite[i:i + t.chunk] for i in range(0, len(finite) - t.chunk + 1, t.chunk)]
+        stats = [_mean_var(c) for c in chunks]
+        series, self._previous_chunks = self._previous_chunks + stats, stats
+        if len(series) < 6 or self.initial is None:
+            return None
+        means = [m for m, _ in series]
+        residuals = _quadratic_residuals(means)
+        amplitude = math.sqrt(_mean_var(residuals)[1])
+        noise = math.sqrt(_mean_var([v for _, v in series])[0] / t.chunk)
+        level = abs(_mean_var(means)[0])
+        trend = abs(means[-1] - residuals[-1] - (means[0] - residuals[0]))
+        if not (amplitude > t.oscillation_noise_ratio * noise and amplitude > t.oscillation_level * level
+                and trend < 2 * amplitude):
+            return None
+        seen = (f"The training loss swings up and down: averaged over {t.chunk}-step chunks it varies by "
+                f"{amplitude:.3g} around its trend (level {level:.3g}), {amplitude / max(noise, 1e-12):.1f}x what "
+                f"minibatch noise explains, over steps {steps[0]}-{steps[-1]} and the window before.")
+        evidence = {"amplitude": amplitude, "noise": noise, "level": level, "trend": trend}
+        return Finding("oscillation", "warning", advise("oscillation", seen), evidence=evidence)
+
+    # ----------------------------------------------------------------- no learning
+
+    def _no_learning(self) -> Finding | None:
+        t = self.thresholds
+        if self.initial is None or self.steps_seen < t.no_learning_steps or self.progress_made:
+            return None
+        seen = (f"The smoothed training loss has not moved meaningfully in {self.steps_seen} steps: it started at "
+                f"{self.initial:.4g} and its best is {self.best:.4g}.")
+        evidence = {"initial": self.initial, "best": self.best, "steps": self.steps_seen}
+        if self.num_classes:
+            chance = math.log(self.num_classes)
+            evidence["chance_level"] = chance
+            if abs(self.best - chance) <= t.chance_tolerance * chance:
+                seen += f" That is chance level for {self.num_classes} classes (log {self.num_classes} = {chance:.3g})."
+        return Finding("no_learning", "warning", advise("no_learning", seen), evidence=evidence)
+
+    def restart_from(self, ema: float | None, slow: float | None = None) -> None:
+        """After a rollback: the smoothed loss is the snapshot's again, the chunks start over."""
+        self.ema, self.slow = ema, slow if slow is not None else ema
+        self._previous_chunks = []
+
+    # ----------------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "slow": self.slow, "initial": self.initial, "best": self.best, "best_step": self.best_step,
+                "steps_seen": self.steps_seen, "first": list(self._first),
+                "previous_chunks": [list(c) for c in self._previous_chunks]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.slow, self.initial = state["ema"], state.get("slow"), state["initial"]
+        self.best, self.best_step = float(state["best"]), int(state["best_step"])
+        self.steps_seen = int(state["steps_seen"])
+        self._first = [float(v) for v in state["first"]]
+        self._previous_chunks = [(float(m), float(v)) for m, v in state["previous_chunks"]]
+
+
+def _mean_var(values: list[float]) -> tuple[float, float]:
+    """Mean and population variance in plain floats (inf rather than an exception on overflow)."""
+    mean = sum(values) / len(values)
+    return mean, sum((v - mean) * (v - mean) for v in values) / len(values)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _lowered(value: float, fraction: float) -> float:
+    """``value`` made ``fraction`` better (lower), whatever its sign."""
+    return value - fraction * abs(value)
+
+
+def _quadratic_residuals(values: list[float]) -> list[float]:
+    """Residuals of a least-squares fit of ``a + b x + c x^2`` (x = 0..n-1)."""
+    n = len(values)
+    xs = [i / (n - 1) for i in range(n)]
+    # Normal equations of the 3-parameter fit, solved by Cramer's rule (3x3, well conditioned on [0, 1]).
+    s = [sum(x ** k for x in xs) for k in range(5)]
+    r = [sum(v * x ** k for v, x in zip(values, xs)) for k in range(3)]
+    matrix = [[s[0], s[1], s[2]], [s[1], s[2], s[3]], [s[2], s[3], s[4]]]
+    det = _det3(matrix)
+    coef = []
+    for col in range(3):
+        m = [row[:] for row in matrix]
+        for row in range(3):
+            m[row][col] = r[row]
+        coef.append(_det3(m) / det)
+    return [v - (coef[0] + coef[1] * x + coef[2] * x * x) for v, x in zip(values, xs)]
+
+
+def _det3(m: list[list[float]]) -> float:
+    return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
+
+
+class OverfitRule:
+    """Validation metric moving away from its best while the training loss keeps falling.
+
+    Args:
+        mode: ``"min"`` if a lower validation metric is better.
+        threshold: relative distance from the best that counts as worse.
+        patience: consecutive validation checks that must be worse.
+
+    Example:
+        >>> rule = OverfitRule(patience=2)
+        >>> [bool(rule.update(v, t, step)) for step, (v, t) in enumerate([(1.0, 1.0), (1.2, 0.8), (1.3, 0.6)])]
+        [False, False, True]
+    """
+
+    def __init__(self, mode: str = "min", threshold: float = 0.1, patience: int = 2) -> None:
+        self.mode, self.threshold, self.patience = mode, threshold, patience
+        self.best: float | None = None
+        self.best_step = -1
+        self.train_at_best: float | None = None
+        self.worse_checks = 0
+
+    def update(self, value: float, train_loss: float | None, step: int) -> Finding | None:
+        if not math.isfinite(value):
+            return None
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better:
+            self.best, self.best_step, self.train_at_best, self.worse_checks = value, step, train_loss, 0
+            return None
+        margin = self.threshold * abs(self.best)
+        worse = value > self.best + margin if self.mode == "min" else value < self.best - margin
+        train_falling = (train_loss is not None and self.train_at_best is not None and train_loss < self.train_at_best)
+        self.worse_checks = self.worse_checks + 1 if worse and train_falling else 0
+        if self.worse_checks < self.patience:
+            return None
+        seen = (f"The validation metric moved from its best {self.best:.4g} (step {self.best_step}) to {value:.4g} "
+                f"over {self.worse_checks} validation checks, while the training loss kept falling "
+                f"({self.train_at_best:.4g} -> {train_loss:.4g}).")
+        evidence = {"best": self.best, "best_step": self.best_step, "value": value, "train_loss": train_loss,
+                    "train_at_best": self.train_at_best, "checks": self.worse_checks}
+        return Finding("overfitting", "warning", advise("overfitting", seen), evidence=evidence)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "train_at_best": self.train_at_best,
+                "worse_checks": self.worse_checks}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step = state["best"], int(state["best_step"])
+        self.train_at_best, self.worse_checks = state["train_at_best"], int(state["worse_checks"])

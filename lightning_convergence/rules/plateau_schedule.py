@@ -1,0 +1,93 @@
+"""When to reduce the learning rate on a plateau: the decisions of torch's ``ReduceLROnPlateau``.
+
+The same ``mode``, ``threshold``, ``threshold_mode``, ``patience``, ``cooldown``, ``min_lr`` and
+``eps`` semantics, so that a user who knows the scheduler knows this rule; a differential test
+feeds both the same metric sequences and compares every reduction. It is fed floats and returns
+the new learning rates, and changes no optimizer: the callback applies them as a factor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+Mode = Literal["min", "max"]
+ThresholdMode = Literal["rel", "abs"]
+
+
+class PlateauSchedule:
+    """Counts checks without improvement and says when, and to what, to reduce the LR.
+
+    Args:
+        mode: ``"min"`` (a lower metric is better) or ``"max"``.
+        factor: multiplier of the LR at a reduction, in (0, 1).
+        patience: checks without improvement tolerated; the next one reduces.
+        threshold: how much better counts as an improvement.
+        threshold_mode: ``"rel"`` (relative to the best) or ``"abs"``.
+        cooldown: checks after a reduction during which bad checks are not counted.
+        min_lr: lower bound of the LR, one for all groups or one per group.
+        eps: a reduction smaller than this is not made.
+
+    Example:
+        >>> schedule = PlateauSchedule(patience=1, factor=0.5)
+        >>> [schedule.step(v, [1.0]) for v in (3.0, 2.0, 2.0, 2.0)]
+        [None, None, None, [0.5]]
+    """
+
+    def __init__(self, mode: Mode = "min", factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
+                 threshold_mode: ThresholdMode = "rel", cooldown: int = 0, min_lr: float | list[float] = 0.0,
+                 eps: float = 1e-8) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}.")
+        self.mode, self.factor, self.patience = mode, factor, patience
+        self.threshold, self.threshold_mode = threshold, threshold_mode
+        self.cooldown, self.min_lr, self.eps = cooldown, min_lr, eps
+        self.best = math.inf if mode == "min" else -math.inf
+        self.bad_checks = 0
+        self.cooldown_counter = 0
+
+    def is_better(self, value: float, best: float) -> bool:
+        if self.mode == "min" and self.threshold_mode == "rel":
+            return value < best * (1.0 - self.threshold)
+        if self.mode == "min":
+            return value < best - self.threshold
+        if self.threshold_mode == "rel":
+            return value > best * (self.threshold + 1.0)
+        return value > best + self.threshold
+
+    def step(self, value: float, lrs: list[float]) -> list[float] | None:
+        """Take one check of the metric; return the reduced LRs when it is time, else ``None``.
+
+        A NaN is a check without improvement (as for torch). When every group is already at its
+        floor (the change would be below ``eps``) nothing is returned, though the counters reset.
+        """
+        if self.is_better(value, self.best):
+            self.best = value
+            self.bad_checks = 0
+        else:
+            self.bad_checks += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.bad_checks = 0
+        if self.bad_checks <= self.patience:
+            return None
+        self.cooldown_counter = self.cooldown
+        self.bad_checks = 0
+        floors = self.min_lr if isinstance(self.min_lr, list) else [self.min_lr] * len(lrs)
+        new = [max(lr * self.factor, floor) for lr, floor in zip(lrs, floors)]
+        changed = [n if lr - n > self.eps else lr for lr, n in zip(lrs, new)]
+        return changed if changed != list(lrs) else None
+
+    @property
+    def in_cooldown(self) -> bool:
+        return self.cooldown_counter > 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_checks": self.bad_checks, "cooldown_counter": self.cooldown_counter}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = float(state["best"])
+        self.bad_checks = int(state["bad_checks"])
+        self.cooldown_counter = int(state["cooldown_counter"])

@@ -1,0 +1,53 @@
+"""PlateauSchedule makes torch's ReduceLROnPlateau decisions: a differential test, and a table."""
+
+import math
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_convergence.rules.plateau_schedule import PlateauSchedule
+
+metric = st.one_of(st.floats(-10, 10, allow_nan=False), st.sampled_from([math.nan, 1.0, 1.0, 0.5]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(metric, min_size=1, max_size=60), mode=st.sampled_from(["min", "max"]),
+       threshold_mode=st.sampled_from(["rel", "abs"]), factor=st.sampled_from([0.1, 0.5, 0.9]),
+       patience=st.integers(0, 4), cooldown=st.integers(0, 3), threshold=st.sampled_from([0.0, 1e-4, 0.1]),
+       min_lr=st.sampled_from([0.0, 1e-3, 0.05]), lrs=st.sampled_from([[0.1], [0.1, 0.01]]))
+def test_same_reductions_as_torch(values, mode, threshold_mode, factor, patience, cooldown, threshold, min_lr, lrs):
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in lrs]
+    optimizer = torch.optim.SGD([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)])
+    kwargs = dict(mode=mode, factor=factor, patience=patience, threshold=threshold,
+                  threshold_mode=threshold_mode, cooldown=cooldown, min_lr=min_lr, eps=1e-8)
+    torch_scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
+    ours = PlateauSchedule(**kwargs)
+    current = list(lrs)
+    for value in values:
+        torch_scheduler.step(value)
+        new = ours.step(value, current)
+        if new is not None:
+            current = new
+        assert current == [g["lr"] for g in optimizer.param_groups]
+        assert ours.best == torch_scheduler.best or (math.isnan(ours.best) and math.isnan(torch_scheduler.best))
+        assert ours.bad_checks == torch_scheduler.num_bad_epochs
+
+
+def test_table_patience_and_cooldown():
+    schedule = PlateauSchedule(patience=2, cooldown=1, factor=0.5)
+    lrs, reductions = [1.0], []
+    for check, value in enumerate([5, 4, 4, 4, 4, 4, 4, 4, 4, 4]):
+        new = schedule.step(value, lrs)
+        if new:
+            lrs, reductions = new, reductions + [check]
+    assert reductions == [4, 8] and lrs == [0.25]
+
+
+def test_state_round_trip():
+    schedule = PlateauSchedule(patience=1)
+    schedule.step(1.0, [1.0])
+    schedule.step(2.0, [1.0])
+    restored = PlateauSchedule(patience=1)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.step(2.0, [1.0]) == schedule.step(2.0, [1.0]) == [0.1]
