@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from bench_redo import RunResult
 
 Results = dict[tuple[str, str], list["RunResult"]]
+MODES = ("observe", "redo")  # bench_redo.MODES
 
 # --------------------------------------------------------------------------------- tables and sentences
 
@@ -120,6 +121,8 @@ def reading(results: Results) -> str:
     """A short paragraph on what the runs show, each sentence only where its numbers hold."""
     parts = []
     noise = _paired_gain(results, "healthy")
+    healthy = results.get(("healthy", "observe"))
+    healthy_floor = min(r.final_acc for r in healthy) if healthy else None
     for scenario in dict.fromkeys(s for s, _ in results):
         off, on = results.get((scenario, "observe")), results.get((scenario, "redo"))
         if not off or not on:
@@ -132,32 +135,45 @@ def reading(results: Results) -> str:
         acted = sum(r.revivals > 0 for r in on)
         if scenario == "healthy":
             if acted:
+                revived = sorted({i["detail"]["layer"] for r in on for i in r.interventions})
+                whole = max(d[layer] for r in off for d in r.dead for layer in revived)
+                harm = ("It did no harm here" if min(gains) >= -0.01 else "It cost accuracy in some seeds")
                 parts.append(f"In the healthy run ReDo acted in {acted} of {len(on)} seeds, on "
-                             f"{sum(r.units_revived for r in on)} units in all: the tracker's window (4 to 5 batches "
-                             "of 32) sees 10% or more of this layer's units dead now and then even when training "
-                             "is fine, and 10% in two windows in a row is its default threshold (an `info` "
-                             "finding, which is enough for ReDo). It did no harm here: final accuracy "
-                             f"{acc_off:.3f} without, {acc_on:.3f} with (per seed "
+                             f"{sum(r.units_revived for r in on)} units of {', '.join(f'`{x}`' for x in revived)} "
+                             "in all. A healthy ReLU layer has a few dead units too (here, without ReDo, up to "
+                             f"{whole:.0%} of a revived layer's units over the whole training set, at init or at an "
+                             "epoch end), and the tracker's window (4 to 5 batches of 32) counts a little more; 10% "
+                             "in two windows in a row is its default threshold, and any finding, `info` included, "
+                             "is enough for ReDo. "
+                             f"{harm}: final accuracy {acc_off:.3f} without, {acc_on:.3f} with (per seed "
                              f"{', '.join(f'{g * 100:+.1f}' for g in gains)} points).")
             else:
                 parts.append(f"In the healthy run ReDo never acted; final accuracy {acc_off:.3f} either way.")
             continue
+        dead_text = f"up to {dead_off:.0%} of a layer dead at the end without it, {dead_on:.0%} with it"
         if all(g > 0 for g in gains) and min(gains) > 2 * max([abs(g) for g in noise] or [0]) + 0.01:
-            parts.append(f"With `{scenario}`, ReDo is what rescues the run: without it the run ends at {acc_off:.3f} "
-                         f"accuracy with up to {dead_off:.0%} of a layer dead, with it at {acc_on:.3f} "
-                         f"({dead_on:.0%} dead), gaining {min(gains) * 100:.1f} to {max(gains) * 100:.1f} points "
-                         "on every seed.")
+            if healthy_floor is None or acc_on >= healthy_floor - 0.02:
+                text = (f"With `{scenario}`, ReDo is what rescues the run: {acc_off:.3f} accuracy without it, "
+                        f"{acc_on:.3f} with it ({dead_text}), {min(gains) * 100:+.1f} to {max(gains) * 100:+.1f} "
+                        "points on every seed.")
+            else:
+                text = (f"With `{scenario}`, ReDo helps on every seed ({min(gains) * 100:+.1f} to "
+                        f"{max(gains) * 100:+.1f} points; {acc_off:.3f} without, {acc_on:.3f} with; {dead_text}) "
+                        f"but does not make the run healthy: the healthy run's worst seed ends at {healthy_floor:.3f}.")
         elif dead_on < dead_off - 0.1:
-            spread_text = ", ".join(f"{g * 100:+.1f}" for g in gains)
-            parts.append(f"With `{scenario}`, ReDo keeps the dead fraction down (up to {dead_off:.0%} of a layer "
-                         f"dead at the end without it, {dead_on:.0%} with it), but the accuracy gain is not "
-                         f"clear: {acc_off:.3f} against {acc_on:.3f}, per seed {spread_text} points, differences "
-                         "of the size that seeds alone make. The cause stays (the learning rate is still too "
-                         "high), so revived units die again, and the layer's remaining live units already "
-                         "carry the task.")
+            text = (f"With `{scenario}`, ReDo keeps the dead fraction down ({dead_text}), but the accuracy gain is "
+                    f"not clear: {acc_off:.3f} against {acc_on:.3f}, per seed "
+                    f"{', '.join(f'{g * 100:+.1f}' for g in gains)} points")
+            text += (", not positive on every seed." if min(gains) <= 0 else
+                     f", against {', '.join(f'{g * 100:+.1f}' for g in noise)} between the modes of the healthy run.")
         else:
-            parts.append(f"With `{scenario}`, ReDo changed little: dead fraction {dead_off:.0%} without, {dead_on:.0%} "
-                         f"with; accuracy {acc_off:.3f} against {acc_on:.3f}.")
+            text = (f"With `{scenario}`, ReDo changed little: {dead_text}; accuracy {acc_off:.3f} against "
+                    f"{acc_on:.3f}.")
+        again = sum(any(n > 1 for n in Counter(i["detail"]["layer"] for i in r.interventions).values()) for r in on)
+        if again and scenario.startswith("high lr"):
+            text += (f" The cause stays (the learning rate is still too high): in {again} of {len(on)} seeds a "
+                     "layer was dead enough again after its 200-step cooldown to be revived once more.")
+        parts.append(text)
     return " ".join(parts)
 
 
@@ -179,13 +195,18 @@ def cross_checks(results: Results, bare: dict[str, RunResult]) -> list[str]:
         if differ:
             text += ("; " if same else "") + f"DIFFERED from `observe` in {', '.join(f'`{s}`' for s in differ)}"
         out.append(text + ".")
-    gaps = [r.last_window(layer) - r.dead[-1][layer] for runs in results.values() for r in runs for layer in r.layers
-            if math.isfinite(r.last_window(layer))]
-    if gaps:
-        out.append(f"- The tracker's last window minus the whole-set dead fraction, over every run and layer: "
-                   f"{min(gaps):+.2f} to {max(gaps):+.2f} (mean {finite_mean(gaps):+.2f}). The window sees 4 to 5 "
-                   "sampled batches of 32 inputs, so a unit that fires for a few inputs only counts as dead "
-                   "there more often; the two agree on which layers are mostly dead.")
+    gaps = {mode: [r.last_window(layer) - r.dead[-1][layer] for (_, m), runs in results.items() if m == mode
+                   for r in runs for layer in r.layers if math.isfinite(r.last_window(layer))] for mode in MODES}
+    if any(gaps.values()):
+        last = next(iter(results.values()))[0]
+        window = last.tracked[last.layers[0]][-1][0] if last.tracked[last.layers[0]] else None
+        ranges = "; ".join(f"`{mode}` runs {min(g):+.2f} to {max(g):+.2f} (mean {finite_mean(g):+.2f})"
+                           for mode, g in gaps.items() if g)
+        out.append(f"- The tracker's last window (ending at step {window}) minus the whole-set dead fraction after the "
+                   f"last step, per run and layer: {ranges}. The window sees only 4 to 5 sampled batches of 32 "
+                   "inputs, so a unit that fires for few inputs counts as dead there more readily (differences "
+                   "above 0); the weights also move in the steps between the two (units die at a high lr), and in "
+                   "`redo` runs a revival right after the last window comes between them.")
     diffs = [abs(r.lightning_val_acc - r.final_acc) for runs in results.values() for r in runs
              if math.isfinite(r.lightning_val_acc)]
     if diffs:
@@ -235,7 +256,7 @@ def plot(results: Results, args: argparse.Namespace, path: str) -> None:
         left.set_ylabel(f"{scenario}\ndead fraction (tracker window)")
         right.set_ylim(0, 1.02)
         right.set_ylabel("val accuracy")
-        left.legend(fontsize=7, ncol=2)
+        left.legend(fontsize=7, ncol=2, handlelength=3.5)
         right.legend(fontsize=7, loc="lower right")
         if row == 0:
             left.set_title("dead fraction per layer, mean over seeds (triangles: a revival)")
@@ -245,7 +266,7 @@ def plot(results: Results, args: argparse.Namespace, path: str) -> None:
     fig.suptitle(f"DeadNeuronTracker on a ReLU MLP (64-{'-'.join([str(args.hidden)] * args.depth)}-10), digits, "
                  f"SGD momentum 0.9; observe only (red) vs auto_remediate=True (blue); seeds {args.seed_list}",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -294,6 +315,8 @@ independently of the tracker, over all 1500 training inputs (a unit is dead when
 for any of them). Revivals: the tracker's `reinit_units` interventions (one per layer and revival).
 
 {markdown_table(summary_rows(results))}
+
+""" + reading(results) + """
 
 What happened (generated from the numbers; per seed: ReDo minus observe, same seed):
 

@@ -15,16 +15,20 @@ Scenarios, each with the same seeds (same init, split and batch order per seed):
 
 - ``healthy``: PyTorch's default init, lr ``--lr`` (0.05): the reference;
 - ``neg bias``: the same, but every hidden layer's bias is set to ``--bias`` (-3) at init. The
-  inputs are in [0, 1] and the default weights are at most 1/8, so no pre-activation reaches 0:
-  every hidden unit starts dead, no gradient reaches the hidden layers, and only the head's bias
-  can learn;
-- ``high lr``: default init, lr ``--high-lr`` (0.2, 4x ``--lr``). How it was chosen (10 epochs,
-  seeds 0-2, measured over the whole training set, plain torch loop): at 0.2 half to two thirds of
-  the first layer's units die, most in the first epochs, while the run still reaches 0.89 to 0.94
-  validation accuracy (0.97 to 0.98 at 0.05); at 0.5 and 1.0 nearly every unit dies and the run
-  stays at chance: not "a net that is otherwise sane". Adam at 0.03 also killed 55 to 70% of the
-  first layer, at 0.96 accuracy (as good as Adam at 1e-3), so there was nothing for ReDo to win;
-  SGD keeps the scenarios on one optimizer.
+  inputs are in [0, 1] and the first layer's default weights within +-1/8, so in practice no
+  pre-activation reaches 0 (measured: every hidden unit is dead at init, for every training input
+  and seed), no gradient reaches the hidden layers, and only the head's bias can learn;
+- ``high lr X``: default init, lr X, one scenario per value of ``--high-lr`` (default 0.2 and 0.3,
+  4x and 6x ``--lr``). How these were chosen (this benchmark, 10 epochs, seeds 0-2, dead fractions
+  over the whole training set at the end, without ReDo): at 0.2, 54 to 70% of the first layer's
+  units die, most in the first 150 steps, while the run still reaches 0.90 to 0.94 validation
+  accuracy (healthy: 0.96 to 0.97): many dead units, the net otherwise sane. At 0.3, 87 to 97% of
+  the first layer and 43 to 74% of the second die and accuracy suffers (0.36 to 0.74): still
+  learning, but hurt. At 0.5 and 1.0 nearly every unit of both layers dies and the run stays at
+  chance (ReDo got 2 of 3 seeds to 0.26 at 0.5, none off chance at 1.0): no longer a net that is
+  otherwise sane, so left out. Adam at 0.03 (a plain torch loop, the same model) killed 55 to 70%
+  of the first layer at 0.96 accuracy, as good as Adam at 1e-3: nothing for ReDo to win there;
+  SGD also keeps every scenario on one optimizer.
 
 Modes:
 
@@ -32,7 +36,10 @@ Modes:
   same as without it) and gives the dead-fraction series of the run without ReDo;
 - ``redo``: ``DeadNeuronTracker(auto_remediate=True)``.
 
-Both at the tracker's defaults, nothing changed: one training forward in 10 sampled, a window
+A check besides: on the first seed every scenario also runs without any tracker; its training
+loss at every step and its validation accuracy must equal ``observe``'s.
+
+Both modes use the tracker's defaults, nothing changed: one training forward in 10 sampled, a window
 judged every logging step (the Trainer's ``log_every_n_steps``, Lightning's default 50) once it
 holds 4 sampled batches, a layer reported when at least 10% of its units are dead in 2
 consecutive windows, ReDo on the dead units of a reported layer, then 200 steps of cooldown for
@@ -72,11 +79,11 @@ from torch import nn
 from torch.nn import functional as F
 
 try:  # run as a script: benchmarks/ is on sys.path
-    from _redo_report import cross_checks, plot, seed_rows, summary_rows, verdicts, write_markdown
+    from _redo_report import cross_checks, plot, reading, seed_rows, summary_rows, verdicts, write_markdown
     from _report import command_line, quiet_lightning, text_table
     from _timing import environment
 except ImportError:  # imported as benchmarks.bench_redo
-    from benchmarks._redo_report import cross_checks, plot, seed_rows, summary_rows, verdicts, write_markdown
+    from benchmarks._redo_report import cross_checks, plot, reading, seed_rows, summary_rows, verdicts, write_markdown
     from benchmarks._report import command_line, quiet_lightning, text_table
     from benchmarks._timing import environment
 from lightning_convergence import DeadNeuronTracker
@@ -98,7 +105,8 @@ def scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
     return {
         "healthy": Scenario(args.lr, None, f"default init, lr {args.lr:g}"),
         "neg bias": Scenario(args.lr, args.bias, f"hidden biases set to {args.bias:g} at init, lr {args.lr:g}"),
-        "high lr": Scenario(args.high_lr, None, f"default init, lr {args.high_lr:g} ({args.high_lr / args.lr:g}x)"),
+        **{f"high lr {lr:g}": Scenario(lr, None, f"default init, lr {lr:g} ({lr / args.lr:g}x `--lr`)")
+           for lr in args.high_lr},
     }
 
 
@@ -298,13 +306,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per run (default 10, 47 steps each; --quick 3)")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD lr of `healthy` and `neg bias` (default 0.05)")
-    parser.add_argument("--high-lr", type=float, default=0.2, help="SGD lr of `high lr` (default 0.2)")
+    parser.add_argument("--high-lr", type=str, default="0.2,0.3",
+                        help="comma-separated SGD lrs, one `high lr X` scenario each (default 0.2,0.3)")
     parser.add_argument("--bias", type=float, default=-3.0, help="hidden biases at init in `neg bias` (default -3)")
     parser.add_argument("--hidden", type=int, default=128, help="hidden width (default 128)")
     parser.add_argument("--depth", type=int, default=2, help="hidden Linear+ReLU blocks (default 2)")
     parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
     parser.add_argument("--scenarios", type=str, default=None,
-                        help="comma-separated subset of healthy, neg bias, high lr (default all)")
+                        help="comma-separated subset of the scenarios, e.g. 'healthy,high lr 0.2' (default all)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 3 epochs: a smoke test, not a result")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
@@ -315,7 +324,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, key, quick if args.quick else full)
     if min(args.seeds, args.epochs, args.hidden, args.depth, args.batch_size) < 1:
         parser.error("--seeds, --epochs, --hidden, --depth and --batch-size must be >= 1")
-    if not (args.lr > 0 and args.high_lr > 0):
+    try:
+        args.high_lr = [float(v) for v in args.high_lr.split(",") if v.strip()]
+    except ValueError:
+        parser.error("--high-lr must be comma-separated numbers, e.g. 0.2,0.3")
+    if not (args.lr > 0 and all(lr > 0 for lr in args.high_lr)):
         parser.error("--lr and --high-lr must be > 0")
     args.all_scenarios = scenarios(args)
     names = list(args.all_scenarios) if args.scenarios is None else [s.strip() for s in args.scenarios.split(",")
@@ -358,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - began
     print(f"\n== Results over {len(args.seed_list)} seeds (mean [min, max]) ==")
     print(text_table(summary_rows(results)))
-    print("\n" + "\n".join(verdicts(results) + cross_checks(results, bare)))
+    print("\n" + reading(results) + "\n")
+    print("\n".join(verdicts(results) + cross_checks(results, bare)))
     print("\n== Per seed ==")
     print(text_table(seed_rows(results)))
     os.makedirs(args.out, exist_ok=True)

@@ -54,7 +54,9 @@ class PlateauAdvisor(ConvergenceCallback):
       plateaus are only advised, with a warning, so the LR is never reduced twice.
     - ``divergence``: the LR is multiplied by ``divergence_factor`` and, with ``rollback``, model
       and optimizer go back to the last healthy snapshot (CPU memory: about 3x the parameters
-      with Adam; taken at the end of each healthy window, or every ``snapshot_every_n_steps``),
+      with Adam; taken when training starts and at the end of each healthy window, one whose
+      smoothed loss is finite and at most halfway from its best to the divergence line, or
+      every ``snapshot_every_n_steps`` such windows),
       optionally followed by a linear re-warmup over ``rewarmup_steps``. After
       ``max_recoveries`` rollbacks without a healthy window in between, training stops.
     - ``oscillation``: the LR is multiplied by ``divergence_factor`` (no rollback).
@@ -220,6 +222,10 @@ class PlateauAdvisor(ConvergenceCallback):
         context = self.context(trainer)
         for index, optimizer in enumerate(trainer.optimizers):
             context.lr_control(optimizer).set_owner(OWNER, lambda group, i=index: self.factor_of(i, group))
+        if self.rollback and not self._snapshot.taken:
+            # The weights training starts from are the first healthy state: a run that blows up
+            # in its first window restarts from them with a lower LR.
+            self._snapshot.take(pl_module, trainer.optimizers, trainer.global_step)
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -266,7 +272,7 @@ class PlateauAdvisor(ConvergenceCallback):
             self._act_on_regime(trainer, pl_module, finding, step)
         if any(f.kind in ("divergence", "oscillation") for f in findings):
             return
-        if all(math.isfinite(v) for v in losses):
+        if all(math.isfinite(v) for v in losses) and self._regime.steady:
             self._healthy_window(trainer, pl_module, step)
         if self._use_train_loss and self._regime.ema is not None:
             self._plateau_check(trainer, self._regime.ema, step, "the smoothed training loss")
@@ -320,6 +326,8 @@ class PlateauAdvisor(ConvergenceCallback):
                                                          "failed_recoveries": self._failed_recoveries})
         seen = (f"Training diverged again after {self._failed_recoveries} rollbacks with a lower learning rate "
                 f"each time; it was stopped at step {step} because it is not recovering.")
+        # Said on the console whatever the rate limit of the log (a divergence was just reported).
+        rank_zero_warn(f"PlateauAdvisor: {seen}", category=ConvergenceWarning)
         self.record(trainer, Finding("divergence", "critical", advise("divergence", seen),
                                      evidence={"failed_recoveries": self._failed_recoveries}), step=step)
 

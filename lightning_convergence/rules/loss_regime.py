@@ -7,7 +7,8 @@ keeps a few floats of state and returns findings. The loss is smoothed per step 
 - ``divergence``: most of a window's losses are NaN/Inf; or the smoothed loss, and the window's
   median with it, has climbed back above its best by ``divergence_rise`` of the progress made so
   far (start - best), or above the starting loss by ``divergence_above_start`` of it. The start
-  is the mean of the first ``initial_steps`` losses; the best is the lowest value of a slower
+  is the median of the first ``initial_steps`` losses, or the first loss alone (taken before
+  any update) when that median is over 1.5x it (a too-high LR can blow up the loss at once); the best is the lowest value of a slower
   average (about 50 steps), so that minibatch noise does not fake progress. A single NaN batch
   is not divergence (the gradient monitor skips it).
 - ``oscillation``: the loss averaged over chunks of ``chunk`` steps swings around its trend
@@ -16,7 +17,9 @@ keeps a few floats of state and returns findings. The loss is smoothed per step 
   its level (``oscillation_level``), while the trend itself is smaller than the swings.
 - ``no_learning``: after ``no_learning_steps`` steps the smoothed loss has never been
   ``no_learning_progress`` below where it started; with ``num_classes`` known, "near chance"
-  when it sits within ``chance_tolerance`` of log(K).
+  when it sits within ``chance_tolerance`` of log(K). If it had jumped well above the start
+  first (half of ``divergence_above_start``) it is a collapse after an early divergence, and
+  reported as ``divergence``.
 
 Plateaus are judged by :class:`~lightning_convergence.rules.plateau_schedule.PlateauSchedule`
 (torch's ``ReduceLROnPlateau`` decisions) and overfitting by :class:`OverfitRule`.
@@ -38,7 +41,7 @@ class RegimeThresholds:
     """Thresholds of :class:`LossRegimeRule`; see the module docstring for what each means."""
 
     beta: float = 0.9
-    initial_steps: int = 10
+    initial_steps: int = 5
     nonfinite_fraction: float = 0.5
     divergence_rise: float = 0.5
     divergence_above_start: float = 0.5
@@ -87,6 +90,8 @@ class LossRegimeRule:
         self.initial: float | None = None
         self.best = math.inf
         self.best_step = -1
+        self.peak = -math.inf  # the highest smoothed loss seen
+        self.peak_step = -1
         self.steps_seen = 0
         self._first: list[float] = []
         self._previous_chunks: list[tuple[float, float]] = []  # (mean, variance) of the last window
@@ -131,13 +136,18 @@ class LossRegimeRule:
             if self.initial is None:
                 self._first.append(value)
                 if len(self._first) >= t.initial_steps:
-                    self.initial = _mean_var(self._first)[0]
+                    # The median of the first few is steadier than one batch; but when it is far
+                    # above the first loss (taken before any update), the loss blew up at once.
+                    median = _median(self._first)
+                    self.initial = median if median <= 1.5 * self._first[0] else self._first[0]
             self.ema = value if self.ema is None else t.beta * self.ema + (1 - t.beta) * value
+            if self.ema > self.peak:
+                self.peak, self.peak_step = self.ema, step
             # The best is taken on a slower average (about 50 steps): the minimum of a noisy
             # fast average sits far below the typical loss and would fake progress.
             if self.initial is None:
                 continue
-            # (started at the mean of the first losses, so its first values are not one batch's)
+            # (started at the start value, so that its first values are not one batch's)
             self.slow = self.initial if self.slow is None else _SLOW_BETA * self.slow + (1 - _SLOW_BETA) * value
             if self.slow < self.best:
                 self.best, self.best_step = self.slow, step
@@ -154,6 +164,15 @@ class LossRegimeRule:
         if self.progress_made:
             line = min(line, best + t.divergence_rise * (start - best))
         return line
+
+    @property
+    def steady(self) -> bool:
+        """Whether the smoothed loss is well clear of the divergence line (halfway or less from
+        its best to the line): a state worth keeping as a snapshot to roll back to."""
+        if self.initial is None or self.ema is None or not math.isfinite(self.ema):
+            return False
+        best = min(self.best, self.initial)
+        return self.ema <= best + 0.5 * (self._divergence_line() - best)
 
     def _diverged(self, ema: float) -> bool:
         return ema > self._divergence_line()
@@ -200,6 +219,14 @@ class LossRegimeRule:
         t = self.thresholds
         if self.initial is None or self.steps_seen < t.no_learning_steps or self.progress_made:
             return None
+        if self.peak > self.initial + 0.5 * t.divergence_above_start * abs(self.initial):
+            # It blew up first and then settled where it started: a collapse (dead units,
+            # weights pushed into a useless region), not a run that never learned.
+            seen = (f"The smoothed training loss jumped from {self.initial:.4g} to {self.peak:.4g} at step "
+                    f"{self.peak_step}, then settled back around {self.ema:.4g} without ever improving: training "
+                    "diverged early and the network collapsed.")
+            evidence = {"initial": self.initial, "peak": self.peak, "peak_step": self.peak_step, "loss_ema": self.ema}
+            return Finding("divergence", "critical", advise("divergence", seen), evidence=evidence, step=self.peak_step)
         seen = (f"The smoothed training loss has not moved meaningfully in {self.steps_seen} steps: it started at "
                 f"{self.initial:.4g} and its best is {self.best:.4g}.")
         evidence = {"initial": self.initial, "best": self.best, "steps": self.steps_seen}
@@ -214,11 +241,14 @@ class LossRegimeRule:
         """After a rollback: the smoothed loss is the snapshot's again, the chunks start over."""
         self.ema, self.slow = ema, slow if slow is not None else ema
         self._previous_chunks = []
+        self.peak, self.peak_step = -math.inf, -1
+        self.steps_seen = 0  # no_learning is judged afresh from here
 
     # ----------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
         return {"ema": self.ema, "slow": self.slow, "initial": self.initial, "best": self.best, "best_step": self.best_step,
+                "peak": self.peak, "peak_step": self.peak_step,
                 "steps_seen": self.steps_seen, "first": list(self._first),
                 "previous_chunks": [list(c) for c in self._previous_chunks]}
 
@@ -226,6 +256,7 @@ class LossRegimeRule:
         self.ema, self.slow, self.initial = state["ema"], state.get("slow"), state["initial"]
         self.best, self.best_step = float(state["best"]), int(state["best_step"])
         self.steps_seen = int(state["steps_seen"])
+        self.peak, self.peak_step = float(state.get("peak", -math.inf)), int(state.get("peak_step", -1))
         self._first = [float(v) for v in state["first"]]
         self._previous_chunks = [(float(m), float(v)) for m, v in state["previous_chunks"]]
 

@@ -30,9 +30,10 @@ def test_healthy_noisy_decay_gives_nothing(seed):
     assert feed(healthy(seed=seed), num_classes=10) == []
 
 
-def test_healthy_run_with_heavy_minibatch_noise_near_zero_loss_gives_nothing():
-    rng = random.Random(1)
-    losses = [0.05 + 0.2 * rng.random() ** 4 for _ in range(400)]  # skewed minibatch noise, flat
+@pytest.mark.parametrize("seed", range(3))
+def test_flat_noisy_loss_from_the_start_is_at_most_no_learning(seed):
+    rng = random.Random(seed)
+    losses = [0.3 + 0.2 * (rng.random() - 0.5) for _ in range(400)]  # a fine-tuning run that starts low
     assert {k for k, _, _ in feed(losses)} <= {"no_learning"}  # flat from the start: no learning, nothing else
 
 

@@ -1,0 +1,204 @@
+"""PlateauAdvisor from Trainer.fit down: regimes, LR reductions like torch's, rollback, stop."""
+
+import io
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from lightning_convergence import PlateauAdvisor
+from lightning_convergence.report.console import ConvergenceWarning
+from tests.helpers.models import DigitsMLP, digits_tensors, trainer_kwargs
+
+
+class ConstantVal(DigitsMLP):
+    """Logs a validation metric that never improves after the first check: a plateau."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_metric", 1.0 if self.current_epoch else 2.0)
+
+
+class Overfits(DigitsMLP):
+    """Validation loss rising from epoch 2 while the training loss falls."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", 1.0 if self.current_epoch < 2 else 1.0 + 0.3 * (self.current_epoch - 1))
+
+
+class BlowsUp(DigitsMLP):
+    """The loss is multiplied by 1e3 from step 30 on, whatever the weights: no recovery possible."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1e3 if self.global_step >= 30 else loss
+
+
+def fit(tmp_path, model, callbacks, **kwargs):
+    trainer = L.Trainer(**trainer_kwargs(tmp_path, logger=False, **kwargs), callbacks=callbacks)
+    trainer.fit(model)
+    return trainer
+
+
+def interventions(callback, trainer, action=None):
+    found = callback._records_state(trainer)["interventions"]
+    return [i for i in found if action is None or i["action"] == action]
+
+
+def test_plateau_reduces_the_lr_as_torch_would_and_leaves_param_groups_alone(tmp_path):
+    advisor = PlateauAdvisor(monitor="val_metric", patience=1, factor=0.5, auto_remediate=True)
+    trainer = fit(tmp_path, ConstantVal(lr=0.05), [advisor], max_epochs=6, limit_train_batches=4)
+    # torch's scheduler fed the same checks (2, 1, 1, 1, 1, 1) reduces after checks 3 and 5.
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.05)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=1, factor=0.5)
+    expected = []
+    for epoch, value in enumerate([2.0, 1.0, 1.0, 1.0, 1.0, 1.0]):
+        before = optimizer.param_groups[0]["lr"]
+        scheduler.step(value)
+        if optimizer.param_groups[0]["lr"] != before:
+            expected.append((epoch, optimizer.param_groups[0]["lr"]))
+    scales = interventions(advisor, trainer, "lr_scale")
+    assert [(s["step"] // 4 - 1, s["detail"]["lr_after"][0]) for s in scales] == expected
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.05  # the user's LR, untouched
+    kinds = [d["kind"] for d in advisor._records_state(trainer)["diagnoses"]]
+    assert "plateau" in kinds
+
+
+def test_user_reduce_on_plateau_is_not_doubled(tmp_path):
+    class WithROP(ConstantVal):
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=self.lr)
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=1)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_metric"}}
+
+    advisor = PlateauAdvisor(monitor="val_metric", patience=1, auto_remediate=True)
+    with pytest.warns(ConvergenceWarning, match="not reduced twice"):
+        trainer = fit(tmp_path, WithROP(), [advisor], max_epochs=5, limit_train_batches=4)
+    assert interventions(advisor, trainer, "lr_scale") == []
+    plateau = [d for d in advisor._records_state(trainer)["diagnoses"] if d["kind"] == "plateau"]
+    assert plateau and plateau[0]["severity"] == "warning"
+
+
+def test_divergence_rolls_back_lowers_the_lr_and_training_recovers(tmp_path):
+    """The demo's fault (SGD lr 0.5 on the digits CNN, about 10x too high) with the whole suite:
+    the advisor sees the divergence, rolls back and lowers the LR; without the suite the run ends
+    at chance level."""
+    from lightning_convergence import default_callbacks
+    from lightning_convergence.demo.data import DigitsDataModule
+    from lightning_convergence.demo.models import DigitsCNN
+
+    results = {}
+    for act in (False, True):
+        L.seed_everything(0, verbose=False)
+        callbacks = default_callbacks(auto_remediate=act, log_every_n_steps=10, num_classes=10)
+        advisor = next(c for c in callbacks if isinstance(c, PlateauAdvisor))
+        trainer = L.Trainer(max_epochs=5, accelerator="cpu", logger=False, callbacks=callbacks, log_every_n_steps=10,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(DigitsCNN(lr=0.5), DigitsDataModule(seed=0))
+        results[act] = (float(trainer.callback_metrics["val_acc"]), interventions(advisor, trainer),
+                        advisor._records_state(trainer)["diagnoses"])
+    assert results[False][1] == [] and results[False][2]  # diagnosed, nothing done
+    actions = [i["action"] for i in results[True][1]]
+    assert "rollback" in actions and "lr_scale" in actions
+    assert "divergence" in [d["kind"] for d in results[True][2]]
+    assert results[True][0] > 0.9 > 0.2 > results[False][0]
+
+
+def test_failed_recoveries_stop_training_with_a_clear_message(tmp_path):
+    advisor = PlateauAdvisor(auto_remediate=True, monitor=None, max_recoveries=2)
+    with pytest.warns(ConvergenceWarning, match="stopped at step .* not recovering"):
+        trainer = fit(tmp_path, BlowsUp(lr=0.05), [advisor], max_epochs=20, log_every_n_steps=5)
+    actions = [i["action"] for i in interventions(advisor, trainer)]
+    assert actions.count("rollback") == 2 and actions[-1] == "stop"
+    assert trainer.global_step < 20 * 16
+    stop = interventions(advisor, trainer, "stop")[0]
+    assert stop["detail"] == {"reason": "divergence", "failed_recoveries": 2}
+
+
+def test_overfitting_is_diagnosed_and_stops_when_asked(tmp_path):
+    advisor = PlateauAdvisor(monitor="val_loss", auto_remediate=True, stop_on_overfit=True, patience=100)
+    trainer = fit(tmp_path, Overfits(lr=0.05), [advisor], max_epochs=10, limit_train_batches=8)
+    overfit = [d for d in advisor._records_state(trainer)["diagnoses"] if d["kind"] == "overfitting"]
+    assert overfit and "training loss kept falling" in overfit[0]["message"]
+    assert trainer.current_epoch < 9 and interventions(advisor, trainer, "stop")
+
+
+def test_missing_metric_strict_raises_listing_metrics_and_lenient_warns_once(tmp_path):
+    with pytest.raises(RuntimeError, match=r"val_nope.*'val_loss'"):
+        fit(tmp_path, DigitsMLP(), [PlateauAdvisor(monitor="val_nope", strict=True)], max_epochs=1)
+    with pytest.warns(ConvergenceWarning, match="val_nope") as record:
+        fit(tmp_path, DigitsMLP(), [PlateauAdvisor(monitor="val_nope")], max_epochs=3, limit_train_batches=4)
+    assert len([w for w in record if "val_nope" in str(w.message)]) == 1
+
+
+def test_no_validation_loop_and_fast_dev_run_do_not_crash(tmp_path):
+    fit(tmp_path, DigitsMLP(val=False), [PlateauAdvisor(auto_remediate=True)], max_epochs=2)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[PlateauAdvisor(auto_remediate=True)],
+                        enable_progress_bar=False)
+    trainer.fit(DigitsMLP())
+
+
+def test_watching_changes_nothing(tmp_path):
+    results = []
+    for callbacks in ([], [PlateauAdvisor(monitor="val_loss", num_classes=10)]):
+        L.seed_everything(0)
+        model = DigitsMLP(dropout=0.2, lr=1.5)  # diverges: the advisor sees it and must not act
+        fit(tmp_path, model, callbacks, max_epochs=2, log_every_n_steps=4)
+        results.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])
+
+
+def _train(root, epochs, advisor, ckpt_path=None):
+    L.seed_everything(0, verbose=False)
+    model = ConstantVal(lr=0.05, shuffle=False)
+    checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+    trainer = L.Trainer(callbacks=[advisor, checkpoint], **trainer_kwargs(
+        root, logger=False, max_epochs=epochs, enable_checkpointing=True, log_every_n_steps=5))
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def test_resume_right_after_a_reduction_is_bit_identical(tmp_path):
+    make = lambda: PlateauAdvisor(monitor="val_metric", patience=0, factor=0.5, auto_remediate=True)  # noqa: E731
+    full_advisor = make()
+    _, full_model = _train(tmp_path / "full", 5, full_advisor)
+    part = make()
+    part_trainer, _ = _train(tmp_path / "part", 3, part)
+    scales = interventions(part, part_trainer, "lr_scale")
+    assert scales and scales[-1]["step"] == part_trainer.global_step  # the checkpoint follows a reduction
+    resumed_advisor = make()
+    _, resumed_model = _train(tmp_path / "part", 5, resumed_advisor, str(tmp_path / "part" / "ckpt" / "last.ckpt"))
+    a = torch.cat([p.detach().reshape(-1) for p in full_model.parameters()])
+    b = torch.cat([p.detach().reshape(-1) for p in resumed_model.parameters()])
+    assert torch.equal(a, b)
+    sa, sb = full_advisor.state_dict(), resumed_advisor.state_dict()
+    assert sa["records"] == sb["records"] and sa["factors"] == sb["factors"] and sa["schedule"] == sb["schedule"]
+
+
+def test_state_dict_survives_weights_only_load(tmp_path):
+    advisor = PlateauAdvisor(monitor="val_metric", patience=0, auto_remediate=True)
+    fit(tmp_path, ConstantVal(), [advisor], max_epochs=3, limit_train_batches=7, log_every_n_steps=5)
+    buffer = io.BytesIO()
+    torch.save(advisor.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = PlateauAdvisor(monitor="val_metric", patience=0, auto_remediate=True)
+    fresh.load_state_dict(state)
+    assert fresh._factors == advisor._factors and len(fresh._losses) == len(advisor._losses) > 0
+
+
+@pytest.mark.parametrize("kwargs,error,named", [
+    ({"monitor": ""}, TypeError, "monitor"), ({"mode": "up"}, ValueError, "mode"),
+    ({"factor": 1.0}, ValueError, "factor"), ({"factor": float("nan")}, ValueError, "factor"),
+    ({"patience": -1}, ValueError, "patience"), ({"patience": True}, TypeError, "patience"),
+    ({"threshold": -0.1}, ValueError, "threshold"), ({"threshold_mode": "relative"}, ValueError, "threshold_mode"),
+    ({"cooldown": 1.5}, TypeError, "cooldown"), ({"min_lr": float("inf")}, ValueError, "min_lr"),
+    ({"num_classes": 1}, ValueError, "num_classes"), ({"divergence_factor": 0}, ValueError, "divergence_factor"),
+    ({"max_recoveries": 0}, ValueError, "max_recoveries"), ({"rollback": "yes"}, TypeError, "rollback"),
+    ({"snapshot_every_n_steps": 0}, ValueError, "snapshot_every_n_steps"),
+    ({"rewarmup_steps": -5}, ValueError, "rewarmup_steps"), ({"thresholds": {}}, TypeError, "thresholds"),
+])
+def test_bad_arguments_raise_naming_the_argument(kwargs, error, named):
+    with pytest.raises(error, match=named):
+        PlateauAdvisor(**kwargs)
