@@ -95,11 +95,11 @@ def run_paired(variants: Sequence[str], fit: FitFunction, repeats: int, warmup_r
                 result = fit(variant, n, warmup, repeat == repeats - 1)
                 load = result.foreign_cores
                 load_text = "n/a" if load is None else f"{load:.2f}"
-                print(f"  [{label}] {variant:8s} step {result.step_ms():7.1f} ms  (mean {result.mean_ms():7.1f}, "
+                print(f"  [{label}] {variant:18s} step {result.step_ms():7.1f} ms  (mean {result.mean_ms():7.1f}, "
                       f"median {result.median_ms():7.1f}; other processes {load_text} cores)", flush=True)
                 if repeat < 0 or not disturbance.should_rerun(load):
                     break
-                print(f"  [{label}] {variant:8s} disturbed by other processes: running it again", flush=True)
+                print(f"  [{label}] {variant:18s} disturbed by other processes: running it again", flush=True)
             if repeat >= 0:
                 fits[variant].append(result)
     return fits
@@ -128,13 +128,13 @@ def summarise_paired(fits: dict[str, list[FitResult]], baseline: str) -> dict[st
 def print_training(result: dict[str, Any], repeats: int) -> None:
     print(f"\n== 1. Training step (Trainer.fit on CPU; {result['timed_steps']} timed steps per fit after "
           f"{result['warmup_steps']} warm-up; median of {repeats} paired repeats) ==")
-    print(f"{'variant':9s} {'step ms':>8s} {'median ms':>10s} {'vs bare':>8s}  {'other cores':>11s}  "
+    print(f"{'variant':18s} {'step ms':>8s} {'median ms':>10s} {'vs bare':>8s}  {'other cores':>11s}  "
           "per repeat vs bare")
     for v, row in result["variants"].items():
         load = row["foreign_cores_max"]
         load_text = "n/a" if load is None else f"<= {load:.2f}"
         spread = " ".join(pct(r) for r in row["ratio_to_bare_per_repeat"])
-        print(f"{v:9s} {row['step_ms']:8.1f} {row['median_step_ms']:10.1f} {pct(row['ratio_to_bare']):>8s}  "
+        print(f"{v:18s} {row['step_ms']:8.1f} {row['median_step_ms']:10.1f} {pct(row['ratio_to_bare']):>8s}  "
               f"{load_text:>11s}  {spread}")
     print("step ms: median ordinary step + the logging steps' extra spread over the window (see docstring);\n"
           "median ms: median step (no logging step); vs bare: median of paired per-repeat ratios of step ms;\n"
@@ -197,12 +197,20 @@ def print_stats(result: dict[str, Any], repeats: int) -> None:
               f"{cold['ratio_to_floor']:7.2f}x")
 
 
-def hook_summary(fits: list[FitResult], names: list[str], bare_ms: float) -> dict[str, Any]:
-    """The per-step total of the hooks ``names``: ordinary steps, each logging step, window mean."""
+def hook_summary(fits: list[FitResult], names: list[str], bare_ms: float,
+                 sample_every: int | None = None) -> dict[str, Any]:
+    """The per-step total of the hooks ``names``: ordinary steps, each logging step, window mean.
+
+    With ``sample_every`` (a callback that works on one step in that many, step % sample_every == 0),
+    the ordinary steps are also split into sampled and unsampled ones, per hook as well: the
+    ordinary median alone would show only the unsampled steps.
+    """
     ordinary: list[float] = []
     per_hook: dict[str, list[float]] = {name: [] for name in names}
     special: dict[int, list[float]] = {}
     window_means: list[float] = []
+    split: dict[bool, list[float]] = {True: [], False: []}
+    split_per_hook: dict[bool, dict[str, list[float]]] = {k: {name: [] for name in names} for k in (True, False)}
     for fit in fits:
         steps = range(fit.first_step, fit.first_step + len(fit.intervals))
         totals = {s: sum(fit.hooks[name][s] for name in names) * 1e3 for s in steps}
@@ -214,13 +222,24 @@ def hook_summary(fits: list[FitResult], names: list[str], bare_ms: float) -> dic
                 ordinary.append(ms)
                 for name in names:
                     per_hook[name].append(fit.hooks[name][s] * 1e3)
-    return {
+                if sample_every:
+                    sampled = s % sample_every == 0
+                    split[sampled].append(ms)
+                    for name in names:
+                        split_per_hook[sampled][name].append(fit.hooks[name][s] * 1e3)
+    out = {
         "ordinary_step_ms": median(ordinary),
         "ordinary_step_ms_per_hook": {name: median(v) for name, v in per_hook.items()},
         "special_steps_ms": {str(s): median(v) for s, v in sorted(special.items())},
         "window_mean_ms": median(window_means),
         "window_mean_fraction_of_bare": median(window_means) / bare_ms,
     }
+    if sample_every:
+        for sampled, key in ((True, "sampled"), (False, "unsampled")):
+            out[f"{key}_step_ms"] = median(split[sampled])
+            out[f"{key}_steps"] = len(split[sampled])
+            out[f"{key}_step_ms_per_hook"] = {name: median(v) for name, v in split_per_hook[sampled].items()}
+    return out
 
 
 def hook_line(label: str, ms: float, tail: str = "", fmt: str = "8.2f") -> None:

@@ -1,5 +1,5 @@
-"""Benchmark: what GradientNormMonitor, AutoClip and the suite add to a training step, and how close
-the monitor's statistics pass is to the floor.
+"""Benchmark: what GradientNormMonitor, AutoClip, DeadNeuronTracker and the suite add to a training
+step, and how close the monitor's statistics pass is to the floor.
 
 Run::
 
@@ -23,11 +23,18 @@ baseline of the same repeat), printed as "+x.x%".
    per-step statistics pass must cost at least); ``monitor`` (plus ``GradientNormMonitor()`` at
    defaults); ``recipe`` (Lightning's documented recipe instead,
    ``on_before_optimizer_step: self.log_dict(grad_norm(self, norm_type=2))``); ``autoclip`` (plus
-   ``AutoClip()`` at defaults, alone: percentile mode); ``suite`` (plus
-   ``default_callbacks(auto_remediate=True)``: GradientNormMonitor and ``AutoClip(mode="zscore")``,
-   which reuses the monitor's gradient pass). Both AutoClip modes multiply every gradient by the
-   clip coefficient on every step once active (by 1 when nothing is clipped): no host read, but
-   one more read and write of all gradients.
+   ``AutoClip()`` at defaults, alone: percentile mode); ``tracker`` (plus ``DeadNeuronTracker()``
+   at defaults: forward hooks on the 49 ReLU modules feed per-unit sums on one training step in
+   10, steps 0, 10, 20, ...; the window is read and judged on logging steps); ``tracker_every_step``
+   (plus ``DeadNeuronTracker(sample_every_n_steps=1)``: every step sampled, the most it can cost);
+   ``suite`` (plus ``default_callbacks(auto_remediate=True)``, whatever it holds: at the time of
+   writing GradientNormMonitor, DeadNeuronTracker, PlateauAdvisor and ``AutoClip(mode="zscore")``,
+   which reuses the monitor's gradient pass; the script stops if the monitor, the tracker or
+   AutoClip is missing). Both AutoClip modes multiply every gradient by the clip coefficient on
+   every step once active (by 1 when nothing is clipped): no host read, but one more read and
+   write of all gradients. The tracker's first sampled step (step 0, in the dropped warm-up) also
+   records the wiring on the autograd graph once; ReDo needs two judged windows (step 99 at the
+   earliest), after the last step of a default fit (81 steps), so the suite's ReDo does not act.
 
    Step time is the interval between consecutive ``on_train_batch_start`` calls. Start-to-start
    is used rather than start-to-end because Lightning sends logged metrics to the logger after
@@ -65,6 +72,19 @@ baseline of the same repeat), printed as "+x.x%".
    step loses. In the suite, AutoClip's hook comes after the monitor's and finds the gradient
    statistics already computed. After the last monitor fit, one gradient
    histogram write is timed (the monitor's private ``_write_histograms``; skipped if it changed).
+   Every timed callback is timed on each per-step Callback hook its class overrides (the tracker:
+   ``on_train_batch_start``, ``on_before_backward``, ``on_train_batch_end``), and so is any
+   further callback of the suite (PlateauAdvisor: ``on_train_batch_start``,
+   ``on_before_optimizer_step``, ``on_train_batch_end``), reported as its share of the suite's
+   window mean. The tracker also spends time outside Lightning's hooks, in its forward hooks on the
+   activation modules: each is wrapped the same way (through the tracker's private
+   ``_sites._hook``; if that changed, a note is printed and they are left out here, while the
+   whole-step ratio of section 1 still holds them) and summed per step. As the tracker works on one
+   step in 10, its ordinary steps are split into sampled and unsampled ones (the ordinary median
+   alone would be an unsampled step); the window mean (5 sampled steps in the 50 timed ones, plus
+   the logging step where it reads and judges the window) is what it costs on average. On CPU the
+   sampled steps' per-unit reductions run inside the forward hooks, so the hook time holds them;
+   on a GPU they would be queued and paid later in the step, where only section 1 sees them.
 
 The model is in ``_mlp.py``, the paired-repeat machinery in ``_paired.py``, the low-level timers in
 ``_timing.py``.
@@ -97,24 +117,24 @@ except ImportError:  # imported as benchmarks.bench_gradient_monitor
                                     print_training, run_paired, special_step_lines, summarise_paired, window_line)
     from benchmarks._report import quiet_lightning
     from benchmarks._timing import StepTimer, environment, median, wrap_timed
-from lightning_convergence import AutoClip, GradientNormMonitor, default_callbacks
+from lightning_convergence import AutoClip, DeadNeuronTracker, GradientNormMonitor, default_callbacks
 from lightning_convergence.stats import sum_of_squares, tensor_stats
 
 LOG_EVERY = 50
 HISTOGRAM_EVERY = 500  # GradientNormMonitor's default histogram_every_n_steps
 ZSCORE_WARMUP = 25  # AutoClip(mode="zscore") collects this many norms before it clips
 WARMUP_STEPS = 30  # dropped steps per fit: past that warm-up, and steps 30..79 hold one logging cycle
-VARIANTS = ("bare", "floor", "monitor", "recipe", "autoclip", "suite", "fixedclip")
+TRACKER_SAMPLE_EVERY = 10  # DeadNeuronTracker's default sample_every_n_steps
+VARIANTS = ("bare", "floor", "monitor", "recipe", "autoclip", "tracker", "tracker_every_step", "suite", "fixedclip")
 # "fixedclip": Lightning's own `gradient_clip_val=1.0` (torch's clip_grad_norm_: a norm pass and a
 # scaling pass), the fair peer of AutoClip's cost.
-MONITOR_HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end")
-AUTOCLIP_HOOKS = ("on_before_optimizer_step",)  # its only per-step hook
-# Timed hooks per variant, as "callback.hook" (the keys of FitResult.hooks).
-TIMED = {
-    "monitor": [f"monitor.{h}" for h in MONITOR_HOOKS],
-    "autoclip": [f"autoclip.{h}" for h in AUTOCLIP_HOOKS],
-    "suite": [f"monitor.{h}" for h in MONITOR_HOOKS] + [f"autoclip.{h}" for h in AUTOCLIP_HOOKS],
-}
+# The per-step Callback hooks; each timed callback is timed on those its class overrides.
+STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+              "on_before_zero_grad", "on_train_batch_end")
+FORWARD_HOOKS = "forward_hooks"  # DeadNeuronTracker's hooks on the activation modules, summed per step
+# Variants whose callbacks' hooks are timed; the timed hooks are the keys of FitResult.hooks, "role.hook".
+TIMED_VARIANTS = ("monitor", "autoclip", "tracker", "tracker_every_step", "suite")
+ROLES: dict[type, str] = {GradientNormMonitor: "monitor", AutoClip: "autoclip", DeadNeuronTracker: "tracker"}
 
 
 # --------------------------------------------------------------------------------- section 1: training
@@ -137,12 +157,62 @@ class HistogramProbe(Callback):
             print(f"  (histogram timing skipped: {error!r})")
 
 
+class ForwardHookTimer(Callback):
+    """Times DeadNeuronTracker's forward hooks on the activation modules, summed per training step.
+
+    Each hook the tracker registers is wrapped (same behaviour, a ``perf_counter`` pair added per
+    call); its time is added to the current step's slot, opened at ``on_train_batch_start``, before
+    the step's forward. Uses the tracker's private ``_sites._hook``: :meth:`wrap` returns False if
+    that changed, and the forward hooks are then left out of section 3 (section 1 still has them).
+    """
+
+    def __init__(self, sink: list[float]) -> None:
+        self.sink = sink  # seconds per step, as FitResult.hooks lists are
+
+    def wrap(self, tracker: DeadNeuronTracker) -> bool:
+        sites = getattr(tracker, "_sites", None)
+        make = getattr(sites, "_hook", None)
+        if make is None:
+            return False
+
+        def timed_make(module_name: str) -> Callable[..., Any]:
+            hook = make(module_name)
+
+            def timed(module: Any, args: Any, output: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return hook(module, args, output)
+                finally:
+                    if self.sink:
+                        self.sink[-1] += time.perf_counter() - start
+
+            return timed
+
+        sites._hook = timed_make  # hooks are made at on_train_start, after this
+        return True
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.sink.append(0.0)
+
+
+def role(callback: Callback) -> str:
+    return ROLES.get(type(callback), type(callback).__name__.lower())
+
+
+def own_step_hooks(callback: Callback) -> list[str]:
+    """The per-step hooks that the callback's class overrides (the ones that cost anything)."""
+    return [h for h in STEP_HOOKS if getattr(type(callback), h) is not getattr(Callback, h)]
+
+
 def suite_callbacks() -> dict[str, Callback]:
-    """``default_callbacks(auto_remediate=True)``, by role."""
-    monitor, autoclip = default_callbacks(auto_remediate=True)
-    if not (isinstance(monitor, GradientNormMonitor) and isinstance(autoclip, AutoClip)):
-        raise RuntimeError(f"default_callbacks changed: {[type(c).__name__ for c in (monitor, autoclip)]}")
-    return {"monitor": monitor, "autoclip": autoclip}
+    """``default_callbacks(auto_remediate=True)``, by role, in its order (whatever else it holds is
+    kept, and timed like the rest under its class name)."""
+    callbacks = default_callbacks(auto_remediate=True)
+    by_role = {role(c): c for c in callbacks}
+    missing = {"monitor", "autoclip", "tracker"} - set(by_role)
+    if missing or len(by_role) != len(callbacks):
+        raise RuntimeError(f"default_callbacks changed: {[type(c).__name__ for c in callbacks]}")
+    return by_role
 
 
 def run_fit(variant: str, steps: int, warmup: int, root: str, init: str, probe_histogram: bool) -> FitResult:
@@ -161,11 +231,22 @@ def run_fit(variant: str, steps: int, warmup: int, root: str, init: str, probe_h
         timed = {"monitor": GradientNormMonitor()}
     elif variant == "autoclip":
         timed = {"autoclip": AutoClip()}
+    elif variant == "tracker":
+        timed = {"tracker": DeadNeuronTracker()}
+    elif variant == "tracker_every_step":
+        timed = {"tracker": DeadNeuronTracker(sample_every_n_steps=1)}
     elif variant == "suite":
         timed = suite_callbacks()
-    for role, callback in timed.items():
-        for name in MONITOR_HOOKS if role == "monitor" else AUTOCLIP_HOOKS:
-            wrap_timed(callback, name, hooks.setdefault(f"{role}.{name}", []))
+    for name_of_role, callback in timed.items():
+        for name in own_step_hooks(callback):
+            wrap_timed(callback, name, hooks.setdefault(f"{name_of_role}.{name}", []))
+        if isinstance(callback, DeadNeuronTracker):
+            forward = ForwardHookTimer(hooks.setdefault(f"{name_of_role}.{FORWARD_HOOKS}", []))
+            if forward.wrap(callback):
+                callbacks.append(forward)
+            else:
+                del hooks[f"{name_of_role}.{FORWARD_HOOKS}"]
+                print("  (tracker forward hooks not timed: DeadNeuronTracker's private `_sites._hook` changed)")
         callbacks.append(callback)
     if variant == "monitor" and probe_histogram:
         probe = HistogramProbe(timed["monitor"])
@@ -208,9 +289,24 @@ def bench_training(args: argparse.Namespace, disturbance: Disturbance) -> dict[s
     return out
 
 
+def timed_names(fits: list[FitResult], prefix: str = "") -> list[str]:
+    """The timed hooks of a variant's fits ("role.hook"), those of one role with ``prefix="role."``."""
+    return [name for name in fits[0].hooks if name.startswith(prefix)] if fits else []
+
+
 def summarise_hooks(fits: dict[str, list[FitResult]], bare_ms: float) -> dict[str, Any]:
     """Hook milliseconds per step (one optimizer, no accumulation: call i is step i)."""
-    out: dict[str, Any] = {v: hook_summary(fits[v], names, bare_ms) for v, names in TIMED.items() if fits[v]}
+    out: dict[str, Any] = {v: hook_summary(fits[v], timed_names(fits[v]), bare_ms)
+                           for v in TIMED_VARIANTS if fits.get(v)}
+    for variant, every in (("tracker", TRACKER_SAMPLE_EVERY), ("tracker_every_step", 1), ("suite", TRACKER_SAMPLE_EVERY)):
+        if variant in out:
+            names = timed_names(fits[variant], "tracker.")
+            tracker = hook_summary(fits[variant], names, bare_ms, sample_every=every)
+            out[variant]["tracker"] = tracker
+            if variant == "suite":
+                out[variant]["roles"] = {
+                    r: hook_summary(fits[variant], timed_names(fits[variant], f"{r}."), bare_ms)["window_mean_ms"]
+                    for r in dict.fromkeys(n.split(".", 1)[0] for n in timed_names(fits[variant]))}
     if "monitor" in out:
         m = out["monitor"]
         m["obs_ordinary_step_ms"] = m["ordinary_step_ms_per_hook"]["monitor.on_before_optimizer_step"]
@@ -267,14 +363,25 @@ def print_hooks(hooks: dict[str, Any]) -> None:
         hook_line("autoclip, on_before_optimizer_step, ordinary:", a["ordinary_step_ms"])
         special_step_lines("autoclip", a, LOG_EVERY)
         window_line("autoclip", a)
+    for variant, label in (("tracker", f"tracker (1 step in {TRACKER_SAMPLE_EVERY})"),
+                           ("tracker_every_step", "tracker every step")):
+        if variant in hooks:
+            tracker_lines(label, hooks[variant]["tracker"])
+            special_step_lines(f"{label}, all hooks", hooks[variant], LOG_EVERY)
+            window_line(f"{label}, all hooks", hooks[variant])
     if "suite" in hooks:
         s = hooks["suite"]
         hook_line("suite, all hooks, ordinary step:", s["ordinary_step_ms"])
         hook_line("suite, of which AutoClip (zscore), ordinary:",
               s["ordinary_step_ms_per_hook"]["autoclip.on_before_optimizer_step"],
               " (reuses the monitor's gradient pass)")
+        t = s["tracker"]
+        hook_line("suite, of which the tracker, sampled step:", t["sampled_step_ms"],
+                  f" (unsampled {t['unsampled_step_ms']:.2f} ms)")
         special_step_lines("suite, all hooks", s, LOG_EVERY)
         window_line("suite, all hooks", s)
+        for name_of_role, ms in s["roles"].items():
+            hook_line(f"suite, of which {name_of_role}, window mean:", ms)
     if "floor" in hooks:
         r = hooks["floor"]
         hook_line("floor, on_before_optimizer_step (g.sum()):", r["obs_ms"],
@@ -283,6 +390,18 @@ def print_hooks(hooks: dict[str, Any]) -> None:
         r = hooks["recipe"]
         hook_line("recipe, on_before_optimizer_step:", r["obs_ms"],
               f" ({r['obs_fraction_of_bare'] * 100:.1f}% of the bare step, before its logger writes)")
+
+
+def tracker_lines(label: str, t: dict[str, Any]) -> None:
+    """The tracker's hooks on sampled and unsampled ordinary steps, forward hooks apart."""
+    forward = f"tracker.{FORWARD_HOOKS}"
+    for key in ("sampled", "unsampled"):
+        if not t[f"{key}_steps"]:
+            continue
+        tail = ""
+        if forward in t[f"{key}_step_ms_per_hook"]:
+            tail = f" (of which forward hooks {t[f'{key}_step_ms_per_hook'][forward]:.2f} ms)"
+        hook_line(f"{label}, all hooks, {key} step:", t[f"{key}_step_ms"], tail)
 
 
 # --------------------------------------------------------------------------------- main

@@ -4,7 +4,8 @@ Fed the per-step training losses of one window at a time (host floats, in step o
 keeps a few floats of state and returns findings. The loss is smoothed per step with an EMA
 (``beta`` 0.9 by default: about the last 10 steps), and every threshold is relative:
 
-- ``divergence``: most of a window's losses are NaN/Inf; or the smoothed loss, and the window's
+- ``divergence``: most of a window's losses are NaN/Inf (and at least ``nonfinite_min_steps``);
+  or the smoothed loss, and the window's
   median with it, has climbed back above its best by ``divergence_rise`` of the progress made so
   far (start - best), or above the starting loss by ``divergence_above_start`` of it. The start
   is the median of the first ``initial_steps`` losses, or the first loss alone (taken before
@@ -43,6 +44,7 @@ class RegimeThresholds:
     beta: float = 0.9
     initial_steps: int = 5
     nonfinite_fraction: float = 0.5
+    nonfinite_min_steps: int = 5
     divergence_rise: float = 0.5
     divergence_above_start: float = 0.5
     chunk: int = 5
@@ -61,7 +63,7 @@ class RegimeThresholds:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-        for name in ("initial_steps", "chunk", "no_learning_steps"):
+        for name in ("initial_steps", "chunk", "no_learning_steps", "nonfinite_min_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
@@ -108,7 +110,7 @@ class LossRegimeRule:
         t = self.thresholds
         findings: list[Finding] = []
         nonfinite = [s for s, v in zip(steps, losses) if not math.isfinite(v)]
-        if len(nonfinite) >= t.nonfinite_fraction * len(losses):
+        if len(nonfinite) >= max(t.nonfinite_fraction * len(losses), t.nonfinite_min_steps):
             findings.append(self._nonfinite_divergence(nonfinite, len(losses)))
         onset = self._smooth(steps, losses)
         finite = [v for v in losses if math.isfinite(v)]

@@ -88,4 +88,43 @@ def test_spawn_smoke_with_tensorboard(tmp_path):
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
     assert [i["step"] for i in ranks[0]["records"]["interventions"]] == [2, 3]
     report = json.load(open(tmp_path / "tb" / "version_0" / "convergence_report.json"))
-    assert [i["step"] for i in report["interventions"]] == [2, 3]
+    assert [(i["step"], i["action"]) for i in report["interventions"]] == [(2, "skip_step"), (3, "skip_step")]
+
+
+class DivergesOnRankOne(DigitsMLP):
+    """Rank 1's loss is inflated 1000x from step 6 (a fault seen by one rank only)."""
+
+    def __init__(self):
+        super().__init__(shuffle=False)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 1e3 if self.global_rank == 1 and self.global_step >= 6 else loss
+
+
+class WriteAdvisor(L.Callback):
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        advisor = next(c for c in trainer.callbacks if type(c).__name__ == "PlateauAdvisor")
+        weights = torch.cat([p.detach().reshape(-1) for p in pl_module.parameters()])
+        result = {"checksum": float(weights.double().sum()), "records": advisor._records_state(trainer),
+                  "global_step": trainer.global_step}
+        with open(os.path.join(self.out_dir, f"advisor{trainer.global_rank}.json"), "w") as handle:
+            json.dump(result, handle)
+
+
+def test_divergence_on_one_rank_gives_the_same_rollback_on_both(tmp_path):
+    L.seed_everything(0, verbose=False)
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=3, devices=2, strategy=strategy)
+    kwargs.pop("deterministic")
+    trainer = L.Trainer(callbacks=default_callbacks(auto_remediate=True, log_every_n_steps=4, monitor=None)
+                        + [WriteAdvisor(str(tmp_path))], **kwargs)
+    trainer.fit(DivergesOnRankOne())
+    ranks = [json.load(open(tmp_path / f"advisor{r}.json")) for r in (0, 1)]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert ranks[0]["records"] == ranks[1]["records"]
+    actions = [i["action"] for i in ranks[0]["records"]["interventions"]]
+    assert "rollback" in actions and "lr_scale" in actions
