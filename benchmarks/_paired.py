@@ -243,8 +243,8 @@ def hook_summary(fits: list[FitResult], names: list[str], bare_ms: float,
 
 
 def hook_line(label: str, ms: float, tail: str = "", fmt: str = "8.2f") -> None:
-    """``label`` padded to 46 characters, then milliseconds and ``tail``."""
-    print(f"{label:46s}{ms:{fmt}} ms{tail}")
+    """``label`` padded to 56 characters, then milliseconds and ``tail``."""
+    print(f"{label:56s}{ms:{fmt}} ms{tail}")
 
 
 def special_step_lines(who: str, summary: dict[str, Any], log_every: int) -> None:

@@ -298,7 +298,8 @@ def summarise_hooks(fits: dict[str, list[FitResult]], bare_ms: float) -> dict[st
     """Hook milliseconds per step (one optimizer, no accumulation: call i is step i)."""
     out: dict[str, Any] = {v: hook_summary(fits[v], timed_names(fits[v]), bare_ms)
                            for v in TIMED_VARIANTS if fits.get(v)}
-    for variant, every in (("tracker", TRACKER_SAMPLE_EVERY), ("tracker_every_step", 1), ("suite", TRACKER_SAMPLE_EVERY)):
+    for variant, every in (("tracker", TRACKER_SAMPLE_EVERY), ("tracker_every_step", 1),
+                           ("suite", TRACKER_SAMPLE_EVERY)):
         if variant in out:
             names = timed_names(fits[variant], "tracker.")
             tracker = hook_summary(fits[variant], names, bare_ms, sample_every=every)
@@ -363,12 +364,11 @@ def print_hooks(hooks: dict[str, Any]) -> None:
         hook_line("autoclip, on_before_optimizer_step, ordinary:", a["ordinary_step_ms"])
         special_step_lines("autoclip", a, LOG_EVERY)
         window_line("autoclip", a)
-    for variant, label in (("tracker", f"tracker (1 step in {TRACKER_SAMPLE_EVERY})"),
-                           ("tracker_every_step", "tracker every step")):
+    for variant in ("tracker", "tracker_every_step"):
         if variant in hooks:
-            tracker_lines(label, hooks[variant]["tracker"])
-            special_step_lines(f"{label}, all hooks", hooks[variant], LOG_EVERY)
-            window_line(f"{label}, all hooks", hooks[variant])
+            tracker_lines(variant, hooks[variant]["tracker"])
+            special_step_lines(f"{variant}, all hooks", hooks[variant], LOG_EVERY)
+            window_line(f"{variant}, all hooks", hooks[variant])
     if "suite" in hooks:
         s = hooks["suite"]
         hook_line("suite, all hooks, ordinary step:", s["ordinary_step_ms"])
@@ -398,10 +398,10 @@ def tracker_lines(label: str, t: dict[str, Any]) -> None:
     for key in ("sampled", "unsampled"):
         if not t[f"{key}_steps"]:
             continue
-        tail = ""
+        tail = f" ({t[f'{key}_steps']} steps"
         if forward in t[f"{key}_step_ms_per_hook"]:
-            tail = f" (of which forward hooks {t[f'{key}_step_ms_per_hook'][forward]:.2f} ms)"
-        hook_line(f"{label}, all hooks, {key} step:", t[f"{key}_step_ms"], tail)
+            tail += f"; of which forward hooks {t[f'{key}_step_ms_per_hook'][forward]:.2f} ms"
+        hook_line(f"{label}, all hooks, {key} step:", t[f"{key}_step_ms"], tail + ")")
 
 
 # --------------------------------------------------------------------------------- main

@@ -36,6 +36,23 @@ def test_warmup_benchmark_runs(tmp_path):
 
 
 @pytest.mark.slow
+def test_redo_benchmark_runs(tmp_path):
+    # --quick: 1 seed, 3 epochs (141 steps): `neg bias` gets its first revival at step 99.
+    out = _run(["benchmarks/bench_redo.py", "--quick", "--hidden", "32", "--scenarios", "healthy,neg bias",
+                "--out", str(tmp_path)])
+    assert "Results over 1 seeds" in out
+    assert "ReDo acted" in out
+    assert (tmp_path / "redo.md").exists() and (tmp_path / "redo.png").exists()
+
+
+@pytest.mark.slow
 def test_overhead_benchmark_imports_and_parses_its_arguments():
     out = _run(["benchmarks/bench_gradient_monitor.py", "--help"], timeout=60)
     assert "--quick" in out and "--init" in out
+
+
+@pytest.mark.slow
+def test_plateau_benchmark_runs(tmp_path):
+    out = _run(["benchmarks/bench_plateau.py", "--quick", "--out", str(tmp_path)])
+    assert "Results over 1 seeds" in out
+    assert (tmp_path / "plateau.md").exists()

@@ -86,7 +86,7 @@ def describe(result: RunResult) -> str:
     if report["interventions"]:
         irows = [["step", "action", "detail"]]
         irows += [[str(i["step"]), i["action"], json.dumps(i["detail"])] for i in report["interventions"]]
-        text += "\n\nInterventions\n" + _table(irows, [5, 10, 100])
+        text += "\n\nInterventions\n" + _table(irows, [5, 12, 100])
     else:
         text += "\n\nInterventions: none"
     return text + f"\n\nSummary: {report['summary']['headline']}"
