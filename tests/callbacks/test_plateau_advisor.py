@@ -94,6 +94,7 @@ def test_divergence_rolls_back_lowers_the_lr_and_training_recovers(tmp_path):
         callbacks = default_callbacks(auto_remediate=act, log_every_n_steps=10, num_classes=10)
         advisor = next(c for c in callbacks if isinstance(c, PlateauAdvisor))
         trainer = L.Trainer(max_epochs=5, accelerator="cpu", logger=False, callbacks=callbacks, log_every_n_steps=10,
+                            default_root_dir=tmp_path / str(act),
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(DigitsCNN(lr=0.5), DigitsDataModule(seed=0))
         results[act] = (float(trainer.callback_metrics["val_acc"]), interventions(advisor, trainer),
