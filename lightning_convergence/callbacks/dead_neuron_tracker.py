@@ -46,7 +46,8 @@ class DeadNeuronTracker(ConvergenceCallback):
     is tracked once per call (``act``, ``act#2``, ...). ``F.relu`` inside ``forward`` cannot be
     hooked: use ``nn.ReLU`` modules or name the module whose output to track in ``include``.
 
-    With ``auto_remediate=True`` dead units of a layer that is reported get fresh incoming
+    With ``auto_remediate=True`` dead units of a layer reported at warning level or above (25%
+    of the layer by default; a few dead units are normal in a healthy layer) get fresh incoming
     weights from the layer's default initialisation, zero outgoing weights (the function is
     unchanged at that step) and reset optimizer state for those rows and columns. Only units
     whose wiring is certain are touched: the producing Linear/Conv (through BatchNorm or dropout
@@ -265,7 +266,8 @@ class DeadNeuronTracker(ConvergenceCallback):
         reported = set()
         for finding in self._rule.evaluate([w for w, _, _ in windows]):
             self.record(trainer, finding, step=last_step)
-            if finding.kind == "dead_units":
+            if finding.kind == "dead_units" and finding.severity != "info":
+                # A few dead units (info) are normal in a healthy ReLU layer: leave them be.
                 reported.add(finding.layer)
         if self.is_acting(trainer):
             for window, dead, dormant in windows:
