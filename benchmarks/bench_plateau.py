@@ -33,6 +33,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections import Counter
@@ -63,9 +64,10 @@ def fit(seed: int, lr: float, epochs: int, callbacks: list) -> dict:
     L.seed_everything(seed, verbose=False)
     model = DigitsCNN(lr=lr)
     data = DigitsDataModule(seed=seed)
+    scratch = tempfile.mkdtemp(prefix="bench_plateau_")  # the suite's report goes here, not into the cwd
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, log_every_n_steps=10,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=callbacks)
+                        callbacks=callbacks, default_root_dir=scratch)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
