@@ -14,8 +14,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AutoClip": "lightning_convergence.callbacks.autoclip",
+    "DataLoadingMonitor": "lightning_convergence.callbacks.data_loading_monitor",
     "DeadNeuronTracker": "lightning_convergence.callbacks.dead_neuron_tracker",
     "GradientNormMonitor": "lightning_convergence.callbacks.gradient_norm_monitor",
+    "InitializationAudit": "lightning_convergence.callbacks.initialization_audit",
+    "InputSanityChecker": "lightning_convergence.callbacks.input_sanity_checker",
     "PlateauAdvisor": "lightning_convergence.callbacks.plateau_advisor",
     "WarmupScheduler": "lightning_convergence.callbacks.warmup_scheduler",
     "default_callbacks": "lightning_convergence.suite",
@@ -27,8 +30,11 @@ __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:
     from lightning_convergence.callbacks.autoclip import AutoClip
+    from lightning_convergence.callbacks.data_loading_monitor import DataLoadingMonitor
     from lightning_convergence.callbacks.dead_neuron_tracker import DeadNeuronTracker
     from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
+    from lightning_convergence.callbacks.initialization_audit import InitializationAudit
+    from lightning_convergence.callbacks.input_sanity_checker import InputSanityChecker
     from lightning_convergence.callbacks.plateau_advisor import PlateauAdvisor
     from lightning_convergence.callbacks.warmup_scheduler import WarmupScheduler
     from lightning_convergence.report.records import Diagnosis, Intervention

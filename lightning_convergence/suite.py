@@ -9,14 +9,25 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_convergence.callbacks import (
     AutoClip,
+    DataLoadingMonitor,
     DeadNeuronTracker,
     GradientNormMonitor,
+    InitializationAudit,
+    InputSanityChecker,
     PlateauAdvisor,
     WarmupScheduler,
 )
 
-# The monitors, in the order they run; each later monitor joins this list.
-_MONITORS: tuple[type[Callback], ...] = (GradientNormMonitor, DeadNeuronTracker, PlateauAdvisor)
+# The monitors, in the order they run. InputSanityChecker comes after GradientNormMonitor: a
+# NaN batch's gradients are skipped by the monitor first, and the checker names the cause.
+_MONITORS: tuple[type[Callback], ...] = (
+    GradientNormMonitor,
+    DeadNeuronTracker,
+    PlateauAdvisor,
+    InputSanityChecker,
+    InitializationAudit,
+    DataLoadingMonitor,
+)
 
 
 def _accepted(cls: type[Callback]) -> set[str]:
@@ -60,12 +71,12 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
         ValueError: warmup asked for with ``auto_remediate=False``.
 
     Example:
-        >>> [type(c).__name__ for c in default_callbacks()]
-        ['GradientNormMonitor', 'DeadNeuronTracker', 'PlateauAdvisor']
-        >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True)]
-        ['GradientNormMonitor', 'DeadNeuronTracker', 'PlateauAdvisor', 'AutoClip']
-        >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True, warmup_steps=500)]
-        ['GradientNormMonitor', 'DeadNeuronTracker', 'PlateauAdvisor', 'WarmupScheduler', 'AutoClip']
+        >>> len(default_callbacks())
+        6
+        >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True)][-1]
+        'AutoClip'
+        >>> [type(c).__name__ for c in default_callbacks(auto_remediate=True, warmup_steps=500)][-2:]
+        ['WarmupScheduler', 'AutoClip']
     """
     if not isinstance(auto_remediate, bool):
         raise TypeError(f"`auto_remediate` must be a bool, got {auto_remediate!r}.")

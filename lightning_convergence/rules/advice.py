@@ -27,6 +27,12 @@ CAUSES: dict[str, str] = {
     "layers, a loss that does not fit the task, or gradients that do not reach the early layers",
     "overfitting": "too little regularisation, too much capacity for the data, label noise, or "
     "leakage between the splits",
+    "nonfinite_inputs": "corrupt samples, or a division by zero or a log of zero in the preprocessing",
+    "unnormalized_inputs": "missing preprocessing: the inputs were never scaled or standardised",
+    "poor_initialization": "a constant initialisation (every unit starts the same and learns the same), or "
+    "a custom initialisation at the wrong scale for the activation that follows",
+    "slow_data_loading": "loading, decoding or augmentation done on the training process, or too few "
+    "data-loader workers",
     "amp_overflow": "normal now and then under fp16 with a loss scaler; when it persists, "
     "numeric instability (often a learning rate that is too high)",
 }
@@ -105,6 +111,29 @@ REMEDIES: dict[str, tuple[str, ...]] = {
         "add data augmentation",
         "use a smaller model",
         "check for leakage between the splits",
+    ),
+    "nonfinite_inputs": (
+        "find the samples and fix or drop them",
+        "validate the data pipeline (assert torch.isfinite on a pass over the data)",
+        "guard divisions and logs in the preprocessing",
+    ),
+    "unnormalized_inputs": (
+        "scale to [0, 1] (pixels: divide by 255)",
+        "or standardise with the training set's per-channel mean and std",
+        "for tabular data, standardise each feature",
+    ),
+    "poor_initialization": (
+        "use He (Kaiming) initialisation for ReLU-family layers",
+        "Xavier (Glorot) for tanh/sigmoid",
+        "orthogonal for recurrent or very deep networks",
+        "never a constant initialisation for weights (biases at 0 are fine)",
+    ),
+    "slow_data_loading": (
+        "raise the DataLoader's num_workers",
+        "pin_memory=True when training on a GPU",
+        "persistent_workers=True so that workers survive between epochs",
+        "move decoding and augmentation off the hot path, or to the GPU",
+        "cache or pre-process the data once",
     ),
     "amp_overflow": (
         "nothing, if it is rare",

@@ -1,0 +1,239 @@
+"""InputSanityChecker: NaN/Inf, scale and label range of the training batches.
+
+NaN/Inf are counted on every batch; scale and labels are looked at on the first
+``first_batches`` batches and then one optimizer step in ``sample_every_n_steps``. The device
+keeps the sums; the host reads them once per logging step (and once after the first batches, so
+that a raw-pixel pipeline is named at once).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
+from lightning_convergence.remedies import drop_gradients
+from lightning_convergence.report.tensorboard import log_scalars
+from lightning_convergence.rules.input_health import InputHealthRule, InputThresholds, PartSummary
+from lightning_convergence.stats.batch_tensors import batch_tensors
+from lightning_convergence.stats.input_moments import InputMoments, NonfiniteCounter
+
+_TARGET_NAME = re.compile(r"label|target|(^|[^a-z])y($|[^a-z])|class", re.IGNORECASE)
+
+
+def looks_like_target(path: str, index: int, count: int) -> bool:
+    """Is this integer batch part class labels? By name (``label``, ``target``, ``y``), or by
+    position: the last part of a tuple batch with more than one part.
+
+    Example:
+        >>> looks_like_target("batch[1]", 1, 2), looks_like_target("batch['input_ids']", 0, 2)
+        (True, False)
+    """
+    if _TARGET_NAME.search(path.rsplit("[", 1)[-1].rsplit(".", 1)[-1]):
+        return True
+    return count > 1 and index == count - 1 and path.startswith("batch[")
+
+
+class InputSanityChecker(ConvergenceCallback):
+    """Checks the training batches for NaN/Inf, a scale far from normalised, and labels out of range.
+
+    Every tensor of the batch is found (tensors, tuples, lists, dicts, dataclasses; other parts
+    are skipped and listed once) and named by its path (``batch[0]``, ``batch['image']``).
+    Floating parts get per-channel mean and RMS (channel: dimension 1 of 2-d and higher tensors)
+    and a NaN/Inf count; integer parts that look like class labels (named ``label``/``target``/
+    ``y``, or the last part of a tuple) get their range checked against ``num_classes`` (taken
+    from the argument or the LightningModule's ``num_classes`` / ``hparams.num_classes``; without
+    it the range is not checked, and it says so once).
+
+    With ``auto_remediate=True`` every batch is checked for NaN/Inf (one host read per optimizer
+    step, as GradientNormMonitor's skip) and an optimizer step whose batch held any is skipped
+    (every ``p.grad = None``), recorded as ``skip_step``. Nothing else is changed: the other
+    findings are advice.
+
+    Args:
+        first_batches: batches checked at the start of training.
+        sample_every_n_steps: after those, one optimizer step in this many.
+        log_every_n_steps: evaluation cadence; ``None`` uses the Trainer's.
+        num_classes: classes of a classification target.
+        thresholds: the scale thresholds (:class:`InputThresholds`).
+        auto_remediate: skip optimizer steps whose batch held NaN/Inf.
+        report_window_steps: a diagnosis kind is reported at most once per this many steps.
+
+    Raises:
+        ValueError: an argument is out of range.
+        TypeError: an argument has the wrong type.
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[InputSanityChecker(num_classes=10)], logger=False)
+    """
+
+    def __init__(
+        self,
+        first_batches: int = 3,
+        sample_every_n_steps: int = 10,
+        log_every_n_steps: int | None = None,
+        num_classes: int | None = None,
+        thresholds: InputThresholds | None = None,
+        auto_remediate: bool = False,
+        report_window_steps: int = 500,
+    ) -> None:
+        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
+        check_positive_int("first_batches", first_batches)
+        check_positive_int("sample_every_n_steps", sample_every_n_steps)
+        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
+        check_positive_int("num_classes", num_classes, allow_none=True)
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}.")
+        if thresholds is not None and not isinstance(thresholds, InputThresholds):
+            raise TypeError(f"`thresholds` must be an InputThresholds, got {thresholds!r}.")
+        self.first_batches = first_batches
+        self.sample_every_n_steps = sample_every_n_steps
+        self.log_every_n_steps = log_every_n_steps
+        self.num_classes = num_classes
+        self.thresholds = thresholds or InputThresholds()
+        self._parts: dict[str, InputMoments] = {}
+        self._nonfinite: dict[str, NonfiniteCounter] = {}
+        self._targets: set[str] = set()
+        self._batches_seen = 0
+        self._last_evaluated = -1
+        self._step_nonfinite: Tensor | None = None  # NaN/Inf count of this step's batches (acting)
+        self._said: set[str] = set()
+        self._rule = InputHealthRule(self.thresholds, num_classes)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(num_classes=self.num_classes)
+
+    def _say_once(self, key: str, text: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            rank_zero_info(f"InputSanityChecker: {text}")
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._rule.num_classes is None:
+            inferred = getattr(pl_module, "num_classes", None) or getattr(getattr(pl_module, "hparams", {}),
+                                                                         "get", lambda _k: None)("num_classes")
+            if isinstance(inferred, int) and not isinstance(inferred, bool) and inferred >= 2:
+                self._rule.num_classes = inferred
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        sampled = (self._batches_seen < self.first_batches
+                   or trainer.global_step % self.sample_every_n_steps == 0)
+        self._batches_seen += 1
+        found, skipped = batch_tensors(batch)
+        if skipped:
+            self._say_once("skipped", f"batch parts that are not tensors are not checked: {skipped[:5]}.")
+        acting = self.is_acting(trainer)
+        for index, (path, tensor) in enumerate(found):
+            if tensor.is_floating_point() and tensor.layout == torch.strided:
+                # Every batch: one reduction, kept on the device.
+                count = self._nonfinite.setdefault(path, NonfiniteCounter()).update(tensor, trainer.global_step)
+                if acting:
+                    self._step_nonfinite = count if self._step_nonfinite is None else self._step_nonfinite + count
+            if sampled:
+                self._parts.setdefault(path, InputMoments()).update(tensor)
+                if not tensor.is_floating_point() and looks_like_target(path, index, len(found)):
+                    self._targets.add(path)
+
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        flag, self._step_nonfinite = self._step_nonfinite, None
+        if flag is None or not self.is_acting(trainer):
+            return
+        count = int(flag.item())  # the one host read per step that acting costs
+        if count == 0:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if all(p.grad is None for p in params):
+            return  # already skipped (GradientNormMonitor saw the NaN gradients first)
+        drop_gradients(params)
+        self.record_intervention(trainer, "skip_step", trainer.global_step,
+                                 {"reason": "nonfinite_inputs", "nonfinite_values": count})
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        due = step % self.logging_cadence(trainer) == 0 or self._batches_seen == self.first_batches
+        if not due or step == self._last_evaluated or not (self._parts or self._nonfinite):
+            return
+        self._last_evaluated = step
+        self._evaluate(trainer, max(step - 1, 0))
+
+    def _read(self) -> list[PartSummary]:
+        """Every part's numbers in one host transfer."""
+        pieces, layout = [], []
+        paths = list(dict.fromkeys([*self._nonfinite, *self._parts]))
+        for path in paths:
+            part = self._parts.get(path)
+            counter = self._nonfinite.get(path)
+            channels = None
+            if counter is not None:
+                pieces.append(counter.read().double())
+            if part is not None and part.batches and part.floating:
+                mean, rms = part.summary()
+                pieces += [mean.double(), rms.double()]
+                channels = len(mean)
+            elif part is not None and part.batches:
+                low, high = part.value_range()
+                pieces.append(torch.stack([low, high]).double())
+            layout.append((path, part, counter is not None, channels))
+        if not pieces:
+            return []
+        values = torch.cat([p.cpu() for p in pieces]).tolist()  # tiny tensors: one transfer each way
+        summaries, at = [], 0
+        for path, part, counted, channels in layout:
+            summary = PartSummary(path, counted, part.batches if part is not None else 0)
+            if counted:
+                summary.nonfinite, summary.first_nonfinite_step = int(values[at]), int(values[at + 1])
+                at += 2
+            if channels is not None:
+                summary.means, summary.rms = values[at:at + channels], values[at + channels:at + 2 * channels]
+                at += 2 * channels
+            elif part is not None and part.batches and not part.floating:
+                summary.low, summary.high, summary.is_target = values[at], values[at + 1], path in self._targets
+                at += 2
+            summaries.append(summary)
+        return summaries
+
+    def _evaluate(self, trainer: Trainer, step: int) -> None:
+        summaries = self._read()
+        metrics: dict[str, float] = {}
+        for summary in summaries:
+            if summary.floating:
+                finite_rms = [r for r in summary.rms if r == r]
+                if finite_rms:
+                    metrics[f"convergence/inputs/rms_max/{summary.path}"] = max(finite_rms)
+                metrics[f"convergence/inputs/nonfinite/{summary.path}"] = summary.nonfinite
+        log_scalars(trainer, metrics, step)
+        if self._rule.num_classes is None and any(s.path in self._targets for s in summaries):
+            self._say_once("classes", "the number of classes is unknown, so label ranges are not checked; pass "
+                                      "`num_classes=` (or set `num_classes` on the LightningModule).")
+        for finding in self._rule.evaluate(summaries):
+            self.record(trainer, finding, step=step)
+        for part in self._parts.values():
+            part.reset()
+        for counter in self._nonfinite.values():
+            counter.reset()
+
+    @override
+    def _load_own_state(self, state_dict: dict[str, Any]) -> None:
+        self._batches_seen = int(state_dict.get("batches_seen", 0))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["batches_seen"] = self._batches_seen
+        return state

@@ -1,0 +1,130 @@
+"""Rules on the training batches: NaN/Inf, scale far from normalised, class labels out of range.
+
+Fed host numbers per batch part (one :class:`PartSummary` each), the rule returns findings. The
+scale test looks at each channel's root mean square and at its mean against its spread:
+
+- ``unnormalized_inputs`` when some channel's RMS exceeds ``scale_high`` (raw 0-255 pixels have
+  an RMS near 100; standardised data near 1; values in [0, 1] below 1), or when a channel sits
+  far from zero relative to its spread (``|mean| > offset_ratio x std`` with ``|mean| > 1``);
+- ``nonfinite_inputs`` when any value is NaN/Inf;
+- labels out of ``[0, num_classes)`` (with ``-100``, the usual ``ignore_index``, allowed) are
+  reported as ``nonfinite_inputs`` too, the contract's kind for invalid values in a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from lightning_convergence.report.records import Finding
+from lightning_convergence.rules.advice import advise
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PartSummary:
+    """One batch part over a window of sampled batches, as host numbers."""
+
+    path: str
+    floating: bool
+    batches: int
+    means: list[float] = field(default_factory=list)
+    rms: list[float] = field(default_factory=list)
+    nonfinite: int = 0
+    first_nonfinite_step: int = -1
+    low: float | None = None
+    high: float | None = None
+    is_target: bool = False
+
+
+@dataclass(frozen=True)
+class InputThresholds:
+    """Thresholds of :class:`InputHealthRule`."""
+
+    scale_high: float = 5.0
+    offset_ratio: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("scale_high", "offset_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+
+
+class InputHealthRule:
+    """Judges batch parts.
+
+    Example:
+        >>> rule = InputHealthRule()
+        >>> pixels = PartSummary("batch[0]", True, 3, means=[110.0], rms=[130.0])
+        >>> [(f.kind, f.severity) for f in rule.evaluate([pixels])]
+        [('unnormalized_inputs', 'warning')]
+    """
+
+    def __init__(self, thresholds: InputThresholds | None = None, num_classes: int | None = None) -> None:
+        self.thresholds = thresholds or InputThresholds()
+        self.num_classes = num_classes
+
+    def evaluate(self, parts: list[PartSummary]) -> list[Finding]:
+        findings = []
+        for part in parts:
+            if part.floating and part.nonfinite > 0:
+                findings.append(self._nonfinite(part))
+            if part.floating and part.rms:
+                finding = self._scale(part)
+                if finding is not None:
+                    findings.append(finding)
+            elif part.is_target and self.num_classes is not None:
+                finding = self._labels(part)
+                if finding is not None:
+                    findings.append(finding)
+        return findings
+
+    def _nonfinite(self, part: PartSummary) -> Finding:
+        first = part.first_nonfinite_step
+        at = f", first at step {first}" if first >= 0 else ""
+        seen = f"`{part.path}` held {part.nonfinite} NaN/Inf values in the training batches{at}."
+        return Finding("nonfinite_inputs", "warning", advise("nonfinite_inputs", seen), layer=part.path,
+                       evidence={"nonfinite_values": part.nonfinite, "first_step": first},
+                       step=first if first >= 0 else None)
+
+    def _scale(self, part: PartSummary) -> Finding | None:
+        t = self.thresholds
+        channels = [(i, m, r) for i, (m, r) in enumerate(zip(part.means, part.rms)) if math.isfinite(r)]
+        if not channels:
+            return None
+        worst_index, worst_mean, worst_rms = max(channels, key=lambda c: c[2])
+        offsets = [(i, m, math.sqrt(max(r * r - m * m, 0.0))) for i, m, r in channels]
+        offset = max(offsets, key=lambda c: abs(c[1]) / max(c[2], 1e-12))
+        off_index, off_mean, off_std = offset
+        too_large = worst_rms > t.scale_high
+        shifted = abs(off_mean) > 1 and abs(off_mean) > t.offset_ratio * off_std
+        if not (too_large or shifted):
+            return None
+        where = f" (channel {worst_index} of {len(part.rms)})" if len(part.rms) > 1 else ""
+        if too_large:
+            seen = (f"`{part.path}` is far from normalised: its values have a root mean square of {worst_rms:.4g}"
+                    f"{where}, mean {worst_mean:.4g}; normalised inputs sit near 1.")
+            if 50 < worst_rms < 300 and worst_mean > 0:
+                seen += " That looks like raw 0-255 pixel values."
+        else:
+            seen = (f"`{part.path}` is offset from zero: channel {off_index} has mean {off_mean:.4g} against a "
+                    f"spread of {off_std:.4g}.")
+        evidence = {"max_rms": worst_rms, "channel": worst_index, "mean": worst_mean, "channels": len(part.rms),
+                    "offset_mean": off_mean, "offset_std": off_std}
+        return Finding("unnormalized_inputs", "warning", advise("unnormalized_inputs", seen), layer=part.path,
+                       evidence=evidence)
+
+    def _labels(self, part: PartSummary) -> Finding | None:
+        low, high, k = part.low, part.high, self.num_classes
+        if low is None or high is None:
+            return None
+        bad_low = low < 0 and low != IGNORE_INDEX
+        if not (bad_low or high >= k):
+            return None
+        seen = (f"`{part.path}` holds class labels from {low:g} to {high:g}, outside [0, {k}) for {k} classes "
+                "(-100, the usual ignore_index, is allowed). The loss will fail or learn from the wrong targets.")
+        causes = "labels that are not encoded as 0..K-1 (1-based, or a wrong class count), or a label column mixed up"
+        return Finding("nonfinite_inputs", "critical", advise("nonfinite_inputs", seen, causes), layer=part.path,
+                       evidence={"problem": "labels_out_of_range", "min": low, "max": high, "num_classes": k})
