@@ -117,7 +117,8 @@ except ImportError:  # imported as benchmarks.bench_gradient_monitor
                                     print_training, run_paired, special_step_lines, summarise_paired, window_line)
     from benchmarks._report import quiet_lightning
     from benchmarks._timing import StepTimer, environment, median, wrap_timed
-from lightning_convergence import AutoClip, DeadNeuronTracker, GradientNormMonitor, default_callbacks
+from lightning_convergence import (AutoClip, DataLoadingMonitor, DeadNeuronTracker, GradientNormMonitor,  # noqa: E402
+                                   InitializationAudit, InputSanityChecker, PlateauAdvisor, default_callbacks)
 from lightning_convergence.stats import sum_of_squares, tensor_stats
 
 LOG_EVERY = 50
@@ -125,7 +126,8 @@ HISTOGRAM_EVERY = 500  # GradientNormMonitor's default histogram_every_n_steps
 ZSCORE_WARMUP = 25  # AutoClip(mode="zscore") collects this many norms before it clips
 WARMUP_STEPS = 30  # dropped steps per fit: past that warm-up, and steps 30..79 hold one logging cycle
 TRACKER_SAMPLE_EVERY = 10  # DeadNeuronTracker's default sample_every_n_steps
-VARIANTS = ("bare", "floor", "monitor", "recipe", "autoclip", "tracker", "tracker_every_step", "suite", "fixedclip")
+VARIANTS = ("bare", "floor", "monitor", "recipe", "autoclip", "tracker", "tracker_every_step", "advisor", "checks",
+            "suite", "fixedclip")
 # "fixedclip": Lightning's own `gradient_clip_val=1.0` (torch's clip_grad_norm_: a norm pass and a
 # scaling pass), the fair peer of AutoClip's cost.
 # The per-step Callback hooks; each timed callback is timed on those its class overrides.
@@ -133,7 +135,7 @@ STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward",
               "on_before_zero_grad", "on_train_batch_end")
 FORWARD_HOOKS = "forward_hooks"  # DeadNeuronTracker's hooks on the activation modules, summed per step
 # Variants whose callbacks' hooks are timed; the timed hooks are the keys of FitResult.hooks, "role.hook".
-TIMED_VARIANTS = ("monitor", "autoclip", "tracker", "tracker_every_step", "suite")
+TIMED_VARIANTS = ("monitor", "autoclip", "tracker", "tracker_every_step", "advisor", "checks", "suite")
 ROLES: dict[type, str] = {GradientNormMonitor: "monitor", AutoClip: "autoclip", DeadNeuronTracker: "tracker"}
 
 
@@ -235,6 +237,11 @@ def run_fit(variant: str, steps: int, warmup: int, root: str, init: str, probe_h
         timed = {"tracker": DeadNeuronTracker()}
     elif variant == "tracker_every_step":
         timed = {"tracker": DeadNeuronTracker(sample_every_n_steps=1)}
+    elif variant == "advisor":
+        timed = {"plateauadvisor": PlateauAdvisor()}
+    elif variant == "checks":
+        timed = {"inputsanitychecker": InputSanityChecker(), "initializationaudit": InitializationAudit(),
+                 "dataloadingmonitor": DataLoadingMonitor()}
     elif variant == "suite":
         timed = suite_callbacks()
     for name_of_role, callback in timed.items():

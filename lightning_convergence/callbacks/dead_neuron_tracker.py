@@ -42,7 +42,9 @@ class DeadNeuronTracker(ConvergenceCallback):
     ReLU-family activation is *dead* when it never gave a positive output; a unit of any
     activation is *dormant* when its mean |output| is at most ``dormant_tau`` times the layer's
     average (ReDo); a sigmoid/tanh layer's *saturation* is the share of its outputs within
-    ``saturation_eps`` of the flat ends. An activation module called several times per forward
+    ``saturation_eps`` of the flat ends. ``convergence/dead_fraction/<layer>`` is each window's
+    own count; findings and revivals count the units dead in two windows in a row, so that a unit
+    that is merely rarely active is not taken for dead. An activation module called several times per forward
     is tracked once per call (``act``, ``act#2``, ...). ``F.relu`` inside ``forward`` cannot be
     hooked: use ``nn.ReLU`` modules or name the module whose output to track in ``include``.
 
@@ -146,6 +148,8 @@ class DeadNeuronTracker(ConvergenceCallback):
         self._wiring: dict[str, UnitWiring | str] | None = None
         self._last_revival: dict[str, int] = {}
         self._window_start = 0
+        self._previous_start = 0
+        self._previous_dead: dict[str, list[bool]] = {}  # per site, the dead units of the last window
         self._last_evaluated = -1
         self._reported: set[str] = set()
         self._warned_nothing_ran = False
@@ -247,14 +251,22 @@ class DeadNeuronTracker(ConvergenceCallback):
             units = len(abs_sum)
             mean = sum(abs_sum) / units if units else 0.0
             dormant = [mean <= 0 or a / mean <= self.dormant_tau for a in abs_sum]
-            dead = [f == 0 for f in fired] if kind in CAN_DIE else None
+            raw_dead = [f == 0 for f in fired] if kind in CAN_DIE else None
+            # Judged on the units dead in this window and the one before: a unit that is merely
+            # rarely active is seldom silent in both, a dead one is.
+            previous = self._previous_dead.get(site.name)
+            dead, first_step = raw_dead, self._window_start
+            if raw_dead is not None and previous is not None and len(previous) == len(raw_dead):
+                dead, first_step = [a and b for a, b in zip(raw_dead, previous)], self._previous_start
+            if raw_dead is not None:
+                self._previous_dead[site.name] = raw_dead
             saturation = sum(saturated) / (count * units) if kind in CAN_SATURATE and count and units else None
             window = LayerUnits(site.name, site.activation, units, None if dead is None else sum(dead), sum(dormant),
-                                saturation, site.accumulator.batches, self._window_start, last_step)
+                                saturation, site.accumulator.batches, first_step, last_step)
             self._add_wiring_evidence(window, dead)
             windows.append((window, dead, dormant))
-            if dead is not None:
-                metrics[f"convergence/dead_fraction/{site.name}"] = window.dead_fraction
+            if raw_dead is not None:
+                metrics[f"convergence/dead_fraction/{site.name}"] = sum(raw_dead) / units if units else 0.0
             metrics[f"convergence/dormant_fraction/{site.name}"] = window.dormant_fraction
             if saturation is not None:
                 metrics[f"convergence/saturation/{site.name}"] = saturation
@@ -275,7 +287,7 @@ class DeadNeuronTracker(ConvergenceCallback):
                     self._revive(trainer, window, dormant if self.redo_on == "dormant" else dead, last_step)
         for site in self._sites.sites.values():
             site.accumulator.reset()
-        self._window_start = last_step + 1
+        self._previous_start, self._window_start = self._window_start, last_step + 1
 
     def _add_wiring_evidence(self, window: LayerUnits, dead: list[bool] | None) -> None:
         wiring = (self._wiring or {}).get(window.layer)
@@ -312,6 +324,10 @@ class DeadNeuronTracker(ConvergenceCallback):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 1009 + list(self._sites.sites).index(window.layer))
         revived = reinit_units_(wiring, units, trainer.optimizers, generator)
         self._last_revival[window.layer] = step
+        previous = self._previous_dead.get(window.layer)
+        if previous is not None:  # revived units start afresh: not dead in the window before
+            fresh = set(units)
+            self._previous_dead[window.layer] = [d and i not in fresh for i, d in enumerate(previous)]
         self.record_intervention(trainer, "reinit_units", step, {
             "layer": window.layer, "units": revived, "of": window.units, "producer": wiring.producer_name,
             "consumer": wiring.consumer_name, "criterion": self.redo_on,
@@ -330,6 +346,8 @@ class DeadNeuronTracker(ConvergenceCallback):
         state["sites"] = self._sites.state_dict()
         state["last_revival"] = dict(self._last_revival)
         state["window_start"] = self._window_start
+        state["previous_start"] = self._previous_start
+        state["previous_dead"] = {k: list(v) for k, v in self._previous_dead.items()}
         state["last_evaluated"] = self._last_evaluated
         return state
 
@@ -339,4 +357,6 @@ class DeadNeuronTracker(ConvergenceCallback):
         self._sites.load_state_dict(state_dict.get("sites", {}), torch.device("cpu"))
         self._last_revival = {str(k): int(v) for k, v in state_dict.get("last_revival", {}).items()}
         self._window_start = int(state_dict.get("window_start", 0))
+        self._previous_start = int(state_dict.get("previous_start", 0))
+        self._previous_dead = {str(k): [bool(d) for d in v] for k, v in state_dict.get("previous_dead", {}).items()}
         self._last_evaluated = int(state_dict.get("last_evaluated", -1))
