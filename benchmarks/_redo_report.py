@@ -142,9 +142,8 @@ def reading(results: Results) -> str:
                              f"{sum(r.units_revived for r in on)} units of {', '.join(f'`{x}`' for x in revived)} "
                              "in all. A healthy ReLU layer has a few dead units too (here, without ReDo, up to "
                              f"{whole:.0%} of a revived layer's units over the whole training set, at init or at an "
-                             "epoch end), and the tracker's window (4 to 5 batches of 32) counts a little more; 10% "
-                             "in two windows in a row is its default threshold, and any finding, `info` included, "
-                             "is enough for ReDo. "
+                             "epoch end), and the tracker's window (4 to 5 batches of 32) counts a little more; ReDo "
+                             "acts on a layer with 25% of its units dead in two windows in a row (a warning). "
                              f"{harm}: final accuracy {acc_off:.3f} without, {acc_on:.3f} with (per seed "
                              f"{', '.join(f'{g * 100:+.1f}' for g in gains)} points).")
             else:
@@ -303,8 +302,9 @@ the same for every scenario and mode.
 Modes: `observe` is `DeadNeuronTracker(auto_remediate=False)` (it only measures, so this is the run
 without ReDo, with its dead-fraction series); `redo` is `DeadNeuronTracker(auto_remediate=True)`.
 Both at the tracker's defaults, nothing changed: 1 training forward in 10 sampled, a window judged
-every 50 steps once it holds 4 sampled batches, a layer reported (and revived) when at least 10% of
-its units are dead in 2 windows in a row, then 200 steps of cooldown for that layer. The first revival
+every 50 steps once it holds 4 sampled batches, a layer reported when at least 10% of its units
+(the same units) are dead in 2 windows in a row and revived when at least 25% are (a warning), then
+200 steps of cooldown for that layer. The first revival
 can therefore come at step 99 (after the window of steps 50-99, once 100 steps have run), and a layer is
 revived at most every 200 steps.
 

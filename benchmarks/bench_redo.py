@@ -41,9 +41,9 @@ loss at every step and its validation accuracy must equal ``observe``'s.
 
 Both modes use the tracker's defaults, nothing changed: one training forward in 10 sampled, a window
 judged every logging step (the Trainer's ``log_every_n_steps``, Lightning's default 50) once it
-holds 4 sampled batches, a layer reported when at least 10% of its units are dead in 2
-consecutive windows, ReDo on the dead units of a reported layer, then 200 steps of cooldown for
-that layer. So the first revival can come at step 99 and a layer is revived at most every 200
+holds 4 sampled batches, a layer reported when at least 10% of its units (the same units) are
+dead in 2 consecutive windows, ReDo on those units when at least 25% are (a warning), then 200
+steps of cooldown for that layer. So the first revival can come at step 99 and a layer is revived at most every 200
 steps: with 10 epochs (470 steps), at most three times.
 
 Per run: the tracker's logged ``convergence/dead_fraction/<layer>`` of every window (captured by an
