@@ -128,3 +128,43 @@ def test_divergence_on_one_rank_gives_the_same_rollback_on_both(tmp_path):
     assert ranks[0]["records"] == ranks[1]["records"]
     actions = [i["action"] for i in ranks[0]["records"]["interventions"]]
     assert "rollback" in actions and "lr_scale" in actions
+
+
+class SilentInputsOnRankOne(DigitsMLP):
+    """Rank 1 trains on all-zero inputs: every unit whose bias is <= 0 is silent there."""
+
+    def __init__(self):
+        super().__init__(shuffle=False, hidden=32, lr=0.0)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.global_rank == 1:
+            x = x * 0
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+
+class WriteTracker(L.Callback):
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        tracker = next(c for c in trainer.callbacks if type(c).__name__ == "DeadNeuronTracker")
+        silent = int((pl_module.net[0].bias <= 0).sum())
+        with open(os.path.join(self.out_dir, f"tracker{trainer.global_rank}.json"), "w") as handle:
+            json.dump({"dead": tracker._previous_dead, "silent_on_rank1": silent}, handle)
+
+
+def test_a_unit_is_dead_only_if_dead_on_every_rank(tmp_path):
+    from lightning_convergence import DeadNeuronTracker
+
+    L.seed_everything(0, verbose=False)
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=1, devices=2, strategy=strategy)
+    kwargs.pop("deterministic")
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, min_batches=2, log_every_n_steps=4)
+    trainer = L.Trainer(callbacks=[tracker, WriteTracker(str(tmp_path))], **kwargs)
+    trainer.fit(SilentInputsOnRankOne())
+    ranks = [json.load(open(tmp_path / f"tracker{r}.json")) for r in (0, 1)]
+    assert ranks[0]["dead"] == ranks[1]["dead"]  # one agreed view
+    combined = sum(ranks[0]["dead"]["net.1"])
+    assert ranks[0]["silent_on_rank1"] >= 8 and combined < ranks[0]["silent_on_rank1"] // 2
