@@ -247,3 +247,21 @@ def test_no_remedy_in_fast_dev_run(tmp_path):
 def test_bad_arguments_raise_naming_the_argument(kwargs, error, named):
     with pytest.raises(error, match=named):
         DeadNeuronTracker(**kwargs)
+
+
+def test_unit_dims_override_picks_the_unit_dimension(tmp_path):
+    class Sequence(DigitsMLP):
+        """[N, 8, 8] rows as a sequence: a Linear over the last dim, then a ReLU."""
+
+        def __init__(self):
+            super().__init__()
+            self.proj, self.act, self.head = nn.Linear(8, 6), nn.ReLU(), nn.Linear(8 * 6, 10)
+
+        def forward(self, x):
+            h = self.act(self.proj(x.reshape(-1, 8, 8)))
+            return self.head(h.reshape(h.shape[0], -1))
+
+    for dims, units in (({}, 6), ({"act": 1}, 8)):
+        tracker = DeadNeuronTracker(sample_every_n_steps=1, unit_dims=dims)
+        fit(tmp_path, Sequence(), [tracker], log_every_n_steps=4, limit_train_batches=4, max_epochs=1)
+        assert tracker._sites.sites["act"].accumulator.units == units

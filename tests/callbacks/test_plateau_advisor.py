@@ -203,3 +203,29 @@ def test_state_dict_survives_weights_only_load(tmp_path):
 def test_bad_arguments_raise_naming_the_argument(kwargs, error, named):
     with pytest.raises(error, match=named):
         PlateauAdvisor(**kwargs)
+
+
+def test_rewarmup_after_a_rollback_ramps_the_factor_back(tmp_path):
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append((trainer.global_step, advisor.factor_of(0, 0)))
+
+    advisor = PlateauAdvisor(auto_remediate=True, monitor=None, rewarmup_steps=8, max_recoveries=10)
+    trainer = fit(tmp_path, BlowsUp(lr=0.05), [advisor, Watch()], max_epochs=3, log_every_n_steps=5)
+    first, second = [i["step"] for i in interventions(advisor, trainer, "rollback")][:2]
+    after = [f for step, f in seen if first < step <= second]  # (the loss here stays huge: it rolls back again)
+    assert len(after) >= 4 and after == sorted(after) and after[0] < after[-1] <= 0.1 + 1e-12
+
+
+def test_no_learning_is_advised_and_raising_the_lr_is_opt_in(tmp_path):
+    for raise_lr in (False, True):
+        advisor = PlateauAdvisor(auto_remediate=True, monitor=None, num_classes=10, raise_lr_on_no_learning=raise_lr)
+        trainer = fit(tmp_path / str(raise_lr), DigitsMLP(lr=1e-7), [advisor], max_epochs=11, log_every_n_steps=16)
+        kinds = [d["kind"] for d in advisor._records_state(trainer)["diagnoses"]]
+        assert "no_learning" in kinds
+        scales = interventions(advisor, trainer, "lr_scale")
+        assert [s["detail"]["reason"] for s in scales] == (["no_learning"] if raise_lr else [])
+        if raise_lr:
+            assert scales[0]["detail"]["factor"] == [10.0]
