@@ -103,6 +103,24 @@ def _fmt(x: float) -> str:
     return "nan" if x != x else f"{x:.3f}"
 
 
+def _plateau_caveat(rows: list) -> str:
+    """Which of the plateau scenario's runs were plateaus and which were instability, from the
+    advisor's own records (so that a gain from a rollback is not sold as a plateau cut)."""
+    runs = {mode: r for scenario, mode, _, r in rows if scenario == "plateau"}
+    observe = runs.get("advisor observe", [])
+    remediate = runs.get("advisor remediate", [])
+    unstable = [r["seed"] for r in observe
+                if any(d["kind"] == "divergence" for d in r["advisor"]["diagnoses"])]
+    cuts = [r["seed"] for r in remediate
+            if any(i["detail"].get("reason") == "plateau" for i in r["advisor"]["interventions"])]
+    rolled = [r["seed"] for r in remediate if any(i["action"] == "rollback" for i in r["advisor"]["interventions"])]
+    if not unstable and not rolled:
+        return ""
+    return (f" This LR is not a clean plateau: observed, seeds {unstable or 'none'} diverged; acting, the "
+            f"advisor cut the LR for a plateau on seeds {cuts or 'none'} and rolled back a divergence on seeds "
+            f"{rolled or 'none'}, so part of the gain is the advisor fixing instability, not a plateau cut.")
+
+
 def _interventions_text(run: dict) -> str:
     acts = run["advisor"]["interventions"]
     if not acts:
@@ -239,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     L_.append(f"- plateau ({args.plateau_lr:g}): mean final val loss {_fmt(pl_obs)} observed vs {_fmt(pl_rem)} "
               f"with LR reduction (val acc {_fmt(pl_obs_a)} vs {_fmt(pl_rem_a)}). "
               + ("The reduction helped on average." if pl_rem < pl_obs else
-                 "The reduction did not improve the final val loss on average."))
+                 "The reduction did not improve the final val loss on average.")
+              + _plateau_caveat(rows))
     L_.append(f"- healthy runs: {len(alarms)} warning/critical diagnoses in total over "
               f"{len(healthy) * len(seeds)} runs.")
     L_.append("")

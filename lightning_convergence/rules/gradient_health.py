@@ -73,6 +73,7 @@ class GradientHealthRule:
         self.thresholds = thresholds or GradientThresholds()
         self._vanishing_streak = 0
         self._layer_history: list[list[float]] = [[] for _ in self.layer_names]
+        self._previous_loss = math.nan  # the last window's mean training loss
 
     def evaluate(
         self,
@@ -152,6 +153,7 @@ class GradientHealthRule:
 
     def _layer_growth(self, s: WindowSummary) -> list[Finding]:
         t = self.thresholds
+        previous_loss, self._previous_loss = self._previous_loss, s.mean_loss
         worst: tuple[float, int, float] | None = None
         for i, mean in enumerate(s.layer_mean_norms):
             history = self._layer_history[i]
@@ -169,8 +171,18 @@ class GradientHealthRule:
         name = self.layer_names[i]
         seen = (f"The gradient norm of {name} averaged {s.layer_mean_norms[i]:.3g} over the last "
                 f"{s.steps} steps, {ratio:.1f}x its own recent level ({baseline:.3g}).")
+        evidence = {"layer_norm": s.layer_mean_norms[i], "baseline_norm": baseline, "ratio": ratio}
+        before, now = previous_loss, s.mean_loss
+        if math.isfinite(before) and math.isfinite(now) and now < before:
+            # Gradients that grow while the loss falls are usually a network leaving its flat
+            # start (measured: healthy CNNs at lr 0.05 did this early in epoch 1), not a blow-up.
+            seen += (f" The training loss kept falling meanwhile ({before:.3g} -> {now:.3g}), so this is more "
+                     "likely training picking up speed than an explosion; it becomes a warning if the loss rises.")
+            evidence.update(loss_before=before, loss_now=now)
+            return [Finding("exploding_gradients", "info", advise("exploding_gradients", seen), layer=name,
+                            evidence=evidence)]
         return [Finding("exploding_gradients", "warning", advise("exploding_gradients", seen), layer=name,
-                        evidence={"layer_norm": s.layer_mean_norms[i], "baseline_norm": baseline, "ratio": ratio})]
+                        evidence=evidence)]
 
     def _vanishing(self, s: WindowSummary) -> list[Finding]:
         t = self.thresholds
@@ -202,10 +214,11 @@ class GradientHealthRule:
 
     def state_dict(self) -> dict:
         return {"vanishing_streak": self._vanishing_streak,
-                "layer_history": [list(h) for h in self._layer_history]}
+                "layer_history": [list(h) for h in self._layer_history], "previous_loss": self._previous_loss}
 
     def load_state_dict(self, state: dict) -> None:
         self._vanishing_streak = int(state.get("vanishing_streak", 0))
+        self._previous_loss = float(state.get("previous_loss", math.nan))
         history = state.get("layer_history")
         if history is not None and len(history) == len(self.layer_names):
             self._layer_history = [list(map(float, h)) for h in history]

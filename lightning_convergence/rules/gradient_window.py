@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-_SUMS = ("steps", "nonfinite_grad_steps", "spike_steps", "nonfinite_loss_steps", "loss_steps")
+_SUMS = ("steps", "nonfinite_grad_steps", "spike_steps", "nonfinite_loss_steps", "loss_steps", "finite_loss_sum")
 _MAXES = ("max_total_norm", "max_spike_ratio")
 _FIRSTS = ("first_nonfinite_grad_step", "first_spike_step", "first_nonfinite_loss_step")
 
@@ -37,6 +37,13 @@ class WindowSummary:
     layer_mean_norms: list[float]  # mean of each layer's finite norms over the window
     layer_nonfinite_steps: list[int]  # steps in the window where the layer had NaN/Inf
     total_norm_trace: list[tuple[int, float]]  # (step, total norm) for every step of the window
+    finite_loss_sum: float = 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        """Mean of the window's finite training losses (NaN when there were none)."""
+        finite = self.loss_steps - self.nonfinite_loss_steps
+        return self.finite_loss_sum / finite if finite > 0 else math.nan
 
 
 class SpikeDetector:
@@ -139,7 +146,7 @@ class GradientWindow:
         state = self._ensure(total_norm.device)
         nonfinite = ~torch.isfinite(total_norm)
         ones = torch.ones((), dtype=torch.float64, device=state.device)
-        sums = torch.stack([ones, nonfinite.double(), spike.double(), ones * 0, ones * 0])
+        sums = torch.stack([ones, nonfinite.double(), spike.double(), ones * 0, ones * 0, ones * 0])
         safe_norm = torch.nan_to_num(total_norm.double(), nan=0.0, posinf=0.0)
         ratio = torch.where(spike, safe_norm / median.double(), 0.0)
         maxes = torch.stack([safe_norm, ratio])
@@ -171,6 +178,7 @@ class GradientWindow:
         i_bad, i_count = _SUMS.index("nonfinite_loss_steps"), _SUMS.index("loss_steps")
         state[i_bad] += bad.double()
         state[i_count] += 1
+        state[_SUMS.index("finite_loss_sum")] += torch.where(bad, 0.0, loss.detach().double().sum())
         i_first = len(_SUMS) + len(_MAXES) + _FIRSTS.index("first_nonfinite_loss_step")
         state[i_first] = torch.minimum(state[i_first], torch.where(bad, float(step), math.inf).double())
 
@@ -215,6 +223,7 @@ class GradientWindow:
             layer_mean_norms=means,
             layer_nonfinite_steps=[int(b) for b in bad],
             total_norm_trace=trace,
+            finite_loss_sum=sums["finite_loss_sum"],
             **firsts,
         )
         return summary, extra_list

@@ -94,6 +94,18 @@ def test_layer_growth_against_own_history():
     assert finding.evidence["ratio"] == pytest.approx(30.0)
 
 
+@pytest.mark.parametrize("losses,severity", [((2.0, 1.5), "info"), ((1.5, 1.6), "warning"), ((None, None), "warning")])
+def test_layer_growth_while_the_loss_falls_is_only_info(losses, severity):
+    rule = GradientHealthRule(["a", "b"])
+    loss_fields = lambda mean: {} if mean is None else {"loss_steps": 10, "finite_loss_sum": 10 * mean}  # noqa: E731
+    for _ in range(3):
+        rule.evaluate(_summary(["a", "b"], layer_mean_norms=[1.0, 1.0], **loss_fields(losses[0])))
+    (finding,) = rule.evaluate(_summary(["a", "b"], layer_mean_norms=[1.0, 30.0], **loss_fields(losses[1])))
+    assert finding.severity == severity
+    if severity == "info":
+        assert "kept falling" in finding.message and finding.evidence["loss_now"] == 1.5
+
+
 def test_state_round_trip():
     rule = GradientHealthRule(["a", "b"], GradientThresholds(vanishing_patience=2))
     rule.evaluate(_summary(["a", "b"], layer_mean_norms=[1e-6, 1.0]))
