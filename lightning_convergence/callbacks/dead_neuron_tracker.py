@@ -7,7 +7,6 @@ transfer (one collective first under DDP), logged, judged, and then reset.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 

@@ -192,7 +192,8 @@ class InputSanityChecker(ConvergenceCallback):
             layout.append((path, part, counter is not None, channels))
         if not pieces:
             return []
-        values = torch.cat([p.cpu() for p in pieces]).tolist()  # tiny tensors: one transfer each way
+        device = pieces[0].device
+        values = torch.cat([p.to(device) for p in pieces]).tolist()  # one host transfer
         summaries, at = [], 0
         for path, part, counted, channels in layout:
             summary = PartSummary(path, counted, part.batches if part is not None else 0)

@@ -29,6 +29,7 @@ Plateaus are judged by :class:`~lightning_convergence.rules.plateau_schedule.Pla
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 from lightning_convergence.report.records import Finding
@@ -115,7 +116,7 @@ class LossRegimeRule:
         onset = self._smooth(steps, losses)
         finite = [v for v in losses if math.isfinite(v)]
         # The median of the window must be over the line too: one heavy minibatch lifts the EMA.
-        if onset is not None and not findings and finite and _median(finite) > self._divergence_line():
+        if onset is not None and not findings and finite and statistics.median(finite) > self._divergence_line():
             findings.append(self._rising_divergence(onset))
         oscillation = self._oscillation(finite, steps)
         if oscillation is not None and not findings:
@@ -140,7 +141,7 @@ class LossRegimeRule:
                 if len(self._first) >= t.initial_steps:
                     # The median of the first few is steadier than one batch; but when it is far
                     # above the first loss (taken before any update), the loss blew up at once.
-                    median = _median(self._first)
+                    median = statistics.median(self._first)
                     self.initial = median if median <= 1.5 * self._first[0] else self._first[0]
             self.ema = value if self.ema is None else t.beta * self.ema + (1 - t.beta) * value
             if self.ema > self.peak:
@@ -267,12 +268,6 @@ def _mean_var(values: list[float]) -> tuple[float, float]:
     """Mean and population variance in plain floats (inf rather than an exception on overflow)."""
     mean = sum(values) / len(values)
     return mean, sum((v - mean) * (v - mean) for v in values) / len(values)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _lowered(value: float, fraction: float) -> float:

@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_convergence import PlateauAdvisor
 from lightning_convergence.report.console import ConvergenceWarning
-from tests.helpers.models import DigitsMLP, digits_tensors, trainer_kwargs
+from tests.helpers.models import DigitsMLP, trainer_kwargs
 
 
 class ConstantVal(DigitsMLP):
