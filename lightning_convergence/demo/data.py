@@ -24,19 +24,29 @@ class DigitsDataModule(L.LightningDataModule):
         batch_size: training batch size.
         as_images: images for a CNN, or flat vectors for an MLP.
         seed: seed of the split's permutation (a private generator: the global RNG is untouched).
+        train_size: keep only this many training samples (a tiny set overfits).
+        nan_sample: make this training sample's pixels NaN (a corrupt sample).
     """
 
-    def __init__(self, batch_size: int = 32, as_images: bool = True, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 32, as_images: bool = True, seed: int = 0, train_size: int | None = None,
+                 nan_sample: int | None = None) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.as_images = as_images
         self.seed = seed
+        self.train_size = train_size
+        self.nan_sample = nan_sample
 
     def setup(self, stage: str) -> None:
         x, y = load_digits_tensors(self.as_images)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
         train, val = order[:1500], order[1500:]
-        self.train_set = TensorDataset(x[train], y[train])
+        if self.train_size is not None:
+            train = train[: self.train_size]
+        train_x = x[train].clone()
+        if self.nan_sample is not None:
+            train_x[self.nan_sample] = float("nan")
+        self.train_set = TensorDataset(train_x, y[train])
         self.val_set = TensorDataset(x[val], y[val])
 
     def train_dataloader(self) -> DataLoader:

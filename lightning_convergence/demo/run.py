@@ -15,7 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_convergence.demo.data import DigitsDataModule
 from lightning_convergence.demo.faults import FAULTS
-from lightning_convergence.demo.models import DigitsCNN
+from lightning_convergence.demo.figure import comparison_figure
+from lightning_convergence.demo.models import MODELS
 from lightning_convergence.report.console import ConvergenceWarning
 from lightning_convergence.report.run_log import REPORT_FILENAME
 from lightning_convergence.suite import default_callbacks
@@ -39,10 +40,13 @@ def _metric(trainer: L.Trainer, key: str) -> float:
 
 
 def _fit(name: str, fault: str, out: str, epochs: int, seed: int, with_suite: bool) -> RunResult:
+    spec = FAULTS[fault]
     L.seed_everything(seed, verbose=False)
-    model = DigitsCNN(lr=FAULTS[fault]["lr"])
+    kind, model_args = spec["model"]
+    model = MODELS[kind](**model_args)
+    data = DigitsDataModule(seed=seed, **spec.get("data", {}))
     logger = TensorBoardLogger(out, name=name, version=0)
-    callbacks = default_callbacks(auto_remediate=True, log_every_n_steps=10) if with_suite else []
+    callbacks = suite_for(fault) if with_suite else []
     trainer = L.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
         log_every_n_steps=10, enable_checkpointing=False, enable_model_summary=False,
@@ -50,7 +54,7 @@ def _fit(name: str, fault: str, out: str, epochs: int, seed: int, with_suite: bo
     with warnings.catch_warnings():
         # The table printed at the end says it all; keep the progress bar readable.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        trainer.fit(model, DigitsDataModule(seed=seed))
+        trainer.fit(model, data)
     report_path = os.path.join(logger.log_dir, REPORT_FILENAME)
     report = None
     if os.path.exists(report_path):
@@ -58,6 +62,11 @@ def _fit(name: str, fault: str, out: str, epochs: int, seed: int, with_suite: bo
             report = json.load(handle)
     return RunResult(name, logger.log_dir, _metric(trainer, "val_acc"), _metric(trainer, "val_loss"),
                      _metric(trainer, "train_loss"), trainer.global_step, report)
+
+
+def suite_for(fault: str) -> list:
+    """``default_callbacks(auto_remediate=True, ...)`` with the fault's opt-in remedies."""
+    return default_callbacks(auto_remediate=True, log_every_n_steps=10, **FAULTS[fault].get("suite", {}))
 
 
 def _table(rows: list[list[str]], widths: list[int]) -> str:
@@ -92,6 +101,16 @@ def describe(result: RunResult) -> str:
     return text + f"\n\nSummary: {report['summary']['headline']}"
 
 
+def actions(report: dict | None) -> str:
+    """What the suite did, in a few words: each action with its count and first step."""
+    done: dict[str, list[int]] = {}
+    for i in (report or {}).get("interventions", []):
+        done.setdefault(i["action"], []).append(i["step"])
+    words = {"clip": "clipped outliers", "skip_step": "skipped bad steps", "lr_scale": "changed the LR",
+             "warmup": "warmed up", "reinit_units": "revived dead units", "rollback": "rolled back", "stop": "stopped"}
+    return ", ".join(f"{words.get(a, a)} ({len(steps)}x from step {min(steps)})" for a, steps in done.items())
+
+
 def verdict(without: RunResult, with_suite: RunResult) -> str:
     """One line comparing the two runs."""
     def state(r: RunResult) -> str:
@@ -104,19 +123,31 @@ def verdict(without: RunResult, with_suite: RunResult) -> str:
     serious = [d for d in report["diagnoses"] if d["severity"] != "info"]
     told = (f"the suite flagged {serious[0]['kind']} at step {serious[0]['step']}"
             if serious else "the suite saw nothing wrong")
+    did = actions(with_suite.report)
+    told += f" and {did}" if did else " and changed nothing"
     return f"Without the suite: {state(without)}. With it: {told}; {state(with_suite)}."
 
 
-def run_demo(fault: str = "lr_high", out: str = "convergence_demo", epochs: int = 4, seed: int = 0) -> tuple[RunResult, RunResult]:
-    """Run the demo and print what happened; returns both runs' results."""
+def run_demo(fault: str = "lr_high", out: str = "convergence_demo", epochs: int | None = None,
+             seed: int = 0) -> tuple[RunResult, RunResult]:
+    """Run the demo and print what happened; returns both runs' results. ``epochs=None`` takes
+    the fault's own length (4 epochs for most)."""
+    epochs = epochs or FAULTS[fault].get("epochs", 4)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    print(f"lightning-convergence demo: fault {fault!r}: {FAULTS[fault]['what']}, on the bundled digits data.\n")
+    print(f"lightning-convergence demo: fault {fault!r}: {FAULTS[fault]['what']}, on the bundled digits data.")
+    extra = FAULTS[fault].get("suite")
+    if extra:
+        print(f"The suite runs with these opt-in settings for this fault: {extra}")
+    print()
     print("[1/2] Training without the suite ...")
     without = _fit("without_suite", fault, out, epochs, seed, with_suite=False)
     print("\n[2/2] Training with default_callbacks(auto_remediate=True) ...")
     with_suite = _fit("with_suite", fault, out, epochs, seed, with_suite=True)
     print("\n" + describe(with_suite))
     print("\nVerdict: " + verdict(without, with_suite))
+    figure = comparison_figure(without.log_dir, with_suite.log_dir, with_suite.report,
+                               os.path.join(out, f"{fault}.png"), f"{fault}: {FAULTS[fault]['what']}")
+    print(f"Figure: {figure}")
     print(f"\nReport: {os.path.join(with_suite.log_dir, REPORT_FILENAME)}")
     print(f"TensorBoard: tensorboard --logdir {os.path.abspath(out)}")
     return without, with_suite
