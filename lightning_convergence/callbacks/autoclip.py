@@ -24,7 +24,7 @@ from lightning_convergence.remedies.clipping import (
     scale_gradients_,
 )
 from lightning_convergence.report.tensorboard import log_scalars
-from lightning_convergence.stats import validate_backend
+from lightning_convergence.stats import Backend, validate_backend
 
 Mode = Literal["percentile", "zscore", "agc"]
 _DEFAULT_WARMUP = {"percentile": 0, "zscore": 25, "agc": 0}
@@ -98,7 +98,7 @@ class AutoClip(ConvergenceCallback):
         clip_warmup_steps: int | None = None,
         auto_remediate: bool = True,
         log_every_n_steps: int | None = None,
-        backend: str = "auto",
+        backend: Backend = "auto",
         report_window_steps: int = 500,
     ) -> None:
         super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
@@ -197,7 +197,9 @@ class AutoClip(ConvergenceCallback):
             post = norm.to(torch.float64) * coefficient if active else norm.to(torch.float64)
             fraction = clipped
         self._update_window(step, clipped, fraction)
-        self._last = torch.stack([norm.double(), threshold.double(), post.double()])
+        # z-score mode clips only outliers (its threshold is inf otherwise): log its onset line.
+        shown = self._rule.onset().to(norm.device) if isinstance(self._rule, ZScoreThreshold) else threshold
+        self._last = torch.stack([norm.double(), shown.double(), post.double()])
         if (step + 1) % self.logging_cadence(trainer) == 0:
             self._log(trainer, step)
 

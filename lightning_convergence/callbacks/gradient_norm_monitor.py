@@ -26,7 +26,15 @@ from lightning_convergence.report.records import Finding
 from lightning_convergence.report.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
 from lightning_convergence.rules.advice import advise
-from lightning_convergence.stats import ABSMAX, NONFINITE, sum_by_group, sum_of_squares, tensor_stats, validate_backend
+from lightning_convergence.stats import (
+    ABSMAX,
+    NONFINITE,
+    Backend,
+    sum_by_group,
+    sum_of_squares,
+    tensor_stats,
+    validate_backend,
+)
 
 
 _HISTOGRAM_SAMPLES = 4096  # values per layer histogram
@@ -96,7 +104,7 @@ class GradientNormMonitor(ConvergenceCallback):
         thresholds: GradientThresholds | None = None,
         auto_remediate: bool = False,
         max_consecutive_skips: int = 5,
-        backend: str = "auto",
+        backend: Backend = "auto",
         report_window_steps: int = 500,
     ) -> None:
         super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)

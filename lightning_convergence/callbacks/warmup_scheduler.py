@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -14,7 +14,7 @@ from lightning_convergence.callbacks.base import ConvergenceCallback, check_posi
 from lightning_convergence.remedies.warmup import SHAPES, Shape, untuned_period, warmup_factor
 from lightning_convergence.report.tensorboard import log_scalars
 
-WarmupSteps = int | float | str | Sequence[int]
+WarmupSteps = int | float | Literal["untuned"] | Sequence[int]
 OWNER = "WarmupScheduler"
 
 

@@ -124,6 +124,15 @@ class ZScoreThreshold:
         self._state, self._buffer = self._state.to(device), self._buffer.to(device)  # after a restore
         return self._state, self._buffer
 
+    def onset(self) -> Tensor:
+        """The norm above which the next step is clipped, ``mean + z_thresh * std`` of the EMA
+        (0-d, on the device; inf before the warm-up ends). The clip threshold itself depends on
+        how far above it a norm lands (reciprocal clipping), so this is the line to plot."""
+        if self._state is None:
+            return torch.tensor(math.inf, dtype=torch.float64)
+        mean, var, initialised = self._state[0], self._state[1], self._state[3] > 0
+        return torch.where(initialised, mean + self.z_thresh * var.sqrt(), math.inf)
+
     def update(self, norm: Tensor) -> Tensor:
         """Return this step's threshold for ``norm`` (0-d; inf: no clipping) and update the EMA."""
         state, buffer = self._ensure(norm.device)

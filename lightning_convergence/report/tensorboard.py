@@ -24,7 +24,7 @@ def custom_scalars_layout() -> dict[str, dict[str, list]]:
             "total gradient norm": ["Multiline", [r"convergence/grad_norm/total$"]],
             "gradient norm per layer": ["Multiline", [r"convergence/grad_norm/(?!total$).*"]],
             "max |gradient|": ["Multiline", [r"convergence/grad_max_abs/.*"]],
-            "non-finite and spike steps": ["Multiline", [r"convergence/grad_(nonfinite|spike)_steps"]],
+            "non-finite and spike steps": ["Multiline", [r"convergence/grad_(nonfinite|spike)_(steps|values)"]],
             "update / weight ratio": ["Multiline", [r"convergence/update_ratio/.*"]],
             "weight norm per layer": ["Multiline", [r"convergence/weight_norm/.*"]],
         },
@@ -42,6 +42,11 @@ def custom_scalars_layout() -> dict[str, dict[str, list]]:
         },
         "convergence: loss regime": {
             "loss": ["Multiline", [r"convergence/loss/.*"]],
+        },
+        "convergence: inputs and data": {
+            "input scale (largest channel RMS)": ["Multiline", [r"convergence/inputs/rms_max/.*"]],
+            "non-finite input values": ["Multiline", [r"convergence/inputs/nonfinite/.*"]],
+            "waiting for data": ["Multiline", [r"convergence/data/.*"]],
         },
     }
 
