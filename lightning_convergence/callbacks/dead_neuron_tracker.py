@@ -149,6 +149,7 @@ class DeadNeuronTracker(ConvergenceCallback):
         self._window_start = 0
         self._previous_start = 0
         self._previous_dead: dict[str, list[bool]] = {}  # per site, the dead units of the last window
+        self._previous_batches: dict[str, int] = {}  # and how many sampled batches that window held
         self._last_evaluated = -1
         self._reported: set[str] = set()
         self._warned_nothing_ran = False
@@ -254,14 +255,16 @@ class DeadNeuronTracker(ConvergenceCallback):
             # Judged on the units dead in this window and the one before: a unit that is merely
             # rarely active is seldom silent in both, a dead one is.
             previous = self._previous_dead.get(site.name)
-            dead, first_step = raw_dead, self._window_start
+            dead, first_step, batches = raw_dead, self._window_start, site.accumulator.batches
             if raw_dead is not None and previous is not None and len(previous) == len(raw_dead):
                 dead, first_step = [a and b for a, b in zip(raw_dead, previous)], self._previous_start
+                batches += self._previous_batches.get(site.name, 0)
             if raw_dead is not None:
                 self._previous_dead[site.name] = raw_dead
+                self._previous_batches[site.name] = site.accumulator.batches
             saturation = sum(saturated) / (count * units) if kind in CAN_SATURATE and count and units else None
             window = LayerUnits(site.name, site.activation, units, None if dead is None else sum(dead), sum(dormant),
-                                saturation, site.accumulator.batches, first_step, last_step)
+                                saturation, batches, first_step, last_step)
             self._add_wiring_evidence(window, dead)
             windows.append((window, dead, dormant))
             if raw_dead is not None:
@@ -347,6 +350,7 @@ class DeadNeuronTracker(ConvergenceCallback):
         state["window_start"] = self._window_start
         state["previous_start"] = self._previous_start
         state["previous_dead"] = {k: list(v) for k, v in self._previous_dead.items()}
+        state["previous_batches"] = dict(self._previous_batches)
         state["last_evaluated"] = self._last_evaluated
         return state
 
@@ -358,4 +362,5 @@ class DeadNeuronTracker(ConvergenceCallback):
         self._window_start = int(state_dict.get("window_start", 0))
         self._previous_start = int(state_dict.get("previous_start", 0))
         self._previous_dead = {str(k): [bool(d) for d in v] for k, v in state_dict.get("previous_dead", {}).items()}
+        self._previous_batches = {str(k): int(v) for k, v in state_dict.get("previous_batches", {}).items()}
         self._last_evaluated = int(state_dict.get("last_evaluated", -1))

@@ -121,8 +121,11 @@ def verdict(without: RunResult, with_suite: RunResult) -> str:
 
     report = with_suite.report or {"diagnoses": []}
     serious = [d for d in report["diagnoses"] if d["severity"] != "info"]
-    told = (f"the suite flagged {serious[0]['kind']} at step {serious[0]['step']}"
-            if serious else "the suite saw nothing wrong")
+    first: dict[str, int] = {}
+    for d in serious:
+        first.setdefault(d["kind"], d["step"])
+    flagged = ", ".join(f"{kind} (step {step})" for kind, step in first.items())
+    told = f"the suite flagged {flagged}" if serious else "the suite saw nothing wrong"
     did = actions(with_suite.report)
     told += f" and {did}" if did else " and changed nothing"
     return f"Without the suite: {state(without)}. With it: {told}; {state(with_suite)}."

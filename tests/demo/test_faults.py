@@ -32,7 +32,7 @@ def test_verdict_and_actions_say_what_was_done():
     with_suite = RunResult("with", "", 0.97, 0.09, 0.1, 188, report)
     line = verdict(without, with_suite)
     assert line.startswith("Without the suite: final val acc 0.09") and "chance level" in line
-    assert "flagged divergence at step 37 and rolled back" in line and "final val acc 0.97" in line
+    assert "flagged divergence (step 37) and rolled back" in line and "final val acc 0.97" in line
 
 
 def test_comparison_figure_from_two_real_runs(tmp_path):
