@@ -167,6 +167,7 @@ class GradientNormMonitor(ConvergenceCallback):
             track.spike.load_state_dict(pending["spike"])
             track.rule.load_state_dict(pending["rule"])
             track.consecutive_skips = int(pending["consecutive_skips"])
+            track.window.load_state_dict(pending.get("window", {}), device)
         self._tracks[index] = track
         return track
 
@@ -349,7 +350,8 @@ class GradientNormMonitor(ConvergenceCallback):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         tracks = {index: {"spike": t.spike.state_dict(), "rule": t.rule.state_dict(),
-                          "consecutive_skips": t.consecutive_skips} for index, t in self._tracks.items()}
+                          "consecutive_skips": t.consecutive_skips, "window": t.window.state_dict()}
+                  for index, t in self._tracks.items()}
         state["tracks"] = {**self._pending_tracks, **tracks}
         state["forward_order"] = list(self._order.order)
         return state

@@ -124,6 +124,23 @@ class GradientWindow:
             self.reset()
         return self._state
 
+    def state_dict(self) -> dict:
+        """The window so far (a checkpoint may fall in the middle of one)."""
+        if self._state is None:
+            return {}
+        n = len(self._trace_steps)
+        return {"state": self._state.cpu().clone(), "trace": self._trace[:n].cpu().clone(),
+                "trace_steps": list(self._trace_steps)}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        if not state or state["state"].numel() != self._width():
+            return  # no window saved, or one of another layout (the model changed): start afresh
+        self._ensure(device)
+        self._state.copy_(state["state"].to(device))
+        n = min(len(state["trace_steps"]), self.trace_capacity)
+        self._trace[:n] = state["trace"][:n].to(device)
+        self._trace_steps = [int(s) for s in state["trace_steps"][:n]]
+
     def reset(self) -> None:
         """Start a new window (keeps the device buffers)."""
         if self._state is None:

@@ -5,38 +5,10 @@ import os
 
 import lightning as L
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_convergence import GradientNormMonitor
 from lightning_convergence.report import REPORT_FILENAME
-from tests.helpers.models import DigitsMLP, digits_tensors, trainer_kwargs
-
-
-class TwoOptimizers(L.LightningModule):
-    """Manual optimisation, GAN-style: two sub-networks, two optimizers, two steps per batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.automatic_optimization = False
-        self.encoder = nn.Linear(64, 16)
-        self.head = nn.Linear(16, 10)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        opt_encoder, opt_head = self.optimizers()
-        for optimizer in (opt_encoder, opt_head):
-            loss = nn.functional.cross_entropy(self.head(torch.relu(self.encoder(x))), y)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
-
-    def configure_optimizers(self):
-        return (torch.optim.SGD(self.encoder.parameters(), lr=0.1),
-                torch.optim.Adam(self.head.parameters(), lr=1e-3))
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(*digits_tensors(256)), batch_size=32)
+from tests.helpers.models import DigitsMLP, SparseEmbedding, TwoOptimizers, trainer_kwargs
 
 
 def test_manual_optimisation_with_two_optimizers(tmp_path):
@@ -46,25 +18,6 @@ def test_manual_optimisation_with_two_optimizers(tmp_path):
     assert trainer.global_step == 16  # 8 batches x 2 optimizer steps
     assert sorted(monitor._tracks) == [0, 1]
     assert monitor._tracks[0].layers == ["encoder"] and monitor._tracks[1].layers == ["head"]
-
-
-class SparseEmbedding(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.embedding = nn.Embedding(100, 8, sparse=True)
-        self.head = nn.Linear(8, 2)
-
-    def training_step(self, batch, batch_idx):
-        tokens, y = batch
-        return nn.functional.cross_entropy(self.head(self.embedding(tokens).mean(1)), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        generator = torch.Generator().manual_seed(0)
-        tokens = torch.randint(0, 100, (128, 5), generator=generator)
-        return DataLoader(TensorDataset(tokens, tokens[:, 0] % 2), batch_size=16)
 
 
 def test_sparse_gradients_give_correct_norms(tmp_path):

@@ -75,3 +75,48 @@ def trainer_kwargs(tmp_path, **overrides):
                   log_every_n_steps=5, deterministic=True)
     kwargs.update(overrides)
     return kwargs
+
+
+class TwoOptimizers(L.LightningModule):
+    """Manual optimisation, GAN-style: two sub-networks, two optimizers, two steps per batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.encoder = nn.Linear(64, 16)
+        self.head = nn.Linear(16, 10)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt_encoder, opt_head = self.optimizers()
+        for optimizer in (opt_encoder, opt_head):
+            loss = nn.functional.cross_entropy(self.head(torch.relu(self.encoder(x))), y)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+
+    def configure_optimizers(self):
+        return (torch.optim.SGD(self.encoder.parameters(), lr=0.1),
+                torch.optim.Adam(self.head.parameters(), lr=1e-3))
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(*digits_tensors(256)), batch_size=32)
+
+
+class SparseEmbedding(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(100, 8, sparse=True)
+        self.head = nn.Linear(8, 2)
+
+    def training_step(self, batch, batch_idx):
+        tokens, y = batch
+        return nn.functional.cross_entropy(self.head(self.embedding(tokens).mean(1)), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, 100, (128, 5), generator=generator)
+        return DataLoader(TensorDataset(tokens, tokens[:, 0] % 2), batch_size=16)
