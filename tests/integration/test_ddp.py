@@ -168,3 +168,48 @@ def test_a_unit_is_dead_only_if_dead_on_every_rank(tmp_path):
     assert ranks[0]["dead"] == ranks[1]["dead"]  # one agreed view
     combined = sum(ranks[0]["dead"]["net.1"])
     assert ranks[0]["silent_on_rank1"] >= 8 and combined < ranks[0]["silent_on_rank1"] // 2
+
+
+_BUG_ON_ONE_RANK = '''
+import sys
+from datetime import timedelta
+
+import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
+
+from lightning_convergence import PlateauAdvisor, default_callbacks
+from tests.helpers.models import DigitsMLP, trainer_kwargs
+
+original = PlateauAdvisor._end_window
+
+
+def buggy(self, trainer, pl_module, step):
+    if trainer.global_rank == 1 and step >= 5:
+        raise RuntimeError("boom on rank 1")
+    return original(self, trainer, pl_module, step)
+
+
+PlateauAdvisor._end_window = buggy
+kwargs = trainer_kwargs(sys.argv[1], logger=False, max_epochs=2, devices=2,
+                        strategy=DDPStrategy(start_method="fork", timeout=timedelta(seconds=20)))
+kwargs.pop("deterministic")
+L.Trainer(callbacks=default_callbacks(auto_remediate=True, log_every_n_steps=3), **kwargs).fit(DigitsMLP())
+'''
+
+
+def test_a_bug_in_our_callback_on_one_rank_fails_both_ranks_within_the_timeout(tmp_path):
+    """One rank raises inside PlateauAdvisor; the other must not wait forever in a collective.
+    Run in a fresh interpreter so that a hang fails this test (subprocess timeout) instead of CI."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "bug_on_one_rank.py"
+    script.write_text(_BUG_ON_ONE_RANK)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=root, capture_output=True, text=True,
+                            timeout=240, env={**os.environ, "PYTHONPATH": root})
+    assert result.returncode != 0
+    assert "boom on rank 1" in result.stdout + result.stderr
+    assert time.monotonic() - start < 200
