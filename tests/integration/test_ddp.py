@@ -213,3 +213,30 @@ def test_a_bug_in_our_callback_on_one_rank_fails_both_ranks_within_the_timeout(t
     assert result.returncode != 0
     assert "boom on rank 1" in result.stdout + result.stderr
     assert time.monotonic() - start < 200
+
+
+class PlateauOnRankOne(DigitsMLP):
+    """Each rank logs its own validation metric (no sync): rank 1's never improves."""
+
+    def __init__(self):
+        super().__init__(shuffle=False)
+
+    def validation_step(self, batch, batch_idx):
+        value = 1.0 if self.global_rank == 1 else 1.0 / (1 + self.current_epoch)
+        self.log("val_metric", value)
+
+
+def test_a_plateau_seen_by_one_rank_gives_one_decision_on_both(tmp_path):
+    from lightning_convergence import PlateauAdvisor
+
+    L.seed_everything(0, verbose=False)
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=4, devices=2, strategy=strategy, limit_train_batches=4)
+    kwargs.pop("deterministic")
+    advisor = PlateauAdvisor(monitor="val_metric", patience=0, auto_remediate=True)
+    trainer = L.Trainer(callbacks=[advisor, WriteAdvisor(str(tmp_path))], **kwargs)
+    trainer.fit(PlateauOnRankOne())
+    ranks = [json.load(open(tmp_path / f"advisor{r}.json")) for r in (0, 1)]
+    assert ranks[0]["records"] == ranks[1]["records"] and ranks[0]["checksum"] == ranks[1]["checksum"]
+    # the agreed value is the mean over ranks: (1 + 1/(1+e)) / 2 keeps improving, so no reduction
+    assert [i for i in ranks[0]["records"]["interventions"] if i["action"] == "lr_scale"] == []
