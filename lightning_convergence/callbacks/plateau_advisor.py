@@ -26,6 +26,7 @@ from lightning_convergence.callbacks.base import (
     check_positive_float,
     check_positive_int,
 )
+from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
 from lightning_convergence.report.console import ConvergenceWarning
 from lightning_convergence.report.records import Finding
@@ -154,9 +155,10 @@ class PlateauAdvisor(ConvergenceCallback):
         self.max_recoveries, self.stop_on_overfit = max_recoveries, stop_on_overfit
         self.raise_lr_on_no_learning, self.log_every_n_steps = raise_lr_on_no_learning, log_every_n_steps
         self._regime = LossRegimeRule(self.thresholds, num_classes)
-        self._schedule = self._new_schedule()
+        self._schedule = PlateauSchedule(mode, self.factor, patience, self.threshold, threshold_mode, cooldown,
+                                         self.min_lr, self.eps)
         self._overfit = OverfitRule(mode, patience=2)
-        self._factors: dict[int, list[float]] = {}  # optimizer index -> our LR factor per group
+        self._factors = LRFactors()
         self._losses: list[Tensor] = []
         self._steps: list[int] = []
         self._snapshot = Snapshot()
@@ -169,10 +171,6 @@ class PlateauAdvisor(ConvergenceCallback):
         self._last_window = -1
         self._stepped = False
 
-    def _new_schedule(self) -> PlateauSchedule:
-        return PlateauSchedule(self.mode, self.factor, self.patience, self.threshold, self.threshold_mode,
-                               self.cooldown, self.min_lr, self.eps)
-
     @property
     @override
     def state_key(self) -> str:
@@ -181,8 +179,7 @@ class PlateauAdvisor(ConvergenceCallback):
     # ----------------------------------------------------------------- LR factor
 
     def factor_of(self, index: int, group: int) -> float:
-        factors = self._factors.get(index)
-        value = factors[group] if factors and group < len(factors) else 1.0
+        value = self._factors.get(index, group)
         if self._rollback_step is not None and self.rewarmup_steps and self._trainer_ref is not None:
             trainer = self._trainer_ref()
             done = (trainer.global_step - self._rollback_step) if trainer is not None else self.rewarmup_steps
@@ -190,21 +187,8 @@ class PlateauAdvisor(ConvergenceCallback):
         return value
 
     def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int) -> None:
-        for index, optimizer in enumerate(trainer.optimizers):
-            groups = len(optimizer.param_groups)
-            old = self._factors.get(index, [1.0] * groups)
-            new = [f * m for f, m in zip(old, multipliers.get(index, [1.0] * groups))]
-            if new == old:
-                continue
-            self._factors[index] = new
-            self.record_intervention(trainer, "lr_scale", step, {
-                "reason": reason, "optimizer": index, "factor": [n / o if o else 1.0 for n, o in zip(new, old)],
-                "lr_before": [g["lr"] * f for g, f in zip(optimizer.param_groups, old)],
-                "lr_after": [g["lr"] * f for g, f in zip(optimizer.param_groups, new)],
-            })
-
-    def _uniform(self, trainer: Trainer, multiplier: float) -> dict[int, list[float]]:
-        return {i: [multiplier] * len(o.param_groups) for i, o in enumerate(trainer.optimizers)}
+        for change in self._factors.scale(trainer.optimizers, multipliers):
+            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, **change})
 
     # ----------------------------------------------------------------- hooks
 
@@ -295,14 +279,14 @@ class PlateauAdvisor(ConvergenceCallback):
         if not self.is_acting(trainer):
             return
         if finding.kind == "divergence":
-            self._scale(trainer, self._uniform(trainer, self.divergence_factor), "divergence", step)
+            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor), "divergence", step)
             if self.rollback:
                 self._roll_back(trainer, pl_module, step)
         elif finding.kind == "oscillation":
-            self._scale(trainer, self._uniform(trainer, self.divergence_factor), "oscillation", step)
+            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor), "oscillation", step)
         elif finding.kind == "no_learning" and self.raise_lr_on_no_learning and not self._raised_lr:
             self._raised_lr = True
-            self._scale(trainer, self._uniform(trainer, 10.0), "no_learning", step)
+            self._scale(trainer, LRFactors.uniform(trainer.optimizers, 10.0), "no_learning", step)
 
     def _roll_back(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         if not self._snapshot.taken:
@@ -398,7 +382,7 @@ class PlateauAdvisor(ConvergenceCallback):
         state = super().state_dict()
         state.update({
             "regime": self._regime.state_dict(), "schedule": self._schedule.state_dict(),
-            "overfit": self._overfit.state_dict(), "factors": {str(k): list(v) for k, v in self._factors.items()},
+            "overfit": self._overfit.state_dict(), "factors": self._factors.state_dict(),
             "losses": torch.stack(self._losses).cpu() if self._losses else None, "steps": list(self._steps),
             "snapshot_step": self._snapshot.step, "rollback_step": self._rollback_step,
             "failed_recoveries": self._failed_recoveries, "raised_lr": self._raised_lr,
@@ -411,7 +395,7 @@ class PlateauAdvisor(ConvergenceCallback):
         self._regime.load_state_dict(state_dict["regime"])
         self._schedule.load_state_dict(state_dict["schedule"])
         self._overfit.load_state_dict(state_dict["overfit"])
-        self._factors = {int(k): [float(f) for f in v] for k, v in state_dict["factors"].items()}
+        self._factors.load_state_dict(state_dict["factors"])
         losses = state_dict.get("losses")
         self._losses = [] if losses is None else list(losses.unbind())
         self._steps = [int(s) for s in state_dict.get("steps", [])]

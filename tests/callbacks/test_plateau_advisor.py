@@ -186,7 +186,7 @@ def test_state_dict_survives_weights_only_load(tmp_path):
     state = torch.load(buffer, weights_only=True)
     fresh = PlateauAdvisor(monitor="val_metric", patience=0, auto_remediate=True)
     fresh.load_state_dict(state)
-    assert fresh._factors == advisor._factors and len(fresh._losses) == len(advisor._losses) > 0
+    assert fresh._factors.factors == advisor._factors.factors and len(fresh._losses) == len(advisor._losses) > 0
 
 
 @pytest.mark.parametrize("kwargs,error,named", [
