@@ -56,3 +56,15 @@ def test_plateau_benchmark_runs(tmp_path):
     out = _run(["benchmarks/bench_plateau.py", "--quick", "--out", str(tmp_path)])
     assert "Results over 1 seeds" in out
     assert (tmp_path / "plateau.md").exists()
+
+
+@pytest.mark.slow
+def test_overhead_models_benchmark_runs(tmp_path):
+    # One model, a few variants (the tracker's forward hooks, the recipe, the suite), a few steps;
+    # one memory subprocess beside the bare one.
+    out = _run(["benchmarks/bench_overhead_models.py", "--quick", "--models", "cnn",
+                "--variants", "tracker,suite,recipe", "--memory-variants", "suite", "--out", str(tmp_path)],
+               timeout=400)
+    assert "target suite" in out and "[memory] cnn" in out
+    assert (tmp_path / "overhead_models.md").exists() and (tmp_path / "overhead_models.json").exists()
+    assert "not yet measured (no GPU available)" in (tmp_path / "overhead_models.md").read_text()

@@ -28,8 +28,8 @@ _TARGET_NAME = re.compile(r"label|target|(^|[^a-z])y($|[^a-z])|class", re.IGNORE
 
 
 def looks_like_target(path: str, index: int, count: int) -> bool:
-    """Is this integer batch part class labels? By name (``label``, ``target``, ``y``), or by
-    position: the last part of a tuple batch with more than one part.
+    """Is this batch part the target (class labels, or a regression target)? By name (``label``,
+    ``target``, ``y``), or by position: the last part of a tuple batch with more than one part.
 
     Example:
         >>> looks_like_target("batch[1]", 1, 2), looks_like_target("batch['input_ids']", 0, 2)
@@ -45,11 +45,12 @@ class InputSanityChecker(ConvergenceCallback):
 
     Every tensor of the batch is found (tensors, tuples, lists, dicts, dataclasses; other parts
     are skipped and listed once) and named by its path (``batch[0]``, ``batch['image']``).
-    Floating parts get per-channel mean and RMS (channel: dimension 1 of 2-d and higher tensors)
-    and a NaN/Inf count; integer parts that look like class labels (named ``label``/``target``/
-    ``y``, or the last part of a tuple) get their range checked against ``num_classes`` (taken
-    from the argument or the LightningModule's ``num_classes`` / ``hparams.num_classes``; without
-    it the range is not checked, and it says so once).
+    Every floating part gets a NaN/Inf count. Parts that look like the target (named ``label``/
+    ``target``/``y``, or the last part of a tuple) are not judged for scale: floating inputs get
+    per-channel mean and RMS (channel: dimension 1 of 2-d and higher tensors), and integer targets
+    get their range checked against ``num_classes`` (taken from the argument or the
+    LightningModule's ``num_classes`` / ``hparams.num_classes``; without it the range is not
+    checked, and it says so once).
 
     With ``auto_remediate=True`` every batch is checked for NaN/Inf (one host read per optimizer
     step, as GradientNormMonitor's skip) and an optimizer step whose batch held any is skipped
@@ -143,7 +144,7 @@ class InputSanityChecker(ConvergenceCallback):
                     self._step_nonfinite = count if self._step_nonfinite is None else self._step_nonfinite + count
             if sampled:
                 self._parts.setdefault(path, InputMoments()).update(tensor)
-                if not tensor.is_floating_point() and looks_like_target(path, index, len(found)):
+                if looks_like_target(path, index, len(found)):
                     self._targets.add(path)
 
     @override
@@ -204,8 +205,9 @@ class InputSanityChecker(ConvergenceCallback):
                 summary.means, summary.rms = values[at:at + channels], values[at + channels:at + 2 * channels]
                 at += 2 * channels
             elif part is not None and part.batches and not part.floating:
-                summary.low, summary.high, summary.is_target = values[at], values[at + 1], path in self._targets
+                summary.low, summary.high = values[at], values[at + 1]
                 at += 2
+            summary.is_target = path in self._targets
             summaries.append(summary)
         return summaries
 

@@ -3,7 +3,8 @@
 Fed host numbers per batch part (one :class:`PartSummary` each), the rule returns findings. The
 scale test looks at each channel's root mean square and at its mean against its spread:
 
-- ``unnormalized_inputs`` when some channel's RMS exceeds ``scale_high`` (raw 0-255 pixels have
+- ``unnormalized_inputs`` (inputs only: a part that looks like the target is left alone, since a
+  regression target's scale is the task's) when some channel's RMS exceeds ``scale_high`` (raw 0-255 pixels have
   an RMS near 100; standardised data near 1; values in [0, 1] below 1), or when a channel sits
   far from zero relative to its spread (``|mean| > offset_ratio x std`` with ``|mean| > 1``);
 - ``nonfinite_inputs`` when any value is NaN/Inf;
@@ -71,7 +72,7 @@ class InputHealthRule:
         for part in parts:
             if part.floating and part.nonfinite > 0:
                 findings.append(self._nonfinite(part))
-            if part.floating and part.rms:
+            if part.floating and part.rms and not part.is_target:  # a regression target's scale is the task's
                 finding = self._scale(part)
                 if finding is not None:
                     findings.append(finding)

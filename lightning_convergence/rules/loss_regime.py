@@ -19,7 +19,8 @@ keeps a few floats of state and returns findings. The loss is smoothed per step 
 - ``no_learning``: after ``no_learning_steps`` steps the smoothed loss has never been
   ``no_learning_progress`` below where it started; with ``num_classes`` known, "near chance"
   when it sits within ``chance_tolerance`` of log(K). If it had jumped well above the start
-  first (half of ``divergence_above_start``) it is a collapse after an early divergence, and
+  first (the smoothed loss by half of ``divergence_above_start``, or a single batch's loss by that
+  much and by 6 typical minibatch deviations) it is a collapse after an early divergence, and
   reported as ``divergence``.
 
 Plateaus are judged by :class:`~lightning_convergence.rules.plateau_schedule.PlateauSchedule`
@@ -36,6 +37,7 @@ from lightning_convergence.report.records import Finding
 from lightning_convergence.rules.advice import advise
 
 _SLOW_BETA = 0.98
+_NOISE_MULTIPLE = 6.0  # a single loss this many typical deviations above the start is a jump
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class LossRegimeRule:
         self.best_step = -1
         self.peak = -math.inf  # the highest smoothed loss seen
         self.peak_step = -1
+        self.raw_peak = -math.inf  # the highest single loss seen
+        self.raw_peak_step = -1
+        self.noise = 0.0
         self.steps_seen = 0
         self._first: list[float] = []
         self._previous_chunks: list[tuple[float, float]] = []  # (mean, variance) of the last window
@@ -143,9 +148,13 @@ class LossRegimeRule:
                     # above the first loss (taken before any update), the loss blew up at once.
                     median = statistics.median(self._first)
                     self.initial = median if median <= 1.5 * self._first[0] else self._first[0]
+            if self.ema is not None:  # the typical distance of one batch's loss from the smoothed loss
+                self.noise = _SLOW_BETA * self.noise + (1 - _SLOW_BETA) * abs(value - self.ema)
             self.ema = value if self.ema is None else t.beta * self.ema + (1 - t.beta) * value
             if self.ema > self.peak:
                 self.peak, self.peak_step = self.ema, step
+            if value > self.raw_peak:
+                self.raw_peak, self.raw_peak_step = value, step
             # The best is taken on a slower average (about 50 steps): the minimum of a noisy
             # fast average sits far below the typical loss and would fake progress.
             if self.initial is None:
@@ -222,14 +231,19 @@ class LossRegimeRule:
         t = self.thresholds
         if self.initial is None or self.steps_seen < t.no_learning_steps or self.progress_made:
             return None
-        if self.peak > self.initial + 0.5 * t.divergence_above_start * abs(self.initial):
-            # It blew up first and then settled where it started: a collapse (dead units,
-            # weights pushed into a useless region), not a run that never learned.
-            seen = (f"The smoothed training loss jumped from {self.initial:.4g} to {self.peak:.4g} at step "
-                    f"{self.peak_step}, then settled back around {self.ema:.4g} without ever improving: training "
-                    "diverged early and the network collapsed.")
-            evidence = {"initial": self.initial, "peak": self.peak, "peak_step": self.peak_step, "loss_ema": self.ema}
-            return Finding("divergence", "critical", advise("divergence", seen), evidence=evidence, step=self.peak_step)
+        jump = self.initial + 0.5 * t.divergence_above_start * abs(self.initial)
+        # One batch's loss counts only when it stands far out of the minibatch noise too.
+        raw_jump = max(jump, self.initial + _NOISE_MULTIPLE * self.noise)
+        if self.peak > jump or self.raw_peak > raw_jump:
+            # It blew up first (the smoothed loss, or one batch's loss, well above the start) and
+            # then settled where it started: a collapse (dead units, weights pushed into a useless
+            # region), not a run that never learned. A too-low LR does not make the loss jump.
+            peak, at = (self.peak, self.peak_step) if self.peak > jump else (self.raw_peak, self.raw_peak_step)
+            seen = (f"The training loss jumped from {self.initial:.4g} to {peak:.4g} at step {at}, then settled "
+                    f"back around {self.ema:.4g} without ever improving: training diverged early and the network "
+                    "collapsed (often into dead units).")
+            evidence = {"initial": self.initial, "peak": peak, "peak_step": at, "loss_ema": self.ema}
+            return Finding("divergence", "critical", advise("divergence", seen), evidence=evidence, step=at)
         seen = (f"The smoothed training loss has not moved meaningfully in {self.steps_seen} steps: it started at "
                 f"{self.initial:.4g} and its best is {self.best:.4g}.")
         evidence = {"initial": self.initial, "best": self.best, "steps": self.steps_seen}
@@ -245,13 +259,15 @@ class LossRegimeRule:
         self.ema, self.slow = ema, slow if slow is not None else ema
         self._previous_chunks = []
         self.peak, self.peak_step = -math.inf, -1
+        self.raw_peak, self.raw_peak_step = -math.inf, -1
         self.steps_seen = 0  # no_learning is judged afresh from here
 
     # ----------------------------------------------------------------- state
 
     def state_dict(self) -> dict:
         return {"ema": self.ema, "slow": self.slow, "initial": self.initial, "best": self.best, "best_step": self.best_step,
-                "peak": self.peak, "peak_step": self.peak_step,
+                "peak": self.peak, "peak_step": self.peak_step, "raw_peak": self.raw_peak,
+                "raw_peak_step": self.raw_peak_step, "noise": self.noise,
                 "steps_seen": self.steps_seen, "first": list(self._first),
                 "previous_chunks": [list(c) for c in self._previous_chunks]}
 
@@ -260,6 +276,9 @@ class LossRegimeRule:
         self.best, self.best_step = float(state["best"]), int(state["best_step"])
         self.steps_seen = int(state["steps_seen"])
         self.peak, self.peak_step = float(state.get("peak", -math.inf)), int(state.get("peak_step", -1))
+        self.raw_peak = float(state.get("raw_peak", -math.inf))
+        self.raw_peak_step = int(state.get("raw_peak_step", -1))
+        self.noise = float(state.get("noise", 0.0))
         self._first = [float(v) for v in state["first"]]
         self._previous_chunks = [(float(m), float(v)) for m, v in state["previous_chunks"]]
 

@@ -178,3 +178,18 @@ def test_watching_changes_nothing(tmp_path):
 def test_bad_arguments_raise_naming_the_argument(build, error, named):
     with pytest.raises(error, match=named):
         build()
+
+
+def test_a_regression_target_far_from_zero_is_not_an_unnormalized_input(tmp_path):
+    class Regression(DigitsMLP):
+        def train_dataloader(self):
+            x, y = digits_tensors(self.n)
+            return DataLoader(TensorDataset(x, 100.0 + y.float()), batch_size=32)  # targets around 104
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self(x)[:, 0], (y - 100.0) / 10)
+
+    checker = InputSanityChecker()
+    trainer = fit(tmp_path, Regression(), [checker], max_epochs=1)
+    assert diagnoses(trainer, [checker], "warning") == []

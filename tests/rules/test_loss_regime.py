@@ -133,3 +133,13 @@ def test_overfit_in_max_mode_and_state():
 def test_bad_thresholds_raise(kwargs, named):
     with pytest.raises(ValueError, match=named):
         RegimeThresholds(**kwargs)
+
+
+def test_a_single_batch_blow_up_then_chance_is_a_collapse_not_no_learning():
+    rng = random.Random(0)
+    losses = [2.3 + 0.02 * rng.random() for _ in range(14)] + [3.1] + [2.3 + 0.05 * rng.random() for _ in range(185)]
+    found = feed(losses, window=50, num_classes=10)
+    assert ("divergence", "critical", 150) in found and "no_learning" not in {k for k, _, _ in found}
+    rng = random.Random(1)
+    flat = [2.3 + 0.05 * (rng.random() - 0.5) for _ in range(200)]  # a too-low LR: no jump
+    assert {k for k, _, _ in feed(flat, window=50, num_classes=10)} == {"no_learning"}

@@ -1,0 +1,140 @@
+"""Run the convergence zoo and write its results.
+
+Run from the repository root, with the venv active::
+
+    python -m benchmarks.zoo                    # every scenario, seeds 0 1 2 (about 4 min on 2 cores)
+    python -m benchmarks.zoo --quick            # the CI subset: 3 faults, 2 healthy controls, seed 0 (about 25 s)
+    python -m benchmarks.zoo --only nan_batch lr_high --seeds 0
+    python -m benchmarks.zoo --out /tmp/zoo     # RESULTS.md, zoo.png and records.json go there
+
+Without ``--out`` it writes ``benchmarks/RESULTS.md`` and ``benchmarks/results/zoo.png``; the
+runs' own folders (reports) live in a temporary folder that is removed at the end (``--keep-runs
+DIR`` keeps them). Seed 0 is the development seed (the scenarios were designed on it); the other
+seeds are held out and reported separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from benchmarks.zoo.scenarios import SCENARIOS, Scenario
+
+BENCHMARKS = Path(__file__).resolve().parents[1]
+
+
+def modes(scenario: Scenario) -> tuple[str, ...]:
+    """References only observe; faults and healthy controls are run observed and remediated."""
+    return ("observe",) if scenario.role == "reference" else ("observe", "remediate")
+
+
+def select(only: Sequence[str] | None, quick: bool) -> list[Scenario]:
+    """The scenarios asked for, plus the references their recovery needs."""
+    if only:
+        unknown = [n for n in only if n not in SCENARIOS]
+        if unknown:
+            raise SystemExit(f"unknown scenarios {unknown}; known: {sorted(SCENARIOS)}")
+        chosen = [SCENARIOS[n] for n in only]
+    elif quick:
+        chosen = [s for s in SCENARIOS.values() if s.quick and s.role != "reference"]
+    else:
+        chosen = [s for s in SCENARIOS.values() if s.role != "reference"]
+    names = [s.name for s in chosen]
+    for s in list(chosen):
+        if s.reference is not None and s.reference not in names:
+            names.append(s.reference)
+            chosen.append(SCENARIOS[s.reference])
+    return chosen
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.zoo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the CI subset (quick scenarios, seed 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick: 0)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these scenarios (and their references)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for RESULTS.md, zoo.png and records.json (default: benchmarks/RESULTS.md "
+                             "and benchmarks/results/zoo.png)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="runs in parallel, one torch thread each (default: min(2, cpus))")
+    parser.add_argument("--keep-runs", type=Path, default=None, help="keep every run's folder (reports) here")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
+    return args
+
+
+def run_all(scenarios: list[Scenario], seeds: Sequence[int], root: str, jobs: int) -> list[dict]:
+    """Every (scenario, mode, seed) run, the costliest first, ``jobs`` at a time."""
+    from benchmarks.zoo.runner import fit_job
+
+    work = [(s.name, m, seed, root) for seed in seeds for s in scenarios for m in modes(s)]
+    work.sort(key=lambda job: -SCENARIOS[job[0]].cost)
+    records = []
+    if jobs == 1:
+        for job in work:
+            records.append(fit_job(job))
+            _progress(records[-1], len(records), len(work))
+        return records
+    # spawn, not fork: each worker starts a clean interpreter (torch's threads do not survive a fork).
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(fit_job, job) for job in work]):
+            records.append(future.result())
+            _progress(records[-1], len(records), len(work))
+    return records
+
+
+def _progress(record: dict, done: int, total: int) -> None:
+    serious = sorted({d["kind"] for d in record["diagnoses"] if d["severity"] != "info"})
+    error = f"  ERROR {record['error']}" if record["error"] else ""
+    print(f"[{done:3d}/{total}] {record['scenario']:26s} {record['mode']:9s} seed {record['seed']}  "
+          f"val loss {record['val_loss']:8.4f}  {record['seconds']:5.1f} s  warnings+: {', '.join(serious) or '-'}"
+          f"{error}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for s in SCENARIOS.values():
+            print(f"{s.name:26s} {s.role:9s} {s.what}")
+        return 0
+    from benchmarks.zoo.report import write_results
+
+    scenarios = select(args.only, args.quick)
+    began = time.perf_counter()
+    root = str(args.keep_runs) if args.keep_runs else tempfile.mkdtemp(prefix="convergence_zoo_")
+    try:
+        records = run_all(scenarios, args.seeds, root, args.jobs)
+    finally:
+        if not args.keep_runs:
+            shutil.rmtree(root, ignore_errors=True)
+    wall = time.perf_counter() - began
+    if args.out is None:
+        md, png, raw = BENCHMARKS / "RESULTS.md", BENCHMARKS / "results" / "zoo.png", None
+    else:
+        md, png, raw = args.out / "RESULTS.md", args.out / "zoo.png", args.out / "records.json"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    if raw is not None:
+        raw.write_text(json.dumps(records, indent=1, default=str))
+    summary = write_results(records, scenarios, args, wall, md, png)
+    print(f"\n{summary}\nwall time {wall:.0f} s; wrote {md} and {png}" + (f" and {raw}" if raw else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
