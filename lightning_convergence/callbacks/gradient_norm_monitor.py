@@ -38,6 +38,13 @@ from lightning_convergence.stats import (
 
 
 _HISTOGRAM_SAMPLES = 4096  # values per layer histogram
+_UPDATE_SAMPLES = 4096  # values per weight tensor kept to estimate the update/weight ratio
+
+
+def _strided(tensor: Tensor, count: int) -> Tensor:
+    """At most about ``count`` evenly strided values of ``tensor`` (no RNG), as a flat view."""
+    flat = tensor.reshape(-1)
+    return flat[:: max(1, math.ceil(flat.numel() / count))]
 
 
 @dataclass
@@ -51,7 +58,7 @@ class _Track:
     spike: SpikeDetector
     rule: GradientHealthRule
     consecutive_skips: int = 0
-    snapshot: list[Tensor] | None = None  # weights before a logging step's update
+    snapshot: list[Tensor] | None = None  # sampled weights before a logging step's update
     snapshot_step: int = -1
     snapshot_pending: bool = False
 
@@ -72,8 +79,9 @@ class GradientNormMonitor(ConvergenceCallback):
         log_every_n_steps: logging cadence in optimizer steps; ``None`` uses the Trainer's.
         histogram_every_n_steps: cadence of per-layer gradient histograms (TensorBoard only);
             ``None`` turns them off.
-        track_updates: log weight norms and the update-to-weight ratio on logging steps (costs
-            one copy of the weights per logging step).
+        track_updates: log weight norms (exact) and the update-to-weight ratio on logging steps,
+            the ratio estimated on an evenly strided sample of at most 4096 values per tensor
+            (about 16 KB per tensor held between a logging step and the next batch).
         spike_factor: a total norm above this multiple of its recent median is a spike.
         spike_history: how many recent finite total norms the median is taken over.
         min_history: no spike is flagged before this many finite norms were seen.
@@ -305,31 +313,33 @@ class GradientNormMonitor(ConvergenceCallback):
         write_histograms(trainer, tensors, step)
 
     def _take_snapshot(self, track: _Track, step: int) -> None:
-        """Copy the weights before a logging step's update, into a buffer kept between uses.
+        """Keep an evenly strided sample of each weight tensor (at most ``_UPDATE_SAMPLES``
+        values) from before a logging step's update.
 
-        Kept, not re-allocated: allocating a model-sized buffer each time cost more (page faults
-        on CPU) than the copy itself. ``track_updates=False`` frees this memory.
+        A sample, not a copy: a full copy of the weights cost as much memory as the model's
+        parameters. The update/weight ratio is estimated from the sampled values, each tensor's
+        sums scaled up by its numel over its sample size; the weight norm itself is exact.
         """
-        weights = [p.detach() for p in track.params]
-        if track.snapshot is None:
-            track.snapshot = [w.clone() for w in weights]
-        else:
-            torch._foreach_copy_(track.snapshot, weights)
+        track.snapshot = [_strided(p.detach(), _UPDATE_SAMPLES).clone() for p in track.params]
         track.snapshot_step = step
         track.snapshot_pending = True
 
     def _log_updates(self, trainer: Trainer, track: _Track) -> None:
         track.snapshot_pending = False
-        weights = [p.detach() for p in track.params]
-        before_sq = sum_of_squares(track.snapshot, self.backend)
-        torch._foreach_sub_(track.snapshot, weights)  # the buffer now holds -(this step's update)
-        rows = torch.stack([before_sq, sum_of_squares(track.snapshot, self.backend)])  # [2, params]
-        weight_sq, update_sq = sum_by_group(rows, track.group_index, len(track.layers)).tolist()
+        now = [_strided(p.detach(), _UPDATE_SAMPLES) for p in track.params]
+        scale = torch.tensor([p.numel() / max(s.numel(), 1) for p, s in zip(track.params, now)],
+                             dtype=torch.float64, device=track.group_index.device)  # [params]
+        before_sq = sum_of_squares(track.snapshot, self.backend).double() * scale
+        update_sq = sum_of_squares(torch._foreach_sub(track.snapshot, now), self.backend).double() * scale
+        weight_sq = sum_of_squares([p.detach() for p in track.params], self.backend).double()
+        rows = torch.stack([weight_sq, before_sq, update_sq])  # [3, params]
+        exact_sq, sampled_sq, change_sq = sum_by_group(rows, track.group_index, len(track.layers)).tolist()
+        track.snapshot = None
         metrics: dict[str, float] = {}
-        for name, w, u in zip(track.layers, weight_sq, update_sq):
+        for name, w, b, u in zip(track.layers, exact_sq, sampled_sq, change_sq):
             metrics[f"convergence/weight_norm/{name}"] = math.sqrt(w)
-            if w > 0:
-                metrics[f"convergence/update_ratio/{name}"] = math.sqrt(u / w)
+            if b > 0:
+                metrics[f"convergence/update_ratio/{name}"] = math.sqrt(u / b)
         log_scalars(trainer, metrics, track.snapshot_step)
 
     # ----------------------------------------------------------------- end of fit and state

@@ -171,3 +171,29 @@ def test_default_callbacks_routes_overrides_and_rejects_unknown():
 def test_thresholds_are_public_config():
     monitor = GradientNormMonitor(thresholds=GradientThresholds(vanishing_patience=5))
     assert monitor.thresholds.vanishing_patience == 5
+
+
+def test_sampled_update_ratio_is_close_to_the_exact_one(tmp_path):
+    from tests.helpers.loggers import MemoryLogger
+
+    exact = {}
+
+    class Exact(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if (trainer.global_step + 1) % 5 == 0:
+                self.before = pl_module.net[0].weight.detach().clone()
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.global_step % 5 == 0 and hasattr(self, "before"):
+                after = pl_module.net[0].weight.detach()
+                exact[trainer.global_step - 1] = float((after - self.before).norm() / self.before.norm())
+                del self.before
+
+    logger = MemoryLogger(str(tmp_path))
+    model = DigitsMLP(hidden=256)  # net.0's weight: 16384 values, sampled 1 in 4
+    L.Trainer(callbacks=[GradientNormMonitor(log_every_n_steps=5), Exact()],
+              **trainer_kwargs(tmp_path, logger=logger, max_epochs=1)).fit(model)
+    logged = dict(logger.series("convergence/update_ratio/net.0"))
+    assert set(exact) <= set(logged) and len(exact) >= 2
+    for step, value in exact.items():
+        assert logged[step] == pytest.approx(value, rel=0.15)
