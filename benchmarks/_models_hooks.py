@@ -1,7 +1,7 @@
 """Measurement pieces of ``bench_overhead_models.py``: hook timers, a per-fit step estimate aware of
 the callbacks' sampling, and a count of the tensor memory the callbacks hold.
 
-``STEP_HOOKS``, :func:`own_step_hooks` and :class:`ForwardHookTimer` are copied from
+``STEP_HOOKS`` and :func:`own_step_hooks` are copied from
 ``bench_gradient_monitor.py`` (kept in step with it by hand): that script is not a helper module, so
 it is not imported from here. Nothing here imports ``lightning_convergence``.
 """
@@ -56,45 +56,6 @@ def wrap_once(obj: Any, name: str, sink: dict[str, float], key: str) -> None:
             sink[key] = sink.get(key, 0.0) + time.perf_counter() - start
 
     setattr(obj, name, timed)
-
-
-class ForwardHookTimer(Callback):
-    """Times DeadNeuronTracker's forward hooks on the activation modules, summed per training step.
-
-    Each hook the tracker registers is wrapped (same behaviour, a ``perf_counter`` pair added per
-    call); its time is added to the current step's slot, opened at ``on_train_batch_start``, before
-    the step's forward. Uses the tracker's private ``_sites._hook``: :meth:`wrap` returns False if
-    that changed, and the forward hooks are then left out of the hook times (the whole-step ratio
-    still has them).
-    """
-
-    def __init__(self, sink: list[float]) -> None:
-        self.sink = sink  # seconds per step, as FitResult.hooks lists are
-
-    def wrap(self, tracker: Callback) -> bool:
-        sites = getattr(tracker, "_sites", None)
-        make = getattr(sites, "_hook", None)
-        if make is None:
-            return False
-
-        def timed_make(module_name: str) -> Callable[..., Any]:
-            hook = make(module_name)
-
-            def timed(module: Any, args: Any, output: Any) -> Any:
-                start = time.perf_counter()
-                try:
-                    return hook(module, args, output)
-                finally:
-                    if self.sink:
-                        self.sink[-1] += time.perf_counter() - start
-
-            return timed
-
-        sites._hook = timed_make  # hooks are made at on_train_start, after this
-        return True
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self.sink.append(0.0)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning
@@ -147,3 +147,42 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.1, sample_s: float = 
         waited = time.perf_counter() - began
         if load is None or load < threshold or waited >= max_wait_s:
             return waited
+
+
+class ForwardHookTimer(Callback):
+    """Times DeadNeuronTracker's forward hooks on the activation modules, summed per training step.
+
+    Each hook the tracker registers is wrapped (same behaviour, a ``perf_counter`` pair added per
+    call); its time is added to the current step's slot, opened at ``on_train_batch_start``, before
+    the step's forward. Uses the tracker's private ``_sites._hook``: :meth:`wrap` returns False if
+    that changed, and the forward hooks are then left out of the hook times (the whole-step ratio
+    still has them).
+    """
+
+    def __init__(self, sink: list[float]) -> None:
+        self.sink = sink  # seconds per step, as FitResult.hooks lists are
+
+    def wrap(self, tracker: Callback) -> bool:
+        sites = getattr(tracker, "_sites", None)
+        make = getattr(sites, "_hook", None)
+        if make is None:
+            return False
+
+        def timed_make(module_name: str) -> Callable[..., Any]:
+            hook = make(module_name)
+
+            def timed(module: Any, args: Any, output: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return hook(module, args, output)
+                finally:
+                    if self.sink:
+                        self.sink[-1] += time.perf_counter() - start
+
+            return timed
+
+        sites._hook = timed_make  # hooks are made at on_train_start, after this
+        return True
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.sink.append(0.0)

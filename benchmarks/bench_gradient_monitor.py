@@ -110,13 +110,13 @@ try:  # run as a script: benchmarks/ is on sys.path
     from _paired import (Disturbance, FitResult, hook_line, hook_summary, measure_candidates, print_stats,
                          print_training, run_paired, special_step_lines, summarise_paired, window_line)
     from _report import quiet_lightning
-    from _timing import StepTimer, environment, median, wrap_timed
+    from _timing import ForwardHookTimer, StepTimer, environment, median, wrap_timed
 except ImportError:  # imported as benchmarks.bench_gradient_monitor
     from benchmarks._mlp import BATCH, DEPTH, MLP, WIDTH, FloorPass, RecipeMLP, gradient_like_tensors, make_loader
     from benchmarks._paired import (Disturbance, FitResult, hook_line, hook_summary, measure_candidates, print_stats,
                                     print_training, run_paired, special_step_lines, summarise_paired, window_line)
     from benchmarks._report import quiet_lightning
-    from benchmarks._timing import StepTimer, environment, median, wrap_timed
+    from benchmarks._timing import ForwardHookTimer, StepTimer, environment, median, wrap_timed
 from lightning_convergence import (AutoClip, DataLoadingMonitor, DeadNeuronTracker, GradientNormMonitor,  # noqa: E402
                                    InitializationAudit, InputSanityChecker, PlateauAdvisor, default_callbacks)
 from lightning_convergence.stats import sum_of_squares, tensor_stats
@@ -157,44 +157,6 @@ class HistogramProbe(Callback):
             self.ms = (time.perf_counter() - start) * 1e3
         except (AttributeError, StopIteration, TypeError) as error:
             print(f"  (histogram timing skipped: {error!r})")
-
-
-class ForwardHookTimer(Callback):
-    """Times DeadNeuronTracker's forward hooks on the activation modules, summed per training step.
-
-    Each hook the tracker registers is wrapped (same behaviour, a ``perf_counter`` pair added per
-    call); its time is added to the current step's slot, opened at ``on_train_batch_start``, before
-    the step's forward. Uses the tracker's private ``_sites._hook``: :meth:`wrap` returns False if
-    that changed, and the forward hooks are then left out of section 3 (section 1 still has them).
-    """
-
-    def __init__(self, sink: list[float]) -> None:
-        self.sink = sink  # seconds per step, as FitResult.hooks lists are
-
-    def wrap(self, tracker: DeadNeuronTracker) -> bool:
-        sites = getattr(tracker, "_sites", None)
-        make = getattr(sites, "_hook", None)
-        if make is None:
-            return False
-
-        def timed_make(module_name: str) -> Callable[..., Any]:
-            hook = make(module_name)
-
-            def timed(module: Any, args: Any, output: Any) -> Any:
-                start = time.perf_counter()
-                try:
-                    return hook(module, args, output)
-                finally:
-                    if self.sink:
-                        self.sink[-1] += time.perf_counter() - start
-
-            return timed
-
-        sites._hook = timed_make  # hooks are made at on_train_start, after this
-        return True
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self.sink.append(0.0)
 
 
 def role(callback: Callback) -> str:

@@ -84,21 +84,21 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 try:  # run as a script: benchmarks/ is on sys.path
-    from _models_hooks import (FORWARD_HOOKS, ONCE_HOOKS, SAMPLE_EVERY, ForwardHookTimer, PhaseFit, RetainedProbe,
+    from _models_hooks import (FORWARD_HOOKS, ONCE_HOOKS, SAMPLE_EVERY, PhaseFit, RetainedProbe,
                                own_hooks, own_step_hooks, wrap_once)
     from _models_nets import MODELS, make_loader, make_task, parameter_summary
     from _models_report import write_markdown
     from _paired import Disturbance, hook_summary, run_paired, summarise_paired
     from _report import command_line, quiet_lightning
-    from _timing import StepTimer, environment, median, pct, wrap_timed
+    from _timing import ForwardHookTimer, StepTimer, environment, median, pct, wrap_timed
 except ImportError:  # imported as benchmarks.bench_overhead_models
-    from benchmarks._models_hooks import (FORWARD_HOOKS, ONCE_HOOKS, SAMPLE_EVERY, ForwardHookTimer, PhaseFit,
+    from benchmarks._models_hooks import (FORWARD_HOOKS, ONCE_HOOKS, SAMPLE_EVERY, PhaseFit,
                                           RetainedProbe, own_hooks, own_step_hooks, wrap_once)
     from benchmarks._models_nets import MODELS, make_loader, make_task, parameter_summary
     from benchmarks._models_report import write_markdown
     from benchmarks._paired import Disturbance, hook_summary, run_paired, summarise_paired
     from benchmarks._report import command_line, quiet_lightning
-    from benchmarks._timing import StepTimer, environment, median, pct, wrap_timed
+    from benchmarks._timing import ForwardHookTimer, StepTimer, environment, median, pct, wrap_timed
 from lightning_convergence import (AutoClip, DataLoadingMonitor, DeadNeuronTracker, GradientNormMonitor,  # noqa: E402
                                    InitializationAudit, InputSanityChecker, PlateauAdvisor, default_callbacks)
 from lightning_convergence.callbacks._context import run_context  # noqa: E402
