@@ -108,7 +108,8 @@ def memory_table(payload: dict[str, Any]) -> str:
             params = row["params"]["bytes"]
             extra = "-" if variant == "bare" or "extra_rss_bytes" not in row else (
                 f"{row['extra_rss_bytes'] / MIB:+.1f} MiB ({row['extra_rss_fraction_of_params']:+.2f}x)")
-            of_which = "; ".join(f"{k} {v / MIB:.2f}" for k, v in row["retained_by_callback"].items() if v >= 0.005 * MIB)
+            of_which = "; ".join(f"{k} {v / MIB:.2f}" for k, v in row["retained_by_callback"].items()
+                                 if v >= 0.005 * MIB)
             at_end = row.get("retained_at_end_bytes")
             rows.append([model, f"{params / MIB:.1f} MiB", f"`{variant}`", f"{row['peak_rss_bytes'] / MIB:.0f} MiB",
                          extra, f"{row['retained_bytes'] / MIB:.2f} MiB ({row['retained_fraction_of_params']:.3f}x)",
@@ -147,7 +148,8 @@ def findings(payload: dict[str, Any]) -> list[str]:
         if stats and "hook_unsampled_step_ms" in monitor:
             ordinary = monitor["hook_unsampled_step_ms"]
             out.append(f"{model}: GradientNormMonitor's hooks on an ordinary step: {ordinary:.2f} ms; its statistics "
-                       f"pass alone (sum_of_squares, hot) {stats['sum_of_squares_ms']:.2f} ms, the floor of one read of "
+                       f"pass alone (sum_of_squares, hot) {stats['sum_of_squares_ms']:.2f} ms, the floor of one read "
+                       "of "
                        f"every gradient {stats['floor_ms']:.2f} ms. The rest, about "
                        f"{max(ordinary - stats['sum_of_squares_ms'], 0.0):.2f} ms, is its per-step bookkeeping kept on "
                        "the device (norm window, spike detector: a few dozen small tensor operations, each with a "
@@ -172,8 +174,8 @@ def findings(payload: dict[str, Any]) -> list[str]:
         if "suite_log1" in variants and "suite" in variants and "hook_ms" in variants["suite"]:
             a, b = variants["suite"], variants["suite_log1"]
             out.append(f"{model}: logging every step instead of every 50 takes the suite from "
-                       f"{a['hook_ms']:.2f} to {b['hook_ms']:.2f} ms/step in hooks (whole step {pct(a['ratio_to_bare'])}"
-                       f" -> {pct(b['ratio_to_bare'])}).")
+                       f"{a['hook_ms']:.2f} to {b['hook_ms']:.2f} ms/step in hooks (whole step "
+                       f"{pct(a['ratio_to_bare'])} -> {pct(b['ratio_to_bare'])}).")
     for model, by_variant in (payload.get("memory") or {}).items():
         parts = [f"`{v}` {row['retained_fraction_of_params']:.3f}x" for v, row in by_variant.items() if v != "bare"]
         if parts:

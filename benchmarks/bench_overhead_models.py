@@ -23,10 +23,10 @@ and ``Trainer(log_every_n_steps=1)``: the suite logs and judges on every step); 
 
 Method (the paired machinery of ``bench_gradient_monitor.py``, from ``_paired.py``). Everything
 runs in one process. A warm-up round of short fits (discarded; before the first model only, to warm
-the process up), then per model ``--repeats`` repeats; each repeat runs every variant once, in an order rotated per repeat, so slow drift of the
-machine hits every variant alike. A ratio is the median over repeats of the per-repeat ratio
-``variant / bare`` (the per-repeat ratios are printed: their spread is the noise). Each fit runs
-``warmup + N + 1`` steps; the first ``warmup`` (5: Adam's state, the callbacks' first-step setup,
+the process up), then per model ``--repeats`` repeats; each repeat runs every variant once, in an
+order rotated per repeat, so slow drift of the machine hits every variant alike. A ratio is the
+median over repeats of the per-repeat ratio ``variant / bare`` (the per-repeat ratios are printed:
+their spread is the noise). Each fit runs ``warmup + N + 1`` steps; the first ``warmup`` (5: Adam's state, the callbacks' first-step setup,
 DeadNeuronTracker's wiring probe and InputSanityChecker's first 3 batches all happen by step 3) are
 dropped, and with N = 50 the timed steps 5..54 hold exactly one 50-step logging cycle (the logging
 step 49 and the step after it) and five of the steps that DeadNeuronTracker and InputSanityChecker
@@ -393,8 +393,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma list (bare is always run); default: all of " + ", ".join(VARIANTS))
     parser.add_argument("--steps", type=int, default=None, help="timed steps per fit (default 50; --quick 4)")
-    parser.add_argument("--warmup-steps", type=int, default=None, help=f"dropped steps per fit (default {WARMUP_STEPS}; "
-                                                                       "--quick 2)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help=f"dropped steps per fit (default {WARMUP_STEPS}; --quick 2)")
     parser.add_argument("--repeats", type=int, default=None, help="paired repeats (default 3; --quick 1)")
     parser.add_argument("--memory-variants", default=",".join(MEMORY_VARIANTS),
                         help="variants whose memory is measured, each in a subprocess ('' for none); default: "

@@ -59,8 +59,8 @@ class DataWaitRule:
                  num_workers: int | None = None) -> Finding | None:
         t = self.thresholds
         total = wait_s + busy_s
-        if batches == 0 or total <= 0:
-            return None
+        if batches == 0 or not (wait_s >= 0 and busy_s >= 0 and math.isfinite(total)) or total <= 0:
+            return None  # nothing timed, or timings that cannot be (clocks only move forward)
         fraction = wait_s / total
         mean_wait_ms = 1000.0 * wait_s / batches
         if fraction < t.info_fraction or mean_wait_ms < t.min_wait_ms:
