@@ -26,19 +26,20 @@ runs in one process. A warm-up round of short fits (discarded; before the first 
 the process up), then per model ``--repeats`` repeats; each repeat runs every variant once, in an
 order rotated per repeat, so slow drift of the machine hits every variant alike. A ratio is the
 median over repeats of the per-repeat ratio ``variant / bare`` (the per-repeat ratios are printed:
-their spread is the noise). Each fit runs ``warmup + N + 1`` steps; the first ``warmup`` (5: Adam's state, the callbacks' first-step setup,
-DeadNeuronTracker's wiring probe and InputSanityChecker's first 3 batches all happen by step 3) are
-dropped, and with N = 50 the timed steps 5..54 hold exactly one 50-step logging cycle (the logging
-step 49 and the step after it) and five of the steps that DeadNeuronTracker and InputSanityChecker
-sample (one in 10: 10, 20, 30, 40 and 50, the step after the logging step). In
-``suite_acting``, ``AutoClip(mode="zscore")`` collects norms for its first 10 steps before it may
-clip, so timed steps 5..9 do not clip; on CPU it skips the scaling pass whenever nothing is clipped,
-which on this healthy random data is nearly every step, so this changes little. Step time = interval between
-consecutive ``on_train_batch_start`` calls (so it holds the logger writes Lightning makes after
-``on_train_batch_end``), summarised robustly per fit: the median unsampled ordinary step and the
-median sampled one, weighted 9:1, plus the logging steps' extra spread over the window (see
-``_models_hooks.PhaseFit``). The CPU other processes used in each timed window is measured from
-``/proc/stat``; a fit during which they used more than ``--max-foreign`` cores is run again.
+their spread is the noise). Each fit runs ``warmup + N + 1`` steps; the first ``warmup`` (5: Adam's
+state, the callbacks' first-step setup, DeadNeuronTracker's wiring probe and InputSanityChecker's
+first 3 batches all happen by step 3) are dropped, and with N = 50 the timed steps 5..54 hold
+exactly one 50-step logging cycle (the logging step 49 and the step after it) and five of the steps
+that DeadNeuronTracker and InputSanityChecker sample (one in 10: 10, 20, 30, 40 and 50, the step
+after the logging step). In ``suite_acting``, ``AutoClip(mode="zscore")`` collects norms for its
+first 10 steps before it may clip, so timed steps 5..9 do not clip; on CPU it skips the scaling
+pass whenever nothing is clipped, which on this healthy random data is nearly every step, so this
+changes little. Step time = interval between consecutive ``on_train_batch_start`` calls (so it
+holds the logger writes Lightning makes after ``on_train_batch_end``), summarised robustly per fit:
+the median unsampled ordinary step and the median sampled one, weighted 9:1, plus the logging
+steps' extra spread over the window (see ``_models_hooks.PhaseFit``). The CPU other processes used
+in each timed window is measured from ``/proc/stat``; a fit during which they used more than
+``--max-foreign`` cores is run again.
 
 Hook time in place: in every fit, each callback's own per-step hooks (those its class overrides)
 are wrapped with ``perf_counter`` (same behaviour, about a microsecond added), and so are
