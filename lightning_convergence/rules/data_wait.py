@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from lightning_convergence.report.records import Finding
+from lightning_convergence.rules._checks import check_nonnegative_number, check_open_fraction
 from lightning_convergence.rules.advice import advise
 
 
@@ -31,15 +32,10 @@ class DataWaitThresholds:
     min_wait_ms: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("warning_fraction", "info_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ValueError(f"`{name}` must be in (0, 1), got {value!r}.")
+        check_open_fraction(self, "warning_fraction", "info_fraction")
         if self.info_fraction > self.warning_fraction:
             raise ValueError(f"`info_fraction` must be <= `warning_fraction`, got {self.info_fraction!r}.")
-        value = self.min_wait_ms
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"`min_wait_ms` must be a finite number >= 0, got {value!r}.")
+        check_nonnegative_number(self, "min_wait_ms")
 
 
 class DataWaitRule:

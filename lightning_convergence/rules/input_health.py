@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from lightning_convergence.report.records import Finding
+from lightning_convergence.rules._checks import check_positive_number
 from lightning_convergence.rules.advice import advise
 
 IGNORE_INDEX = -100
@@ -47,10 +48,7 @@ class InputThresholds:
     offset_ratio: float = 3.0
 
     def __post_init__(self) -> None:
-        for name in ("scale_high", "offset_ratio"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+        check_positive_number(self, "scale_high", "offset_ratio")
 
 
 class InputHealthRule:

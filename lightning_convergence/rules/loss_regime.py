@@ -34,6 +34,7 @@ import statistics
 from dataclasses import dataclass
 
 from lightning_convergence.report.records import Finding
+from lightning_convergence.rules._checks import check_open_fraction, check_positive_int, check_positive_number
 from lightning_convergence.rules.advice import advise
 
 _SLOW_BETA = 0.98
@@ -58,18 +59,10 @@ class RegimeThresholds:
     chance_tolerance: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("beta", "nonfinite_fraction", "no_learning_progress", "chance_tolerance"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ValueError(f"`{name}` must be in (0, 1), got {value!r}.")
-        for name in ("divergence_rise", "divergence_above_start", "oscillation_noise_ratio", "oscillation_level"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
-        for name in ("initial_steps", "chunk", "no_learning_steps", "nonfinite_min_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+        check_open_fraction(self, "beta", "nonfinite_fraction", "no_learning_progress", "chance_tolerance")
+        check_positive_number(self, "divergence_rise", "divergence_above_start", "oscillation_noise_ratio",
+                              "oscillation_level")
+        check_positive_int(self, "initial_steps", "chunk", "no_learning_steps", "nonfinite_min_steps")
 
 
 class LossRegimeRule:

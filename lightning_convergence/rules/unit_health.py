@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from lightning_convergence.report.records import Finding
+from lightning_convergence.rules._checks import check_fraction, check_positive_int
 from lightning_convergence.rules.advice import advise
 
 
@@ -33,15 +34,11 @@ class UnitThresholds:
     windows: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("dead_info", "dead_warning", "dead_critical", "saturation_warning"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ValueError(f"`{name}` must be a fraction in (0, 1], got {value!r}.")
+        check_fraction(self, "dead_info", "dead_warning", "dead_critical", "saturation_warning")
         if not self.dead_info <= self.dead_warning <= self.dead_critical:
             raise ValueError(f"`dead_info` <= `dead_warning` <= `dead_critical` must hold, got "
                              f"{self.dead_info!r}, {self.dead_warning!r}, {self.dead_critical!r}.")
-        if isinstance(self.windows, bool) or not isinstance(self.windows, int) or self.windows < 1:
-            raise ValueError(f"`windows` must be an int >= 1, got {self.windows!r}.")
+        check_positive_int(self, "windows")
 
 
 @dataclass
