@@ -64,8 +64,8 @@ except ImportError:  # imported as benchmarks.bench_autoclip_spikes
 from lightning_convergence import AutoClip, default_callbacks
 from lightning_convergence.demo.data import DigitsDataModule
 from lightning_convergence.demo.models import DigitsCNN
-from lightning_convergence.report.console import ConvergenceWarning
-from lightning_convergence.report.run_log import REPORT_FILENAME
+from lightning_convergence.recorder.console import ConvergenceWarning
+from lightning_convergence.recorder.run_log import REPORT_FILENAME
 
 ZSCORE_W50 = 50  # a warm-up that spans the norm's early rise (see the md's notes)
 

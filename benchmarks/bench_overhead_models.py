@@ -104,7 +104,7 @@ from lightning_convergence import (AutoClip, DataLoadingMonitor, DeadNeuronTrack
                                    InitializationAudit, InputSanityChecker, PlateauAdvisor, default_callbacks)
 from lightning_convergence.callbacks._context import run_context  # noqa: E402
 from lightning_convergence.stats import sum_of_squares  # noqa: E402
-from lightning_convergence.report.console import ConvergenceWarning  # noqa: E402
+from lightning_convergence.recorder.console import ConvergenceWarning  # noqa: E402
 
 LOG_EVERY = 50  # Lightning's default log_every_n_steps
 WARMUP_STEPS = 5

@@ -89,7 +89,7 @@ except ImportError:  # imported as benchmarks.bench_redo
     from benchmarks._timing import environment
 from lightning_convergence import DeadNeuronTracker
 from lightning_convergence.demo.data import DigitsDataModule
-from lightning_convergence.report.console import ConvergenceWarning
+from lightning_convergence.recorder.console import ConvergenceWarning
 
 MODES = ("observe", "redo")
 DEAD_KEY = "convergence/dead_fraction/"

@@ -78,7 +78,7 @@ except ImportError:  # imported as benchmarks.bench_warmup
     from benchmarks._timing import environment
     from benchmarks._warmup_model import RunResult, run_one, variants
     from benchmarks._warmup_report import headline, notes, plot, seed_rows, summary_rows, verdicts, write_markdown
-from lightning_convergence.report.console import ConvergenceWarning
+from lightning_convergence.recorder.console import ConvergenceWarning
 
 
 # --------------------------------------------------------------------------------- main

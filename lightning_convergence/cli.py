@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run_demo(fault=args.fault, out=args.out, epochs=args.epochs, seed=args.seed)
     elif args.command == "report":
-        from lightning_convergence.reporting.command import report_command
+        from lightning_convergence.readback.command import report_command
 
         return report_command(args.logdir, format=args.format, out=args.out)
     return 0

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, importable 
 from benchmarks.zoo.run import select  # noqa: E402
 from benchmarks.zoo.scenarios import SCENARIO_LIST, SCENARIOS  # noqa: E402
 from benchmarks.zoo.scoring import score  # noqa: E402
-from lightning_convergence.report.records import DIAGNOSIS_KINDS  # noqa: E402
+from lightning_convergence.rules.findings import DIAGNOSIS_KINDS  # noqa: E402
 
 QUICK = [s.name for s in SCENARIO_LIST if s.quick and s.role != "reference"]
 

@@ -33,8 +33,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from benchmarks._timing import ForeignCpu
 from lightning_convergence import default_callbacks
 from lightning_convergence.callbacks._context import run_context
-from lightning_convergence.report.console import ConvergenceWarning
-from lightning_convergence.report.run_log import REPORT_FILENAME
+from lightning_convergence.recorder.console import ConvergenceWarning
+from lightning_convergence.recorder.run_log import REPORT_FILENAME
 
 LOG_EVERY_N_STEPS = 10  # the Trainer's logging cadence, which the suite's windows follow
 

@@ -14,7 +14,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from lightning_convergence.remedies.lr_control import LRControl
-from lightning_convergence.report.run_log import ConvergenceLog
+from lightning_convergence.recorder.run_log import ConvergenceLog
 from lightning_convergence.stats import sum_of_squares, tensor_stats
 
 

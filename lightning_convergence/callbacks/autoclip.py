@@ -23,7 +23,7 @@ from lightning_convergence.remedies.clipping import (
     clip_coefficient,
     scale_gradients_,
 )
-from lightning_convergence.report.tensorboard import log_scalars
+from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.stats import Backend, validate_backend
 
 Mode = Literal["percentile", "zscore", "agc"]

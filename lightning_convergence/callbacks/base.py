@@ -19,9 +19,9 @@ from lightning_convergence.callbacks._context import (
     run_context,
     start_run_context,
 )
-from lightning_convergence.report.console import ConvergenceWarning, print_diagnosis
-from lightning_convergence.report.records import Diagnosis, Finding, Intervention
-from lightning_convergence.report.tensorboard import write_diagnosis_text, write_layout
+from lightning_convergence.recorder.console import ConvergenceWarning, print_diagnosis
+from lightning_convergence.recorder.records import Diagnosis, Finding, Intervention
+from lightning_convergence.recorder.tensorboard import write_diagnosis_text, write_layout
 
 
 STATE_SCHEMA = 1

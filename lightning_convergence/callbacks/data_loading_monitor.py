@@ -9,7 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
-from lightning_convergence.report.tensorboard import log_scalars
+from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.data_wait import DataWaitRule, DataWaitThresholds
 
 

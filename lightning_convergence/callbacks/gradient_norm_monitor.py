@@ -22,8 +22,8 @@ from lightning_convergence.callbacks.base import (
     check_positive_int,
 )
 from lightning_convergence.remedies import drop_gradients
-from lightning_convergence.report.records import Finding
-from lightning_convergence.report.tensorboard import log_scalars, write_histograms
+from lightning_convergence.rules.findings import Finding
+from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
 from lightning_convergence.rules.advice import advise
 from lightning_convergence.stats import (

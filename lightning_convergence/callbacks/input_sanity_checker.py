@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
 from lightning_convergence.remedies import drop_gradients
-from lightning_convergence.report.tensorboard import log_scalars
+from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.input_health import InputHealthRule, InputThresholds, PartSummary
 from lightning_convergence.stats.batch_tensors import batch_tensors
 from lightning_convergence.stats.input_moments import InputMoments, NonfiniteCounter

@@ -28,9 +28,9 @@ from lightning_convergence.callbacks.base import (
 )
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
-from lightning_convergence.report.console import ConvergenceWarning
-from lightning_convergence.report.records import Finding
-from lightning_convergence.report.tensorboard import log_scalars
+from lightning_convergence.recorder.console import ConvergenceWarning
+from lightning_convergence.rules.findings import Finding
+from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.advice import advise
 from lightning_convergence.rules.loss_regime import LossRegimeRule, OverfitRule, RegimeThresholds
 from lightning_convergence.rules.plateau_schedule import PlateauSchedule

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
 from lightning_convergence.remedies.warmup import SHAPES, Shape, untuned_period, warmup_factor
-from lightning_convergence.report.tensorboard import log_scalars
+from lightning_convergence.recorder.tensorboard import log_scalars
 
 WarmupSteps = int | float | Literal["untuned"] | Sequence[int]
 OWNER = "WarmupScheduler"

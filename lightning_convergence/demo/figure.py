@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from lightning_convergence.reporting.scalars import Series, read_scalars
+from lightning_convergence.readback.scalars import Series, read_scalars
 
 _SEVERITY_COLOURS = {"info": "#9e9e9e", "warning": "#f28e2b", "critical": "#d62728"}
 

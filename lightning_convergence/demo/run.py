@@ -17,8 +17,8 @@ from lightning_convergence.demo.data import DigitsDataModule
 from lightning_convergence.demo.faults import FAULTS
 from lightning_convergence.demo.figure import comparison_figure
 from lightning_convergence.demo.models import MODELS
-from lightning_convergence.report.console import ConvergenceWarning
-from lightning_convergence.report.run_log import REPORT_FILENAME
+from lightning_convergence.recorder.console import ConvergenceWarning
+from lightning_convergence.recorder.run_log import REPORT_FILENAME
 from lightning_convergence.suite import default_callbacks
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lightning_convergence.report.records import Finding
+from lightning_convergence.rules.findings import Finding
 from lightning_convergence.rules._checks import check_nonnegative_number, check_open_fraction
-from lightning_convergence.rules.advice import advise
 
 
 @dataclass(frozen=True)
@@ -68,4 +67,4 @@ class DataWaitRule:
                 f"{1000.0 * busy_s / batches:.1f} ms computing).{workers}")
         evidence = {"wait_fraction": fraction, "wait_ms_per_batch": mean_wait_ms,
                     "step_ms_per_batch": 1000.0 * busy_s / batches, "batches": batches, "num_workers": num_workers}
-        return Finding("slow_data_loading", severity, advise("slow_data_loading", seen), evidence=evidence)
+        return Finding("slow_data_loading", severity, seen, evidence=evidence)

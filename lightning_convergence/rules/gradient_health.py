@@ -1,7 +1,7 @@
 """Host-side gradient health rules, evaluated once per logging window.
 
 Fed a :class:`~lightning_convergence.rules.gradient_window.WindowSummary` (plain floats), they
-return :class:`~lightning_convergence.report.records.Finding` objects. Trainer-free: the tests
+return :class:`~lightning_convergence.recorder.records.Finding` objects. Trainer-free: the tests
 drive them with tables of numbers.
 
 References:
@@ -17,8 +17,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from lightning_convergence.report.records import Finding
-from lightning_convergence.rules.advice import advise
+from lightning_convergence.rules.findings import Cause, Finding
 from lightning_convergence.rules.gradient_window import WindowSummary
 
 
@@ -100,7 +99,7 @@ class GradientHealthRule:
             f"The training loss was NaN/Inf on {s.nonfinite_loss_steps} of {s.loss_steps} batches, "
             f"first at step {s.first_nonfinite_loss_step}."
         )
-        return [Finding("nonfinite_loss", "critical", advise("nonfinite_loss", seen),
+        return [Finding("nonfinite_loss", "critical", seen,
                         evidence={"nonfinite_batches": s.nonfinite_loss_steps, "batches": s.loss_steps},
                         step=s.first_nonfinite_loss_step)]
 
@@ -123,11 +122,11 @@ class GradientHealthRule:
                 severity, state = "info", "the scaler skipped those steps and lowered its scale"
             seen = (f"The fp16 loss scaler saw Inf/NaN gradients on {s.nonfinite_grad_steps} of "
                     f"{s.steps} steps, first at step {s.first_nonfinite_grad_step}{where}; {state}.")
-            return [Finding("amp_overflow", severity, advise("amp_overflow", seen), layer=layer,
+            return [Finding("amp_overflow", severity, seen, layer=layer,
                             evidence=evidence, step=s.first_nonfinite_grad_step)]
         seen = (f"Gradients were NaN/Inf on {s.nonfinite_grad_steps} of {s.steps} optimizer steps, "
                 f"first at step {s.first_nonfinite_grad_step}{where}.")
-        return [Finding("nonfinite_gradients", "critical", advise("nonfinite_gradients", seen),
+        return [Finding("nonfinite_gradients", "critical", seen,
                         layer=layer, evidence=evidence, step=s.first_nonfinite_grad_step)]
 
     def _spike(self, s: WindowSummary) -> list[Finding]:
@@ -148,7 +147,7 @@ class GradientHealthRule:
             severity = "info"
         evidence = {"max_total_norm": s.max_total_norm, "median_norm": s.spike_median,
                     "ratio": s.max_spike_ratio, "spike_steps": s.spike_steps}
-        return [Finding("exploding_gradients", severity, advise("exploding_gradients", seen),
+        return [Finding("exploding_gradients", severity, seen,
                         evidence=evidence, step=s.first_spike_step)]
 
     def _layer_growth(self, s: WindowSummary) -> list[Finding]:
@@ -179,9 +178,9 @@ class GradientHealthRule:
             seen += (f" The training loss kept falling meanwhile ({before:.3g} -> {now:.3g}), so this is more "
                      "likely training picking up speed than an explosion; it becomes a warning if the loss rises.")
             evidence.update(loss_before=before, loss_now=now)
-            return [Finding("exploding_gradients", "info", advise("exploding_gradients", seen), layer=name,
+            return [Finding("exploding_gradients", "info", seen, layer=name,
                             evidence=evidence)]
-        return [Finding("exploding_gradients", "warning", advise("exploding_gradients", seen), layer=name,
+        return [Finding("exploding_gradients", "warning", seen, layer=name,
                         evidence=evidence)]
 
     def _vanishing(self, s: WindowSummary) -> list[Finding]:
@@ -198,19 +197,22 @@ class GradientHealthRule:
             self._vanishing_streak = 0
         if self._vanishing_streak != t.vanishing_patience:
             return []  # report once when the streak reaches patience, not on every window after
-        causes = None
+        causes: tuple[Cause, ...] = ()  # the kind's usual causes
+        evidence = {"first_norm": first, "last_norm": last, "ratio": ratio}
         if first == 0:
             seen = (f"No gradient reaches the first layer ({first_name}): its gradient norm has been "
                     f"exactly 0 for {self._vanishing_streak} logging windows while the last layer "
                     f"({last_name}) gets {last:.2e}.")
-            causes = ("with ReLUs, units after it that died (often from a learning rate that is too high "
-                      "early on); otherwise a detached graph or a layer cut off from the loss")
+            # Exactly zero is not a slow decay: either ReLUs after it died (often from a learning
+            # rate that is too high early on) or the layer is cut off from the loss.
+            zero = {"first_norm": first, "last_norm": last}
+            causes = (Cause("dead_relu_units", 0.4, zero), Cause("gradient_flow_cut", 0.35, zero),
+                      Cause("learning_rate_too_high", 0.25, zero))
         else:
             seen = (f"The first layer ({first_name}) gets gradients of norm {first:.2e}, {ratio:.1e} "
                     f"times those of the last layer ({last_name}, {last:.2e}), for "
                     f"{self._vanishing_streak} logging windows in a row.")
-        return [Finding("vanishing_gradients", "warning", advise("vanishing_gradients", seen, causes),
-                        layer=first_name, evidence={"first_norm": first, "last_norm": last, "ratio": ratio})]
+        return [Finding("vanishing_gradients", "warning", seen, layer=first_name, evidence=evidence, causes=causes)]
 
     def state_dict(self) -> dict:
         return {"vanishing_streak": self._vanishing_streak,

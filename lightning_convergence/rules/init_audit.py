@@ -22,8 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_convergence.report.records import Finding
-from lightning_convergence.rules.advice import advise
+from lightning_convergence.rules.findings import Finding
 
 _MIN_WEIGHTS_FOR_SCALE = 32
 _RELU_FAMILY = ("ReLU", "ReLU6", "LeakyReLU", "PReLU", "ELU", "GELU", "SiLU", "Softplus")
@@ -57,17 +56,17 @@ def audit_weight(name: str, weight: Tensor, activation: str | None, scale_factor
         return None
     if not bool(torch.isfinite(rows).all()):
         seen = f"The initial weights of `{name}` contain NaN/Inf."
-        return Finding("poor_initialization", "critical", advise("poor_initialization", seen), layer=name,
+        return Finding("poor_initialization", "critical", seen, layer=name,
                        evidence={"problem": "nonfinite"})
     if bool((rows == 0).all()):
         seen = (f"The initial weights of `{name}` are all zero: its {fan_out} units compute the same output and get "
                 "the same gradient, so they stay identical (and with zero weights after it, no gradient flows back).")
-        return Finding("poor_initialization", "warning", advise("poor_initialization", seen), layer=name,
+        return Finding("poor_initialization", "warning", seen, layer=name,
                        evidence={"problem": "all_zero", "units": fan_out})
     if fan_out > 1 and bool((rows == rows[0]).all()):
         seen = (f"All {fan_out} output units of `{name}` start with identical weights (a constant initialisation): "
                 "they compute the same thing and get the same gradient, so they never become different.")
-        return Finding("poor_initialization", "warning", advise("poor_initialization", seen), layer=name,
+        return Finding("poor_initialization", "warning", seen, layer=name,
                        evidence={"problem": "identical_rows", "units": fan_out})
     if rows.numel() < _MIN_WEIGHTS_FOR_SCALE:
         return None  # too few weights to judge a standard deviation
@@ -82,6 +81,6 @@ def audit_weight(name: str, weight: Tensor, activation: str | None, scale_factor
     seen = (f"The initial weights of `{name}`{after} have std {std:.3g}, {ratio:.3g}x the {rule} value {expected:.3g} "
             f"for fan-in {fan_in}: too {direction}, so activations and gradients "
             f"{'grow' if ratio > 1 else 'shrink'} layer after layer.")
-    return Finding("poor_initialization", "warning", advise("poor_initialization", seen), layer=name,
+    return Finding("poor_initialization", "warning", seen, layer=name,
                    evidence={"problem": f"scale_too_{direction}", "std": std, "expected": expected, "ratio": ratio,
                              "rule": rule, "activation": activation})

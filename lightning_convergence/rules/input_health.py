@@ -8,8 +8,8 @@ scale test looks at each channel's root mean square and at its mean against its 
   an RMS near 100; standardised data near 1; values in [0, 1] below 1), or when a channel sits
   far from zero relative to its spread (``|mean| > offset_ratio x std`` with ``|mean| > 1``);
 - ``nonfinite_inputs`` when any value is NaN/Inf;
-- labels out of ``[0, num_classes)`` (with ``-100``, the usual ``ignore_index``, allowed) are
-  reported as ``nonfinite_inputs`` too, the contract's kind for invalid values in a batch.
+- ``invalid_targets`` when class labels fall outside ``[0, num_classes)`` (with ``-100``, the
+  usual ``ignore_index``, allowed).
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lightning_convergence.report.records import Finding
+from lightning_convergence.rules.findings import Cause, Finding
 from lightning_convergence.rules._checks import check_positive_number
-from lightning_convergence.rules.advice import advise
 
 IGNORE_INDEX = -100
 
@@ -84,7 +83,7 @@ class InputHealthRule:
         first = part.first_nonfinite_step
         at = f", first at step {first}" if first >= 0 else ""
         seen = f"`{part.path}` held {part.nonfinite} NaN/Inf values in the training batches{at}."
-        return Finding("nonfinite_inputs", "warning", advise("nonfinite_inputs", seen), layer=part.path,
+        return Finding("nonfinite_inputs", "warning", seen, layer=part.path,
                        evidence={"nonfinite_values": part.nonfinite, "first_step": first},
                        step=first if first >= 0 else None)
 
@@ -112,7 +111,7 @@ class InputHealthRule:
                     f"spread of {off_std:.4g}.")
         evidence = {"max_rms": worst_rms, "channel": worst_index, "mean": worst_mean, "channels": len(part.rms),
                     "offset_mean": off_mean, "offset_std": off_std}
-        return Finding("unnormalized_inputs", "warning", advise("unnormalized_inputs", seen), layer=part.path,
+        return Finding("unnormalized_inputs", "warning", seen, layer=part.path,
                        evidence=evidence)
 
     def _labels(self, part: PartSummary) -> Finding | None:
@@ -124,6 +123,9 @@ class InputHealthRule:
             return None
         seen = (f"`{part.path}` holds class labels from {low:g} to {high:g}, outside [0, {k}) for {k} classes "
                 "(-100, the usual ignore_index, is allowed). The loss will fail or learn from the wrong targets.")
-        causes = "labels that are not encoded as 0..K-1 (1-based, or a wrong class count), or a label column mixed up"
-        return Finding("nonfinite_inputs", "critical", advise("nonfinite_inputs", seen, causes), layer=part.path,
-                       evidence={"problem": "labels_out_of_range", "min": low, "max": high, "num_classes": k})
+        evidence = {"problem": "labels_out_of_range", "min": low, "max": high, "num_classes": k}
+        # Labels outside 0..K-1 are seen, not guessed: 1-based labels or a wrong class count first,
+        # a label column mixed up with another next.
+        causes = (Cause("invalid_targets", 0.8, {"min": low, "max": high, "num_classes": k}),
+                  Cause("labels_mismatched", 0.2))
+        return Finding("invalid_targets", "critical", seen, layer=part.path, evidence=evidence, causes=causes)

@@ -33,9 +33,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from lightning_convergence.report.records import Finding
+from lightning_convergence.rules.findings import Finding
 from lightning_convergence.rules._checks import check_open_fraction, check_positive_int, check_positive_number
-from lightning_convergence.rules.advice import advise
 
 _SLOW_BETA = 0.98
 _NOISE_MULTIPLE = 6.0  # a single loss this many typical deviations above the start is a jump
@@ -185,14 +184,14 @@ class LossRegimeRule:
     def _nonfinite_divergence(self, nonfinite: list[int], count: int) -> Finding:
         seen = (f"The training loss was NaN/Inf on {len(nonfinite)} of the last {count} steps (from step "
                 f"{nonfinite[0]}): training has diverged.")
-        return Finding("divergence", "critical", advise("divergence", seen),
+        return Finding("divergence", "critical", seen,
                        evidence={"nonfinite_steps": len(nonfinite), "window_steps": count}, step=nonfinite[0])
 
     def _rising_divergence(self, onset: int) -> Finding:
         seen = (f"The smoothed training loss climbed from its best {self.best:.4g} (step {self.best_step}) to "
                 f"{self.ema:.4g}; it started at {self.initial:.4g}. The climb began at step {onset}.")
         evidence = {"loss_ema": self.ema, "best": self.best, "best_step": self.best_step, "initial": self.initial}
-        return Finding("divergence", "critical", advise("divergence", seen), evidence=evidence, step=onset)
+        return Finding("divergence", "critical", seen, evidence=evidence, step=onset)
 
     # ----------------------------------------------------------------- oscillation
 
@@ -216,7 +215,7 @@ class LossRegimeRule:
                 f"{amplitude:.3g} around its trend (level {level:.3g}), {amplitude / max(noise, 1e-12):.1f}x what "
                 f"minibatch noise explains, over steps {steps[0]}-{steps[-1]} and the window before.")
         evidence = {"amplitude": amplitude, "noise": noise, "level": level, "trend": trend}
-        return Finding("oscillation", "warning", advise("oscillation", seen), evidence=evidence)
+        return Finding("oscillation", "warning", seen, evidence=evidence)
 
     # ----------------------------------------------------------------- no learning
 
@@ -236,7 +235,7 @@ class LossRegimeRule:
                     f"back around {self.ema:.4g} without ever improving: training diverged early and the network "
                     "collapsed (often into dead units).")
             evidence = {"initial": self.initial, "peak": peak, "peak_step": at, "loss_ema": self.ema}
-            return Finding("divergence", "critical", advise("divergence", seen), evidence=evidence, step=at)
+            return Finding("divergence", "critical", seen, evidence=evidence, step=at)
         seen = (f"The smoothed training loss has not moved meaningfully in {self.steps_seen} steps: it started at "
                 f"{self.initial:.4g} and its best is {self.best:.4g}.")
         evidence = {"initial": self.initial, "best": self.best, "steps": self.steps_seen}
@@ -245,7 +244,7 @@ class LossRegimeRule:
             evidence["chance_level"] = chance
             if abs(self.best - chance) <= t.chance_tolerance * chance:
                 seen += f" That is chance level for {self.num_classes} classes (log {self.num_classes} = {chance:.3g})."
-        return Finding("no_learning", "warning", advise("no_learning", seen), evidence=evidence)
+        return Finding("no_learning", "warning", seen, evidence=evidence)
 
     def restart_from(self, ema: float | None, slow: float | None = None) -> None:
         """After a rollback: the smoothed loss is the snapshot's again, the chunks start over."""
@@ -349,7 +348,7 @@ class OverfitRule:
                 f"({self.train_at_best:.4g} -> {train_loss:.4g}).")
         evidence = {"best": self.best, "best_step": self.best_step, "value": value, "train_loss": train_loss,
                     "train_at_best": self.train_at_best, "checks": self.worse_checks}
-        return Finding("overfitting", "warning", advise("overfitting", seen), evidence=evidence)
+        return Finding("overfitting", "warning", seen, evidence=evidence)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "train_at_best": self.train_at_best,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from lightning_convergence.report.records import Finding
+from lightning_convergence.rules.findings import Finding
 from lightning_convergence.rules._checks import check_fraction, check_positive_int
 from lightning_convergence.rules.advice import advise
 

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import MixedPrecision
 
 from lightning_convergence import AutoClip, GradientNormMonitor, default_callbacks
-from lightning_convergence.report import REPORT_FILENAME
+from lightning_convergence.recorder import REPORT_FILENAME
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
 

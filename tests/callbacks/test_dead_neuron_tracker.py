@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lightning_convergence import DeadNeuronTracker
-from lightning_convergence.report.console import ConvergenceWarning
+from lightning_convergence.recorder.console import ConvergenceWarning
 from tests.helpers.loggers import MemoryLogger
 from tests.helpers.models import DigitsMLP, digits_tensors, trainer_kwargs
 

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
 
 from lightning_convergence import GradientNormMonitor, default_callbacks
-from lightning_convergence.report import REPORT_FILENAME
+from lightning_convergence.recorder import REPORT_FILENAME
 from lightning_convergence.rules import GradientThresholds
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 from tests.helpers.tensorboard import load_events, scalar_steps, scalar_tags

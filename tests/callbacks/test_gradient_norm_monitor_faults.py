@@ -12,8 +12,8 @@ from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 
 from lightning_convergence import GradientNormMonitor
-from lightning_convergence.report import REPORT_FILENAME
-from lightning_convergence.report.console import ConvergenceWarning
+from lightning_convergence.recorder import REPORT_FILENAME
+from lightning_convergence.recorder.console import ConvergenceWarning
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
 

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 
 from lightning_convergence import GradientNormMonitor
-from lightning_convergence.report import REPORT_FILENAME
+from lightning_convergence.recorder import REPORT_FILENAME
 from tests.helpers.models import DigitsMLP, SparseEmbedding, TwoOptimizers, trainer_kwargs
 
 

@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lightning_convergence import PlateauAdvisor
-from lightning_convergence.report.console import ConvergenceWarning
+from lightning_convergence.recorder.console import ConvergenceWarning
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
 

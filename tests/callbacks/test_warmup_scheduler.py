@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_convergence import WarmupScheduler, default_callbacks
 from lightning_convergence.remedies.warmup import warmup_factor
-from lightning_convergence.report import REPORT_FILENAME
+from lightning_convergence.recorder import REPORT_FILENAME
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
 

@@ -13,30 +13,20 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_convergence import (
-    AutoClip,
-    DataLoadingMonitor,
-    DeadNeuronTracker,
-    GradientNormMonitor,
-    InitializationAudit,
-    InputSanityChecker,
-    PlateauAdvisor,
-    WarmupScheduler,
-    default_callbacks,
-)
-from lightning_convergence.report import REPORT_FILENAME
+from lightning_convergence import default_callbacks
+from lightning_convergence.callbacks.registry import CALLBACKS, load
+from lightning_convergence.recorder import REPORT_FILENAME
 from tests.helpers.loggers import MemoryLogger
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
-CLASSES = [GradientNormMonitor, DeadNeuronTracker, PlateauAdvisor, InputSanityChecker, InitializationAudit,
-           DataLoadingMonitor, AutoClip, WarmupScheduler]
+NAMES = [entry.name for entry in CALLBACKS]
 SUITES = {"observe": lambda: default_callbacks(),
           "act": lambda: default_callbacks(auto_remediate=True, warmup_steps=5)}
 USER_KEYS = {"train_loss", "val_loss", "epoch"}
 
 
-def build(cls):
-    return cls(warmup_steps=5) if cls is WarmupScheduler else cls()
+def build(entry):
+    return load(entry)(**entry.example)
 
 
 def our_hooks(model):
@@ -47,21 +37,21 @@ def our_hooks(model):
     return modules, optimizers
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_every_callback_pickles_and_deep_copies_before_fit(cls):
-    callback = build(cls)
+@pytest.mark.parametrize("entry", CALLBACKS, ids=NAMES)
+def test_every_callback_pickles_and_deep_copies_before_fit(entry):
+    callback = build(entry)
     for clone in (pickle.loads(pickle.dumps(callback)), copy.deepcopy(callback)):
-        assert type(clone) is cls and clone.state_key == callback.state_key
+        assert type(clone) is load(entry) and clone.state_key == callback.state_key
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_every_callback_state_survives_a_weights_only_load_after_fit(tmp_path, cls):
-    callback = build(cls)
+@pytest.mark.parametrize("entry", CALLBACKS, ids=NAMES)
+def test_every_callback_state_survives_a_weights_only_load_after_fit(tmp_path, entry):
+    callback = build(entry)
     L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_epochs=1)).fit(DigitsMLP(nan_at_step=3))
     buffer = io.BytesIO()
     torch.save(callback.state_dict(), buffer)
     buffer.seek(0)
-    fresh = build(cls)
+    fresh = build(entry)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     assert fresh._pending_records == callback.state_dict()["records"]
 
@@ -118,15 +108,11 @@ def test_an_exception_in_training_step_keeps_the_report_removes_hooks_and_propag
     assert any(d["kind"] == "nonfinite_loss" for d in report["diagnoses"])  # what was seen before the fault
 
 
-@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
-def test_two_instances_keep_separate_state(tmp_path, cls):
-    first, second = build(cls), build(cls)
-    variant = {GradientNormMonitor: {"group_by": "parameter"}, DeadNeuronTracker: {"dormant_tau": 0.2},
-               PlateauAdvisor: {"monitor": "train_loss"}, AutoClip: {"mode": "zscore"},
-               WarmupScheduler: {"warmup_steps": 7}, InputSanityChecker: {"num_classes": 10}}.get(cls)
-    if variant is None:
-        pytest.skip(f"{cls.__name__} has no setting that tells two instances apart: one per Trainer is the use")
-    second = cls(**variant)
+@pytest.mark.parametrize("entry", CALLBACKS, ids=NAMES)
+def test_two_instances_keep_separate_state(tmp_path, entry):
+    if entry.second_instance is None:
+        pytest.skip(f"{entry.name} has no setting that tells two instances apart: one per Trainer is the use")
+    first, second = build(entry), load(entry)(**entry.second_instance)
     assert first.state_key != second.state_key
     trainer = L.Trainer(callbacks=[first, second], **trainer_kwargs(tmp_path, logger=False, max_epochs=1,
                                                                       enable_checkpointing=True))

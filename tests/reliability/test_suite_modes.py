@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 
 from lightning_convergence import default_callbacks
-from lightning_convergence.report import REPORT_FILENAME
+from lightning_convergence.recorder import REPORT_FILENAME
 from tests.helpers.models import DigitsMLP, SparseEmbedding, TwoOptimizers, trainer_kwargs
 
 ACT = dict(auto_remediate=True, log_every_n_steps=4)

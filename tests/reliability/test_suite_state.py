@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_convergence import default_callbacks
-from lightning_convergence.report.console import ConvergenceWarning
+from lightning_convergence.recorder.console import ConvergenceWarning
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
 

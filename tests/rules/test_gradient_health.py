@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_convergence.report import DIAGNOSIS_KINDS
+from lightning_convergence.rules.findings import DIAGNOSIS_KINDS
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds
 from lightning_convergence.rules.gradient_window import _empty_summary
 

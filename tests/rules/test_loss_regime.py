@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_convergence.report.records import DIAGNOSIS_KINDS
+from lightning_convergence.rules.findings import DIAGNOSIS_KINDS
 from lightning_convergence.rules.loss_regime import LossRegimeRule, OverfitRule, RegimeThresholds
 
 

@@ -6,7 +6,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_convergence.report.records import DIAGNOSIS_KINDS, SEVERITIES
+from lightning_convergence.rules.findings import DIAGNOSIS_KINDS, SEVERITIES
 from lightning_convergence.rules.data_wait import DataWaitRule
 from lightning_convergence.rules.input_health import InputHealthRule, PartSummary
 from lightning_convergence.rules.loss_regime import OverfitRule

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lightning_convergence.reporting.panels import (
+from lightning_convergence.readback.panels import (
     clipping_panel,
     dead_units_panel,
     gradient_panel,
@@ -67,7 +67,7 @@ def test_learning_rate_panel_factors_left_effective_right():
 
 
 def test_real_run_panels(watched_run, unwatched_run):
-    from lightning_convergence.reporting import read_scalars
+    from lightning_convergence.readback import read_scalars
 
     assert [p.title for p in select_panels(read_scalars(str(watched_run)))] == [
         "loss", "gradient norm", "clipping", "learning rate"]

@@ -10,34 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-DIAGNOSIS_KINDS: tuple[str, ...] = (
-    "nonfinite_loss",
-    "nonfinite_gradients",
-    "exploding_gradients",
-    "vanishing_gradients",
-    "dead_units",
-    "saturated_units",
-    "plateau",
-    "oscillation",
-    "divergence",
-    "overfitting",
-    "no_learning",
-    "amp_overflow",
-    "nonfinite_inputs",
-    "unnormalized_inputs",
-    "poor_initialization",
-    "slow_data_loading",
-)
-SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
-INTERVENTION_ACTIONS: tuple[str, ...] = (
-    "clip",
-    "skip_step",
-    "lr_scale",
-    "warmup",
-    "reinit_units",
-    "rollback",
-    "stop",
-)
+from lightning_convergence.rules.findings import DIAGNOSIS_KINDS, INTERVENTION_ACTIONS, SEVERITIES, Finding
 
 
 def _json_safe(value: Any) -> Any:
@@ -49,34 +22,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What a rule saw, before a callback stamps when and who.
-
-    Args:
-        kind: one of :data:`DIAGNOSIS_KINDS`.
-        severity: one of :data:`SEVERITIES`.
-        message: plain words: what was seen, the numbers, the likely causes, what to try.
-        layer: the layer concerned, when there is one.
-        evidence: the numbers behind the finding.
-        step: the optimizer step where the problem began, when the rule knows it (it may be
-            earlier than the step at which the rule was evaluated).
-    """
-
-    kind: str
-    severity: str
-    message: str
-    layer: str | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
-    step: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in DIAGNOSIS_KINDS:
-            raise ValueError(f"`kind` must be one of {DIAGNOSIS_KINDS}, got {self.kind!r}.")
-        if self.severity not in SEVERITIES:
-            raise ValueError(f"`severity` must be one of {SEVERITIES}, got {self.severity!r}.")
 
 
 @dataclass(frozen=True)

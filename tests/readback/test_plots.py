@@ -2,8 +2,8 @@
 
 import matplotlib.image
 
-from lightning_convergence.reporting import Run, load_run
-from lightning_convergence.reporting.plots import write_figure
+from lightning_convergence.readback import Run, load_run
+from lightning_convergence.readback.plots import write_figure
 
 
 def _image(path):

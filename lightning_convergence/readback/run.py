@@ -6,10 +6,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from lightning_convergence.report.run_log import REPORT_FILENAME
-from lightning_convergence.reporting.discovery import find_run_folders
-from lightning_convergence.reporting.report_file import read_report
-from lightning_convergence.reporting.scalars import Series, read_scalars
+from lightning_convergence.recorder.run_log import REPORT_FILENAME
+from lightning_convergence.readback.discovery import find_run_folders
+from lightning_convergence.readback.report_file import read_report
+from lightning_convergence.readback.scalars import Series, read_scalars
 
 SUITE_TAG_PREFIX = "convergence/"
 NOT_WATCHED = "no convergence report: this run was not watched by lightning-convergence callbacks"
@@ -72,7 +72,7 @@ def load_run(folder: str, name: str | None = None) -> Run:
     """Load one run folder.
 
     Args:
-        folder: a run folder (see :func:`~lightning_convergence.reporting.find_run_folders`).
+        folder: a run folder (see :func:`~lightning_convergence.readback.find_run_folders`).
         name: how to call it; its folder name when not given.
 
     Raises:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from lightning_convergence.report.run_log import REPORT_FILENAME
-from lightning_convergence.reporting.errors import RunFolderError
+from lightning_convergence.recorder.run_log import REPORT_FILENAME
+from lightning_convergence.readback.errors import RunFolderError
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 

@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from lightning_convergence.report.records import SEVERITIES, Diagnosis, Intervention
+from lightning_convergence.recorder.records import SEVERITIES, Diagnosis, Intervention
 
 REPORT_VERSION = 1
 REPORT_FILENAME = "convergence_report.json"
@@ -26,7 +26,7 @@ class ConvergenceLog:
             steps, unless its severity rises.
 
     Example:
-        >>> from lightning_convergence.report.records import Diagnosis
+        >>> from lightning_convergence.recorder.records import Diagnosis
         >>> log = ConvergenceLog(window_steps=100)
         >>> d = Diagnosis("plateau", "warning", step=5, epoch=0, source="Doc", message="flat")
         >>> log.add_diagnosis(d), log.add_diagnosis(d)

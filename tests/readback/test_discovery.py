@@ -2,8 +2,8 @@
 
 import pytest
 
-from lightning_convergence.reporting import RunFolderError, find_run_folders
-from lightning_convergence.reporting.discovery import is_run_folder
+from lightning_convergence.readback import RunFolderError, find_run_folders
+from lightning_convergence.readback.discovery import is_run_folder
 
 
 def test_one_run_folder_is_itself(watched_run):

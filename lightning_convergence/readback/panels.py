@@ -1,6 +1,6 @@
 """Which curves go on which panel of a run's figure, from the scalar tags alone (no drawing).
 
-The tags are the suite's (see ``report/tensorboard.py``) plus the user's own losses and the
+The tags are the suite's (see ``recorder/tensorboard.py``) plus the user's own losses and the
 ``lr-*`` tags of Lightning's ``LearningRateMonitor``. A panel is made only when its data exists.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from lightning_convergence.reporting.scalars import Series
+from lightning_convergence.readback.scalars import Series
 
 _PREFIX = "convergence/"
 

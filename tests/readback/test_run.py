@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from lightning_convergence.reporting import load_run, load_runs
-from lightning_convergence.reporting.run import NOT_WATCHED, Run
+from lightning_convergence.readback import load_run, load_runs
+from lightning_convergence.readback.run import NOT_WATCHED, Run
 
 
 def test_runs_are_named_relative_to_the_logdir(runs_dir, watched_run):
@@ -30,7 +30,7 @@ def test_last_values_are_the_users_own_scalars():
 
 
 def test_reading_a_report_needs_neither_lightning_nor_torch():
-    code = ("import sys, lightning_convergence.reporting.command; "
+    code = ("import sys, lightning_convergence.readback.command; "
             "bad = [m for m in sys.modules if m in ('lightning', 'torch') or m.startswith('lightning.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

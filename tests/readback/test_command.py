@@ -6,8 +6,8 @@ import matplotlib.image
 import pytest
 
 from lightning_convergence.cli import main
-from lightning_convergence.reporting.formats import NO_PLOT
-from lightning_convergence.reporting.run import NOT_WATCHED
+from lightning_convergence.readback.formats import NO_PLOT
+from lightning_convergence.readback.run import NOT_WATCHED
 
 
 def _valid_png(path) -> None:

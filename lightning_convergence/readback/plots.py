@@ -9,8 +9,8 @@ from dataclasses import replace
 from typing import Any
 
 from lightning_convergence._imports import _MATPLOTLIB_AVAILABLE
-from lightning_convergence.reporting.panels import Line, Panel, select_panels
-from lightning_convergence.reporting.run import Run
+from lightning_convergence.readback.panels import Line, Panel, select_panels
+from lightning_convergence.readback.run import Run
 
 FIGURE_FILENAME = "convergence_plots.png"
 SEVERITY_COLOURS = {"info": "tab:cyan", "warning": "tab:orange", "critical": "tab:red"}
@@ -92,7 +92,7 @@ def _draw_panel(ax: Any, panel: Panel, report: dict[str, Any] | None) -> None:
 
 
 def write_figure(run: Run, path: str) -> str | None:
-    """Draw ``run``'s panels (see :mod:`~lightning_convergence.reporting.panels`) into ``path``.
+    """Draw ``run``'s panels (see :mod:`~lightning_convergence.readback.panels`) into ``path``.
 
     Args:
         run: a loaded run.

@@ -8,12 +8,12 @@ curves that exist.
 Nothing here imports Lightning: a report can be read on a machine that only has the logs.
 """
 
-from lightning_convergence.reporting.discovery import find_run_folders
-from lightning_convergence.reporting.errors import RunFolderError
-from lightning_convergence.reporting.report_file import read_report
-from lightning_convergence.reporting.run import Run, load_run, load_runs
-from lightning_convergence.reporting.scalars import read_scalars
-from lightning_convergence.reporting.timeline import TimelineRow, build_timeline
+from lightning_convergence.readback.discovery import find_run_folders
+from lightning_convergence.readback.errors import RunFolderError
+from lightning_convergence.readback.report_file import read_report
+from lightning_convergence.readback.run import Run, load_run, load_runs
+from lightning_convergence.readback.scalars import read_scalars
+from lightning_convergence.readback.timeline import TimelineRow, build_timeline
 
 __all__ = [
     "Run",

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from lightning_convergence.reporting import build_timeline
-from lightning_convergence.reporting.timeline import compact_detail, first_sentence
+from lightning_convergence.readback import build_timeline
+from lightning_convergence.readback.timeline import compact_detail, first_sentence
 
 
 @pytest.mark.parametrize("message, sentence", [

@@ -4,7 +4,7 @@ import math
 
 from torch.utils.tensorboard import SummaryWriter
 
-from lightning_convergence.reporting import read_scalars
+from lightning_convergence.readback import read_scalars
 from tests.helpers.tensorboard import load_events, scalar_tags
 
 

@@ -14,7 +14,7 @@ import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_convergence import default_callbacks
-from lightning_convergence.report.console import ConvergenceWarning
+from lightning_convergence.recorder.console import ConvergenceWarning
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
 

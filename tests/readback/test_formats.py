@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from lightning_convergence.reporting import load_runs
-from lightning_convergence.reporting.formats import render
-from lightning_convergence.reporting.run import NOT_WATCHED
+from lightning_convergence.readback import load_runs
+from lightning_convergence.readback.formats import render
+from lightning_convergence.readback.run import NOT_WATCHED
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_markdown_tables(runs):
 
 
 def test_markdown_escapes_pipes():
-    from lightning_convergence.reporting import Run
+    from lightning_convergence.readback import Run
 
     report = {"diagnoses": [{"kind": "plateau", "severity": "info", "step": 1, "message": "a | b."}],
               "interventions": [], "summary": {"headline": "h"}}
@@ -63,7 +63,7 @@ def test_json_is_the_report_plus_the_timeline(runs):
 
 
 def test_json_writes_nan_as_a_string_like_the_report():
-    from lightning_convergence.reporting import Run
+    from lightning_convergence.readback import Run
 
     document = json.loads(render([Run("/r", "r", None, {"loss": [(3, float("nan"))]})], {}, "json"))
     assert document["runs"][0]["last_values"] == {"loss": {"step": 3, "value": "nan"}}

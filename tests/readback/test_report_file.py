@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from lightning_convergence.report import REPORT_VERSION, ConvergenceLog, Diagnosis, Intervention
-from lightning_convergence.reporting import RunFolderError, read_report
+from lightning_convergence.recorder import REPORT_VERSION, ConvergenceLog, Diagnosis, Intervention
+from lightning_convergence.readback import RunFolderError, read_report
 
 
 def _write(tmp_path, content) -> str:

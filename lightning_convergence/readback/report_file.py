@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lightning_convergence.report.run_log import REPORT_VERSION
-from lightning_convergence.reporting.errors import RunFolderError
+from lightning_convergence.recorder.run_log import REPORT_VERSION
+from lightning_convergence.readback.errors import RunFolderError
 
 _DIAGNOSIS_KEYS = ("kind", "severity", "step", "message")
 _INTERVENTION_KEYS = ("action", "step")
@@ -34,12 +34,12 @@ def read_report(path: str) -> dict[str, Any]:
 
     Raises:
         RunFolderError: the file cannot be read, is not valid JSON, is of another schema
-            version than :data:`~lightning_convergence.report.run_log.REPORT_VERSION`, or lacks
+            version than :data:`~lightning_convergence.recorder.run_log.REPORT_VERSION`, or lacks
             a required field.
 
     Example:
         >>> import os, tempfile
-        >>> from lightning_convergence.report import ConvergenceLog
+        >>> from lightning_convergence.recorder import ConvergenceLog
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     report = read_report(ConvergenceLog().write_json(folder, steps=3))
         >>> report["summary"]["headline"]

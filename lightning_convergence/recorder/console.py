@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from lightning_convergence.report.records import Diagnosis
+from lightning_convergence.recorder.records import Diagnosis
 
 
 class ConvergenceWarning(UserWarning):

@@ -12,8 +12,8 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from lightning_convergence.reporting.run import NOT_WATCHED, Run
-from lightning_convergence.reporting.timeline import TimelineRow, build_timeline
+from lightning_convergence.readback.run import NOT_WATCHED, Run
+from lightning_convergence.readback.timeline import TimelineRow, build_timeline
 
 Format = Literal["text", "markdown", "json"]
 FORMATS: tuple[str, ...] = ("text", "markdown", "json")

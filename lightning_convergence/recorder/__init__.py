@@ -1,10 +1,10 @@
 """The convergence report: records, the shared run log and its writers.
 
 Only the pure parts are imported here; the TensorBoard and console writers (which know Lightning)
-live in ``report.tensorboard`` and ``report.console``.
+live in ``recorder.tensorboard`` and ``recorder.console``.
 """
 
-from lightning_convergence.report.records import (
+from lightning_convergence.recorder.records import (
     DIAGNOSIS_KINDS,
     INTERVENTION_ACTIONS,
     SEVERITIES,
@@ -12,7 +12,7 @@ from lightning_convergence.report.records import (
     Finding,
     Intervention,
 )
-from lightning_convergence.report.run_log import REPORT_FILENAME, REPORT_VERSION, ConvergenceLog
+from lightning_convergence.recorder.run_log import REPORT_FILENAME, REPORT_VERSION, ConvergenceLog
 
 __all__ = [
     "DIAGNOSIS_KINDS",

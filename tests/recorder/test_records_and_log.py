@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from lightning_convergence.report import (
+from lightning_convergence.recorder import (
     DIAGNOSIS_KINDS,
     INTERVENTION_ACTIONS,
     ConvergenceLog,

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_convergence.report.records import Diagnosis
+from lightning_convergence.recorder.records import Diagnosis
 
 TAG_PREFIX = "convergence/"
 

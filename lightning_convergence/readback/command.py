@@ -6,10 +6,10 @@ import os
 import sys
 from typing import TextIO
 
-from lightning_convergence.reporting.errors import RunFolderError
-from lightning_convergence.reporting.formats import FORMATS, Format, render
-from lightning_convergence.reporting.plots import FIGURE_FILENAME, write_figure
-from lightning_convergence.reporting.run import Run, load_runs
+from lightning_convergence.readback.errors import RunFolderError
+from lightning_convergence.readback.formats import FORMATS, Format, render
+from lightning_convergence.readback.plots import FIGURE_FILENAME, write_figure
+from lightning_convergence.readback.run import Run, load_runs
 
 EXIT_OK = 0
 EXIT_ERROR = 2  # argparse's status for a bad command line; a bad LOGDIR is one

@@ -6,7 +6,7 @@ import pkgutil
 
 import pytest
 
-import lightning_convergence.reporting as reporting
+import lightning_convergence.readback as reporting
 
 MODULES = sorted(f"{reporting.__name__}.{m.name}" for m in pkgutil.iter_modules(reporting.__path__))
 
