@@ -5,9 +5,11 @@ live in ``recorder.tensorboard`` and ``recorder.console``.
 """
 
 from lightning_convergence.recorder.records import (
+    CAUSES,
     DIAGNOSIS_KINDS,
     INTERVENTION_ACTIONS,
     SEVERITIES,
+    Cause,
     Diagnosis,
     Finding,
     Intervention,
@@ -15,11 +17,13 @@ from lightning_convergence.recorder.records import (
 from lightning_convergence.recorder.run_log import REPORT_FILENAME, REPORT_VERSION, ConvergenceLog
 
 __all__ = [
+    "CAUSES",
     "DIAGNOSIS_KINDS",
     "INTERVENTION_ACTIONS",
     "REPORT_FILENAME",
     "REPORT_VERSION",
     "SEVERITIES",
+    "Cause",
     "ConvergenceLog",
     "Diagnosis",
     "Finding",

@@ -12,42 +12,15 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lightning_convergence import tags
 from lightning_convergence.recorder.records import Diagnosis
-
-TAG_PREFIX = "convergence/"
 
 
 def custom_scalars_layout() -> dict[str, dict[str, list]]:
-    """The TensorBoard custom-scalars layout that groups the suite's panels."""
+    """The TensorBoard custom-scalars layout that groups the suite's panels (from ``tags``)."""
     return {
-        "convergence: gradients": {
-            "total gradient norm": ["Multiline", [r"convergence/grad_norm/total$"]],
-            "gradient norm per layer": ["Multiline", [r"convergence/grad_norm/(?!total$).*"]],
-            "max |gradient|": ["Multiline", [r"convergence/grad_max_abs/.*"]],
-            "non-finite and spike steps": ["Multiline", [r"convergence/grad_(nonfinite|spike)_(steps|values)"]],
-            "update / weight ratio": ["Multiline", [r"convergence/update_ratio/.*"]],
-            "weight norm per layer": ["Multiline", [r"convergence/weight_norm/.*"]],
-        },
-        "convergence: dead units": {
-            "dead fraction": ["Multiline", [r"convergence/dead_fraction/.*"]],
-            "dormant fraction": ["Multiline", [r"convergence/dormant_fraction/.*"]],
-            "saturation": ["Multiline", [r"convergence/saturation/.*"]],
-        },
-        "convergence: clipping": {
-            "norm vs threshold": ["Multiline", [r"convergence/autoclip/.*"]],
-        },
-        "convergence: learning rate": {
-            "our LR factor": ["Multiline", [r"convergence/lr_factor.*"]],
-            "effective LR": ["Multiline", [r"convergence/lr/.*"]],
-        },
-        "convergence: loss regime": {
-            "loss": ["Multiline", [r"convergence/loss/.*"]],
-        },
-        "convergence: inputs and data": {
-            "input scale (largest channel RMS)": ["Multiline", [r"convergence/inputs/rms_max/.*"]],
-            "non-finite input values": ["Multiline", [r"convergence/inputs/nonfinite/.*"]],
-            "waiting for data": ["Multiline", [r"convergence/data/.*"]],
-        },
+        group: {panel.title: ["Multiline", panel.patterns()] for panel in panels}
+        for group, panels in tags.PANEL_GROUPS
     }
 
 
@@ -67,7 +40,7 @@ def log_scalars(trainer: Trainer, metrics: Mapping[str, float], step: int) -> No
     if not clean or not trainer.is_global_zero:
         return
     for key in clean:
-        assert key.startswith(TAG_PREFIX), f"metric key {key!r} is outside {TAG_PREFIX!r}"
+        assert tags.is_suite_tag(key), f"metric key {key!r} is outside {tags.ROOT!r}"
     for logger in trainer.loggers:
         logger.log_metrics(clean, step=step)
 
@@ -90,7 +63,7 @@ def write_diagnosis_text(trainer: Trainer, diagnosis: Diagnosis) -> None:
         f"from {diagnosis.source})\n\n{diagnosis.message}"
     )
     for writer in tensorboard_writers(trainer):
-        writer.add_text(f"{TAG_PREFIX}diagnoses", text, global_step=diagnosis.step)
+        writer.add_text(tags.DIAGNOSES, text, global_step=diagnosis.step)
 
 
 def write_histograms(trainer: Trainer, tensors: Mapping[str, torch.Tensor], step: int) -> None:

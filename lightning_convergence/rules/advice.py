@@ -1,40 +1,89 @@
 """What each diagnosis kind usually means and what to try, in the order worth trying.
 
-Messages are built as: what was seen (with numbers), the likely causes, the steps to try.
+Three tables, keyed by the vocabularies of :mod:`lightning_convergence.rules.findings`:
+
+- :data:`USUAL_CAUSES`: per kind, the causes that usually explain it, ranked, with modest
+  confidences (a rule with evidence of its own passes its own ranked causes instead);
+- :data:`CAUSE_WORDS`: per cause name, the words a person reads;
+- :data:`REMEDIES`: per kind, what to try, first the step that answers the top cause.
+
+:func:`render_message` turns the parts of a finding into the one paragraph shown on the console,
+in TensorBoard and in the report's ``message``. Nothing reads that paragraph back.
+
+This module imports nothing from the package, so that ``findings`` can import it.
 """
 
 from __future__ import annotations
 
-CAUSES: dict[str, str] = {
-    "nonfinite_loss": "a learning rate that is too high, inputs with NaN/Inf or no normalisation, "
-    "a bad batch, or numeric overflow in fp16",
-    "nonfinite_gradients": "a learning rate that is too high, a deep or recurrent net without "
-    "normalisation, bad initialisation, or a NaN/Inf that entered through the loss or inputs",
-    "exploding_gradients": "a learning rate that is too high, a deep or recurrent net without "
-    "normalisation, or bad initialisation",
-    "vanishing_gradients": "saturating activations (sigmoid/tanh) stacked deep, poor "
-    "initialisation, or no normalisation between layers",
-    "dead_units": "a learning rate that is too high (one large step pushes a unit's bias far "
-    "negative), large negative biases, or poor initialisation",
-    "saturated_units": "unnormalised inputs, weights that are too large, or a deep stack of "
-    "saturating activations",
-    "divergence": "a learning rate that is too high, inputs without normalisation, a bad batch, or "
-    "numeric overflow (fp16)",
-    "oscillation": "a learning rate that is too high, a batch that is too small, or numeric instability",
-    "plateau": "a learning rate that is now too high to settle or too low to move, a poor minimum or "
-    "saddle, or too little capacity",
-    "no_learning": "a bug in the data pipeline or the labels, a learning rate far too small, frozen "
-    "layers, a loss that does not fit the task, or gradients that do not reach the early layers",
-    "overfitting": "too little regularisation, too much capacity for the data, label noise, or "
-    "leakage between the splits",
-    "nonfinite_inputs": "corrupt samples, or a division by zero or a log of zero in the preprocessing",
-    "unnormalized_inputs": "missing preprocessing: the inputs were never scaled or standardised",
-    "poor_initialization": "a constant initialisation (every unit starts the same and learns the same), or "
-    "a custom initialisation at the wrong scale for the activation that follows",
-    "slow_data_loading": "loading, decoding or augmentation done on the training process, or too few "
+from collections.abc import Sequence
+
+USUAL_CAUSES: dict[str, tuple[tuple[str, float], ...]] = {
+    "nonfinite_loss": (("learning_rate_too_high", 0.5), ("nonfinite_data", 0.3), ("low_precision_overflow", 0.2)),
+    "nonfinite_gradients": (("learning_rate_too_high", 0.4), ("non_differentiable_operation", 0.3),
+                            ("missing_normalization_or_residuals", 0.2), ("bad_initialization", 0.1)),
+    "exploding_gradients": (("learning_rate_too_high", 0.5), ("missing_normalization_or_residuals", 0.3),
+                            ("bad_initialization", 0.2)),
+    "vanishing_gradients": (("saturating_activations", 0.5), ("bad_initialization", 0.3),
+                            ("missing_normalization_or_residuals", 0.2)),
+    "dead_units": (("learning_rate_too_high", 0.5), ("bad_initialization", 0.3),
+                   ("missing_normalization_or_residuals", 0.2)),
+    "saturated_units": (("unnormalized_inputs", 0.5), ("bad_initialization", 0.3), ("saturating_activations", 0.2)),
+    "divergence": (("learning_rate_too_high", 0.5), ("unnormalized_inputs", 0.2), ("nonfinite_data", 0.15),
+                   ("low_precision_overflow", 0.15)),
+    "oscillation": (("learning_rate_too_high", 0.5), ("batch_size_too_small", 0.3), ("low_precision_overflow", 0.2)),
+    "plateau": (("learning_rate_too_high", 0.4), ("learning_rate_too_low", 0.3), ("too_little_capacity", 0.2),
+                ("bad_initialization", 0.1)),
+    "no_learning": (("labels_mismatched", 0.3), ("wrong_loss_for_task", 0.25), ("learning_rate_too_low", 0.25),
+                    ("gradient_flow_cut", 0.2)),
+    "overfitting": (("too_much_capacity", 0.4), ("too_little_data", 0.3), ("label_noise", 0.2)),
+    "amp_overflow": (("low_precision_overflow", 0.6), ("learning_rate_too_high", 0.2)),
+    "nonfinite_inputs": (("nonfinite_data", 0.6),),
+    "unnormalized_inputs": (("unnormalized_inputs", 0.6),),
+    "invalid_targets": (("invalid_targets", 0.5), ("wrong_loss_for_task", 0.3), ("labels_mismatched", 0.2)),
+    "poor_initialization": (("bad_initialization", 0.6),),
+    "slow_data_loading": (("data_loader_bottleneck", 0.6), ("data_loader_restarts", 0.2)),
+    "slow_training": (("host_sync_in_step", 0.3), ("low_device_utilization", 0.25), ("logging_overhead", 0.2),
+                      ("validation_too_frequent", 0.15), ("checkpointing_overhead", 0.1)),
+}
+
+CAUSE_WORDS: dict[str, str] = {
+    "learning_rate_too_high": "a learning rate that is too high",
+    "learning_rate_too_low": "a learning rate that is too low (or zero, from a schedule)",
+    "missing_warmup": "no learning-rate warmup at the start",
+    "missing_gradient_clipping": "no gradient clipping",
+    "batch_size_too_small": "a batch that is too small (noisy gradients)",
+    "optimizer_misconfigured": "optimizer settings (eps, betas, weight decay) out of their working range",
+    "low_precision_overflow": "numeric overflow in low precision (fp16 range, or an eps that rounds to 0)",
+    "non_differentiable_operation": "an operation without a finite gradient at some input "
+    "(sqrt, log, norm or a division at 0)",
+    "nonfinite_data": "NaN/Inf in the data (a corrupt sample, or a division by zero or log of zero in the "
+    "preprocessing)",
+    "unnormalized_inputs": "inputs that were never scaled or standardised",
+    "unnormalized_targets": "regression targets far from unit scale",
+    "labels_mismatched": "labels that do not belong to their inputs (a bug in the data pipeline)",
+    "label_noise": "noisy or wrong labels",
+    "invalid_targets": "targets the loss cannot use (labels outside 0..K-1, the wrong dtype or shape)",
+    "unshuffled_data": "training data that is not shuffled",
+    "too_little_data": "too little training data for the model",
+    "bad_initialization": "initial weights at the wrong scale for the activation that follows (or all equal)",
+    "dead_relu_units": "ReLU units that died and pass no gradient",
+    "saturating_activations": "saturating activations (sigmoid/tanh) stacked deep",
+    "missing_normalization_or_residuals": "no normalisation layers or residual connections in a deep network",
+    "too_little_capacity": "a model too small for the task",
+    "too_much_capacity": "a model too large for the data, with too little regularisation",
+    "wrong_loss_for_task": "a loss that does not fit the task (softmax before CrossEntropyLoss, input and "
+    "target shapes that broadcast)",
+    "stale_gradients": "gradients that are never zeroed between steps",
+    "gradient_flow_cut": "a part of the model cut off from the loss (no_grad, detach, requires_grad=False)",
+    "data_loader_bottleneck": "loading, decoding or augmentation on the training process, or too few "
     "data-loader workers",
-    "amp_overflow": "normal now and then under fp16 with a loss scaler; when it persists, "
-    "numeric instability (often a learning rate that is too high)",
+    "data_loader_restarts": "data-loader workers restarted every epoch",
+    "validation_too_frequent": "validation run too often",
+    "logging_overhead": "logging too much, too often",
+    "checkpointing_overhead": "checkpoints written too often",
+    "host_sync_in_step": "host synchronisations in the training step (.item(), .cpu(), printing tensors)",
+    "low_device_utilization": "a device left idle (batches too small for it)",
+    "fp32_where_bf16_fits": "fp32 arithmetic where bf16 would do",
 }
 
 REMEDIES: dict[str, tuple[str, ...]] = {
@@ -52,8 +101,8 @@ REMEDIES: dict[str, tuple[str, ...]] = {
         "add normalisation layers or residual connections",
     ),
     "exploding_gradients": (
-        "clip gradients by norm (AutoClip)",
         "lower the learning rate",
+        "clip gradients by norm (AutoClip)",
         "add normalisation layers or residual connections",
         "for RNNs use LSTM/GRU cells and aggressive clipping",
     ),
@@ -128,6 +177,12 @@ REMEDIES: dict[str, tuple[str, ...]] = {
         "orthogonal for recurrent or very deep networks",
         "never a constant initialisation for weights (biases at 0 are fine)",
     ),
+    "invalid_targets": (
+        "encode class labels as 0..K-1 in an integer (long) tensor",
+        "check that the number of classes matches the model's output size",
+        "check that the target's shape matches the loss's input (no silent broadcast)",
+        "check that the loss fits the task (raw logits into CrossEntropyLoss, no softmax before it)",
+    ),
     "slow_data_loading": (
         "raise the DataLoader's num_workers",
         "pin_memory=True when training on a GPU",
@@ -141,17 +196,46 @@ REMEDIES: dict[str, tuple[str, ...]] = {
         "clip gradients",
         "train in bf16 instead of fp16",
     ),
+    "slow_training": (
+        "profile a few steps (Trainer(profiler=\"simple\")) to see where the time goes",
+        "remove .item(), .cpu() and prints of tensors from the training step",
+        "log less often (log_every_n_steps)",
+        "validate and checkpoint less often (val_check_interval, every_n_train_steps)",
+        "raise the batch size until the device is busy; use bf16-mixed where the hardware has it",
+    ),
 }
 
 
-def advise(kind: str, seen: str, causes: str | None = None) -> str:
-    """A full diagnosis message: ``seen``, then the likely causes and the remedies to try.
+def cause_words(cause: str) -> str:
+    """The words a person reads for the cause name ``cause``."""
+    return CAUSE_WORDS.get(cause, cause.replace("_", " "))
 
-    ``causes`` replaces the kind's usual causes where the evidence points elsewhere.
+
+def _either(items: Sequence[str]) -> str:
+    if len(items) <= 2:
+        return " or ".join(items)
+    return ", ".join(items[:-1]) + ", or " + items[-1]
+
+
+def render_message(observation: str, causes: Sequence[str], remedies: Sequence[str]) -> str:
+    """One paragraph: ``observation``, then the likely ``causes`` (names, most likely first) and the
+    numbered ``remedies``. Either list may be empty; its sentence is then left out.
 
     Example:
-        >>> advise("exploding_gradients", "The gradient norm jumped to 812 (median 3.1).")[:45]
-        'The gradient norm jumped to 812 (median 3.1).'
+        >>> render_message("The loss swings.", ["learning_rate_too_high", "batch_size_too_small"],
+        ...                ["lower the learning rate", "use a larger batch"])
+        'The loss swings. Likely causes: a learning rate that is too high or a batch that is too small (noisy gradients). Try: 1) lower the learning rate; 2) use a larger batch.'
     """
-    steps = "; ".join(f"{i}) {step}" for i, step in enumerate(REMEDIES[kind], start=1))
-    return f"{seen} Likely causes: {causes or CAUSES[kind]}. Try: {steps}."
+    parts = [observation.strip()]
+    if causes:
+        parts.append(f"Likely causes: {_either([cause_words(c) for c in causes])}.")
+    if remedies:
+        parts.append("Try: " + "; ".join(f"{i}) {step}" for i, step in enumerate(remedies, start=1)) + ".")
+    return " ".join(p for p in parts if p)
+
+
+def advise(kind: str, seen: str, causes: str | None = None) -> str:
+    """Transitional: returns ``seen`` unchanged. A finding's causes and remedies are fields now;
+    write ``Finding(kind, severity, seen, ...)`` instead of wrapping ``seen`` in this call.
+    To be removed once no call site is left."""
+    return seen
