@@ -23,6 +23,7 @@ from lightning_convergence.remedies.clipping import (
     clip_coefficient,
     scale_gradients_,
 )
+from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.stats import Backend, validate_backend
 
@@ -234,12 +235,12 @@ class AutoClip(ConvergenceCallback):
         values = torch.cat([self._window, self._last.to(self._window.device)]).tolist()
         steps, clipped, first, last, fraction, norm, threshold, post = values
         self._window = None
-        metrics = {"convergence/autoclip/clipped_fraction": clipped / max(steps, 1)}
+        metrics = {tags.AUTOCLIP_CLIPPED_FRACTION: clipped / max(steps, 1)}
         if self.mode == "agc":
-            metrics["convergence/autoclip/clipped_unit_fraction"] = fraction / max(steps, 1)
+            metrics[tags.AUTOCLIP_CLIPPED_UNIT_FRACTION] = fraction / max(steps, 1)
         else:
-            metrics.update({"convergence/autoclip/norm": norm, "convergence/autoclip/threshold": threshold,
-                            "convergence/autoclip/clipped_norm": post})
+            metrics.update({tags.AUTOCLIP_NORM: norm, tags.AUTOCLIP_THRESHOLD: threshold,
+                            tags.AUTOCLIP_CLIPPED_NORM: post})
         log_scalars(trainer, metrics, step)
         if clipped > 0 and math.isfinite(first):
             # One record per logging window, not one per clipped step.

@@ -9,6 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
 from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
+from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.data_wait import DataWaitRule, DataWaitThresholds
 
@@ -85,8 +86,8 @@ class DataLoadingMonitor(ConvergenceCallback):
     def _evaluate(self, trainer: Trainer, last_step: int) -> None:
         total = self._wait + self._busy
         if total > 0:
-            log_scalars(trainer, {"convergence/data/wait_fraction": self._wait / total,
-                                  "convergence/data/wait_ms": 1000.0 * self._wait / self._batches}, last_step)
+            log_scalars(trainer, {tags.DATA_WAIT_FRACTION: self._wait / total,
+                                  tags.DATA_WAIT_MS: 1000.0 * self._wait / self._batches}, last_step)
         loader = getattr(trainer, "train_dataloader", None)
         workers = getattr(loader, "num_workers", None)
         finding = self._rule.evaluate(self._wait, self._busy, self._batches, self._first_step, last_step,

@@ -22,10 +22,10 @@ from lightning_convergence.callbacks.base import (
     check_positive_int,
 )
 from lightning_convergence.remedies import drop_gradients
+from lightning_convergence import tags
 from lightning_convergence.rules.findings import Finding
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
-from lightning_convergence.rules.advice import advise
 from lightning_convergence.stats import (
     ABSMAX,
     NONFINITE,
@@ -241,7 +241,7 @@ class GradientNormMonitor(ConvergenceCallback):
                                                          "consecutive_skips": track.consecutive_skips})
         seen = (f"Gradients were NaN/Inf on {track.consecutive_skips} optimizer steps in a row up to "
                 f"step {step}; each was skipped, and training was stopped because it is not recovering.")
-        self.record(trainer, Finding("nonfinite_gradients", "critical", advise("nonfinite_gradients", seen),
+        self.record(trainer, Finding("nonfinite_gradients", "critical", seen,
                                      evidence={"consecutive_skips": track.consecutive_skips}), step=step)
 
     @override
@@ -268,18 +268,18 @@ class GradientNormMonitor(ConvergenceCallback):
         track.window.reset()
         layer_norms = [math.sqrt(v) if v >= 0 else math.nan for v in values[: len(track.layers)]]
         max_abs, nonfinite_tensors = values[-2], values[-1]
-        metrics = {f"convergence/grad_norm/{name}": norm for name, norm in zip(track.layers, layer_norms)}
-        metrics["convergence/grad_max_abs/total"] = max_abs
-        metrics["convergence/grad_nonfinite_steps"] = summary.nonfinite_grad_steps
-        metrics["convergence/grad_spike_steps"] = summary.spike_steps
+        metrics = {tags.grad_norm(name): norm for name, norm in zip(track.layers, layer_norms)}
+        metrics[tags.GRAD_MAX_ABS_TOTAL] = max_abs
+        metrics[tags.GRAD_NONFINITE_STEPS] = summary.nonfinite_grad_steps
+        metrics[tags.GRAD_SPIKE_STEPS] = summary.spike_steps
         if nonfinite_tensors:
             # This step has NaN/Inf somewhere: count them exactly (a pass only on such steps).
             counts = tensor_stats([p.grad for p in track.params], backend=self.backend)[:, NONFINITE]
-            metrics["convergence/grad_nonfinite_values"] = counts.sum().item()
+            metrics[tags.GRAD_NONFINITE_VALUES] = counts.sum().item()
         for trace_step, norm in summary.total_norm_trace[:-1]:
-            log_scalars(trainer, {"convergence/grad_norm/total": norm}, trace_step)
+            log_scalars(trainer, {tags.GRAD_NORM_TOTAL: norm}, trace_step)
         if summary.total_norm_trace:
-            metrics["convergence/grad_norm/total"] = summary.total_norm_trace[-1][1]
+            metrics[tags.GRAD_NORM_TOTAL] = summary.total_norm_trace[-1][1]
         log_scalars(trainer, metrics, step)
         self._evaluate(trainer, track, summary)
         if self.histogram_every_n_steps and (step + 1) % self.histogram_every_n_steps == 0:
@@ -309,7 +309,7 @@ class GradientNormMonitor(ConvergenceCallback):
             # An evenly strided sample (no RNG) keeps a write cheap on a large layer: a histogram
             # of millions of values cost 0.5-0.8 s on the benchmark model; of 4096, milliseconds.
             stride = max(1, math.ceil(sum(g.numel() for g in grads) / _HISTOGRAM_SAMPLES))
-            tensors[f"convergence/grad_hist/{layer}"] = torch.cat([g[::stride] for g in grads])
+            tensors[tags.grad_hist(layer)] = torch.cat([g[::stride] for g in grads])
         write_histograms(trainer, tensors, step)
 
     def _take_snapshot(self, track: _Track, step: int) -> None:
@@ -337,9 +337,9 @@ class GradientNormMonitor(ConvergenceCallback):
         track.snapshot = None
         metrics: dict[str, float] = {}
         for name, w, b, u in zip(track.layers, exact_sq, sampled_sq, change_sq):
-            metrics[f"convergence/weight_norm/{name}"] = math.sqrt(w)
+            metrics[tags.weight_norm(name)] = math.sqrt(w)
             if b > 0:
-                metrics[f"convergence/update_ratio/{name}"] = math.sqrt(u / b)
+                metrics[tags.update_ratio(name)] = math.sqrt(u / b)
         log_scalars(trainer, metrics, track.snapshot_step)
 
     # ----------------------------------------------------------------- end of fit and state

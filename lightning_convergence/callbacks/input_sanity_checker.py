@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
 from lightning_convergence.remedies import drop_gradients
+from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.input_health import InputHealthRule, InputThresholds, PartSummary
 from lightning_convergence.stats.batch_tensors import batch_tensors
@@ -218,8 +219,8 @@ class InputSanityChecker(ConvergenceCallback):
             if summary.floating:
                 finite_rms = [r for r in summary.rms if r == r]
                 if finite_rms:
-                    metrics[f"convergence/inputs/rms_max/{summary.path}"] = max(finite_rms)
-                metrics[f"convergence/inputs/nonfinite/{summary.path}"] = summary.nonfinite
+                    metrics[tags.inputs_rms_max(summary.path)] = max(finite_rms)
+                metrics[tags.inputs_nonfinite(summary.path)] = summary.nonfinite
         log_scalars(trainer, metrics, step)
         if self._rule.num_classes is None and any(s.path in self._targets for s in summaries):
             self._say_once("classes", "the number of classes is unknown, so label ranges are not checked; pass "

@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
 from lightning_convergence.remedies.warmup import SHAPES, Shape, untuned_period, warmup_factor
+from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 
 WarmupSteps = int | float | Literal["untuned"] | Sequence[int]
@@ -166,11 +167,10 @@ class WarmupScheduler(ConvergenceCallback):
         metrics: dict[str, float] = {}
         for index, optimizer in enumerate(trainer.optimizers):
             control = context.lr_control(optimizer)
-            prefix = "convergence/lr" if index == 0 else f"convergence/lr/opt{index}"
             for group, lr in enumerate(control.last_effective_lrs):
-                metrics[f"{prefix}/group{group}"] = lr
+                metrics[tags.lr(group, optimizer=index)] = lr
             if index == 0 and control.last_factors:
-                metrics["convergence/lr_factor"] = control.last_factors[0]
+                metrics[tags.LR_FACTOR] = control.last_factors[0]
         log_scalars(trainer, metrics, trainer.global_step - 1)
 
     @override

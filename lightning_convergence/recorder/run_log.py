@@ -18,6 +18,38 @@ REPORT_VERSION = 1
 REPORT_FILENAME = "convergence_report.json"
 
 
+def rank_causes(diagnoses: list[Diagnosis]) -> list[dict[str, Any]]:
+    """The run's likely causes, most likely first: each cause named by a warning-or-worse
+    diagnosis, with its best confidence and the indices (into ``diagnoses``) of those naming it.
+
+    Ties in confidence go to the cause named more often, then to the one named first. Info notes
+    are left out: they did no harm.
+
+    Example:
+        >>> from lightning_convergence.recorder.records import Diagnosis
+        >>> def cause(name, confidence):
+        ...     return {"cause": name, "confidence": confidence, "evidence": {}}
+        >>> ds = [Diagnosis("oscillation", "warning", 3, 0, "Doc", observation="Swings.",
+        ...                 causes=[cause("learning_rate_too_high", 0.5), cause("batch_size_too_small", 0.3)]),
+        ...       Diagnosis("divergence", "critical", 9, 0, "Doc", observation="Up.",
+        ...                 causes=[cause("learning_rate_too_high", 0.8)])]
+        >>> rank_causes(ds)
+        [{'cause': 'learning_rate_too_high', 'confidence': 0.8, 'diagnoses': [0, 1]}, {'cause': 'batch_size_too_small', 'confidence': 0.3, 'diagnoses': [0]}]
+    """
+    best: dict[str, float] = {}
+    named: dict[str, list[int]] = {}
+    for index, diagnosis in enumerate(diagnoses):
+        if diagnosis.severity == "info":
+            continue
+        for cause in diagnosis.causes:
+            name = cause["cause"]
+            best[name] = max(best.get(name, 0.0), float(cause["confidence"]))
+            if index not in named.setdefault(name, []):
+                named[name].append(index)
+    order = sorted(best, key=lambda name: (-best[name], -len(named[name]), named[name][0]))
+    return [{"cause": name, "confidence": best[name], "diagnoses": named[name]} for name in order]
+
+
 class ConvergenceLog:
     """Collects diagnoses and interventions and writes ``convergence_report.json``.
 
@@ -107,14 +139,16 @@ class ConvergenceLog:
 
     def to_report(self, steps: int) -> dict[str, Any]:
         """The report as plain JSON-ready data (schema ``version`` 1)."""
+        diagnoses = sorted(self.diagnoses, key=lambda d: d.step)
         return {
             "version": REPORT_VERSION,
-            "diagnoses": [d.to_dict() for d in sorted(self.diagnoses, key=lambda d: d.step)],
+            "diagnoses": [d.to_dict() for d in diagnoses],
             "interventions": [i.to_dict() for i in sorted(self.interventions, key=lambda i: i.step)],
             "summary": {
                 "steps": steps,
                 "healthy": not any(d.severity != "info" for d in self.diagnoses),
                 "headline": self.headline(steps),
+                "causes": rank_causes(diagnoses),
                 "suppressed": dict(self.suppressed),
             },
         }
