@@ -26,7 +26,7 @@ def test_each_reduction_equals_the_plain_merge(kind, sequence):
     window.declare("x", reduce=kind)
     window.allocate("cpu")
     for v in sequence:
-        window.update(x=torch.tensor(v))
+        window.update(x=torch.tensor(v, dtype=torch.float64))
     assert _same(window.read()["x"], reference_merge(sequence, kind))
 
 
