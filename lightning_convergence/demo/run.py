@@ -17,6 +17,7 @@ from lightning_convergence.demo.data import DigitsDataModule
 from lightning_convergence.demo.faults import FAULTS
 from lightning_convergence.demo.figure import comparison_figure
 from lightning_convergence.demo.models import MODELS
+from lightning_convergence.readback.timeline import observation_of, top_cause_of
 from lightning_convergence.recorder.console import ConvergenceWarning
 from lightning_convergence.recorder.run_log import REPORT_FILENAME
 from lightning_convergence.suite import default_callbacks
@@ -77,17 +78,13 @@ def _table(rows: list[list[str]], widths: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _first_sentence(message: str) -> str:
-    return message.split(" Likely causes:")[0]
-
-
 def describe(result: RunResult) -> str:
     """The diagnoses and interventions of a run with the suite, as two tables."""
     report = result.report or {"diagnoses": [], "interventions": [], "summary": {"headline": "no report"}}
-    rows = [["step", "severity", "kind", "layer", "what was seen"]]
-    rows += [[str(d["step"]), d["severity"], d["kind"], d["layer"] or "-", _first_sentence(d["message"])]
+    rows = [["step", "severity", "kind", "layer", "likely cause", "what was seen"]]
+    rows += [[str(d["step"]), d["severity"], d["kind"], d["layer"] or "-", top_cause_of(d) or "-", observation_of(d)]
              for d in report["diagnoses"]]
-    text = "Diagnoses\n" + _table(rows, [5, 8, 20, 12, 70])
+    text = "Diagnoses\n" + _table(rows, [5, 8, 20, 12, 22, 70])
     for d in report["diagnoses"]:
         if d["severity"] != "info":
             wrapped = textwrap.fill(d["message"], width=100, initial_indent="  ", subsequent_indent="  ")

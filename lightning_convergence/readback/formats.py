@@ -1,7 +1,8 @@
 """The runs as text, markdown or JSON: the same content in three shapes.
 
-Each run gives its timeline (diagnoses and interventions by step), the last values of the
-user's own scalars, the report's headline and the figure written for it.
+Each run gives its timeline (diagnoses and interventions by step, each diagnosis with what was seen
+and its most likely cause), the run's likely causes, the last values of the user's own scalars, the
+report's headline and the figure written for it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from lightning_convergence.readback.timeline import TimelineRow, build_timeline
 
 Format = Literal["text", "markdown", "json"]
 FORMATS: tuple[str, ...] = ("text", "markdown", "json")
-HEADER = ("step", "severity/action", "kind / source", "layer", "what")
+HEADER = ("step", "severity/action", "kind / source", "layer", "likely cause", "what")
 _TEXT_WIDTH = 110  # of the "what" column in text output
 NO_PLOT = "none (no loss, gradient norm, dead unit, clipping or learning rate scalars in this run)"
 
@@ -28,7 +29,7 @@ def _number(value: float) -> str:
 
 def _cells(row: TimelineRow) -> tuple[str, ...]:
     level = row.level.upper() if row.event == "diagnosis" else row.level
-    return str(row.step), level, row.kind, row.layer or "-", row.text
+    return str(row.step), level, row.kind, row.layer or "-", row.cause or "-", row.text
 
 
 def _last_values_line(run: Run) -> str:
@@ -43,13 +44,25 @@ def _counts(report: dict[str, Any]) -> str:
     return f"{d} diagnos{'is' if d == 1 else 'es'}, {i} intervention{'' if i == 1 else 's'}"
 
 
+def _causes_line(report: dict[str, Any]) -> str | None:
+    """The run's likely causes from the summary (most likely first), or ``None`` when it names
+    none (a healthy run, or a report written before causes were recorded)."""
+    causes = (report.get("summary") or {}).get("causes") or []
+    if not causes:
+        return None
+    named = ", ".join(f"{c['cause']} ({_number(float(c['confidence']))}, {len(c.get('diagnoses', []))}x)"
+                      for c in causes)
+    return f"Likely causes: {named}"
+
+
 def _text_table(rows: list[TimelineRow]) -> str:
-    table = [HEADER] + [_cells(r)[:4] + (textwrap.shorten(r.text, _TEXT_WIDTH, placeholder="..."),) for r in rows]
-    widths = [max(len(line[c]) for line in table) for c in range(len(HEADER) - 1)]
+    last = len(HEADER) - 1
+    table = [HEADER] + [_cells(r)[:last] + (textwrap.shorten(r.text, _TEXT_WIDTH, placeholder="..."),) for r in rows]
+    widths = [max(len(line[c]) for line in table) for c in range(last)]
     lines = []
     for line in table:
-        first = [line[0].rjust(widths[0])] + [cell.ljust(w) for cell, w in zip(line[1:4], widths[1:])]
-        lines.append("  ".join([*first, line[4]]).rstrip())
+        first = [line[0].rjust(widths[0])] + [cell.ljust(w) for cell, w in zip(line[1:last], widths[1:])]
+        lines.append("  ".join([*first, line[last]]).rstrip())
     return "\n".join(lines)
 
 
@@ -65,6 +78,9 @@ def _text_run(run: Run, plot: str | None) -> str:
     lines.append(_last_values_line(run))
     if run.report is not None:
         lines.append(f"Summary: {run.headline}")
+        causes = _causes_line(run.report)
+        if causes:
+            lines.append(causes)
     lines.append(f"Plot: {plot or NO_PLOT}")
     return "\n".join(lines)
 
@@ -79,9 +95,12 @@ def _markdown_run(run: Run, plot: str | None) -> str:
         parts.append(f"**{NOT_WATCHED}**")
     else:
         parts.append(f"**Summary:** {_md_cell(run.headline)}")
+        causes = _causes_line(run.report)
+        if causes:
+            parts.append(f"**{causes.replace(': ', ':** ', 1)}")
         rows = build_timeline(run.report)
         if rows:
-            table = ["| " + " | ".join(HEADER) + " |", "|---:|---|---|---|---|"]
+            table = ["| " + " | ".join(HEADER) + " |", "|---:" + "|---" * (len(HEADER) - 1) + "|"]
             table += ["| " + " | ".join(_md_cell(c) for c in _cells(r)) + " |" for r in rows]
             parts.append(f"Timeline ({_counts(run.report)}):\n\n" + "\n".join(table))
         else:

@@ -1,7 +1,8 @@
 """Which curves go on which panel of a run's figure, from the scalar tags alone (no drawing).
 
-The tags are the suite's (see ``recorder/tensorboard.py``) plus the user's own losses and the
-``lr-*`` tags of Lightning's ``LearningRateMonitor``. A panel is made only when its data exists.
+The tags are the suite's (named in ``lightning_convergence.tags``, the one place that spells them)
+plus the user's own losses and the ``lr-*`` tags of Lightning's ``LearningRateMonitor``. A panel is
+made only when its data exists.
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from lightning_convergence import tags
 from lightning_convergence.readback.scalars import Series
-
-_PREFIX = "convergence/"
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,8 @@ class Panel:
     ymin: float | None = None  # a floor for the y axis (0 for fractions), else automatic
 
 
-def _under(scalars: dict[str, Series], prefix: str) -> list[Line]:
-    return [Line(tag[len(prefix):], series) for tag, series in scalars.items()
-            if tag.startswith(prefix) and series]
+def _under(scalars: dict[str, Series], family: tags.Family) -> list[Line]:
+    return [Line(family.key_of(tag), series) for tag, series in scalars.items() if family.owns(tag) and series]
 
 
 def _wide_range(lines: tuple[Line, ...]) -> bool:
@@ -60,8 +59,8 @@ def loss_panel(scalars: dict[str, Series]) -> Panel | None:
         ['train_loss']
     """
     lines = [Line(tag, series) for tag, series in scalars.items()
-             if not tag.startswith(_PREFIX) and "loss" in tag.lower() and series]
-    ema = scalars.get(f"{_PREFIX}loss/train_ema")
+             if not tags.is_suite_tag(tag) and "loss" in tag.lower() and series]
+    ema = scalars.get(tags.LOSS_TRAIN_EMA)
     if ema:
         lines.append(Line("train loss EMA (suite)", ema, dashed=True))
     if not lines:
@@ -71,32 +70,34 @@ def loss_panel(scalars: dict[str, Series]) -> Panel | None:
 
 def gradient_panel(scalars: dict[str, Series]) -> Panel | None:
     """Gradient norm per layer, with the total in bold, on a log axis."""
-    layers = [line for line in _under(scalars, f"{_PREFIX}grad_norm/") if line.label != "total"]
-    total = scalars.get(f"{_PREFIX}grad_norm/total")
+    total_key = tags.grad_norm.key_of(tags.GRAD_NORM_TOTAL)
+    layers = [line for line in _under(scalars, tags.grad_norm) if line.label != total_key]
+    total = scalars.get(tags.GRAD_NORM_TOTAL)
     lines = layers + ([Line("total", total, bold=True)] if total else [])
     return Panel("gradient norm", "L2 norm", tuple(lines), log_y=True) if lines else None
 
 
 def dead_units_panel(scalars: dict[str, Series]) -> Panel | None:
     """Fraction of dead units per layer."""
-    lines = _under(scalars, f"{_PREFIX}dead_fraction/")
+    lines = _under(scalars, tags.dead_fraction)
     return Panel("dead units", "dead fraction", tuple(lines), ymin=0.0) if lines else None
 
 
 def clipping_panel(scalars: dict[str, Series]) -> Panel | None:
     """AutoClip's threshold against the norm before clipping (and after, where it differs)."""
-    named = (("norm", "pre-clip norm", False, False), ("clipped_norm", "post-clip norm", False, True),
-             ("threshold", "clip threshold", True, True))
-    lines = [Line(label, scalars[f"{_PREFIX}autoclip/{key}"], bold=bold, dashed=dashed)
-             for key, label, bold, dashed in named if scalars.get(f"{_PREFIX}autoclip/{key}")]
+    named = ((tags.AUTOCLIP_NORM, "pre-clip norm", False, False),
+             (tags.AUTOCLIP_CLIPPED_NORM, "post-clip norm", False, True),
+             (tags.AUTOCLIP_THRESHOLD, "clip threshold", True, True))
+    lines = [Line(label, scalars[tag], bold=bold, dashed=dashed)
+             for tag, label, bold, dashed in named if scalars.get(tag)]
     return Panel("clipping", "L2 norm", tuple(lines), log_y=True) if lines else None
 
 
 def learning_rate_panel(scalars: dict[str, Series]) -> Panel | None:
     """The suite's LR factors (left) and the effective learning rates (right, log), as steps."""
-    factors = [Line(tag[len(_PREFIX):], series, stepwise=True) for tag, series in scalars.items()
-               if (tag == f"{_PREFIX}lr_factor" or tag.startswith(f"{_PREFIX}lr_factor/")) and series]
-    effective = [replace(line, stepwise=True) for line in _under(scalars, f"{_PREFIX}lr/")]
+    factors = [Line(tags.short(tag), series, stepwise=True) for tag, series in scalars.items()
+               if (tag == tags.LR_FACTOR or tags.lr_factor.owns(tag)) and series]
+    effective = [replace(line, stepwise=True) for line in _under(scalars, tags.effective_lr)]
     # Lightning's LearningRateMonitor logs "lr-<optimizer>[/pg<i>]".
     effective += [Line(tag, series, stepwise=True) for tag, series in scalars.items()
                   if tag.startswith("lr-") and series]
@@ -111,7 +112,7 @@ def select_panels(scalars: dict[str, Series]) -> list[Panel]:
     """The panels of a run's figure, top to bottom, only those with data.
 
     Example:
-        >>> scalars = {"train_loss": [(0, 2.3)], "convergence/grad_norm/total": [(0, 1.0)]}
+        >>> scalars = {"train_loss": [(0, 2.3)], tags.GRAD_NORM_TOTAL: [(0, 1.0)]}
         >>> [panel.title for panel in select_panels(scalars)]
         ['loss', 'gradient norm']
     """

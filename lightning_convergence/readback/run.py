@@ -6,12 +6,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_convergence import tags
 from lightning_convergence.recorder.run_log import REPORT_FILENAME
 from lightning_convergence.readback.discovery import find_run_folders
 from lightning_convergence.readback.report_file import read_report
 from lightning_convergence.readback.scalars import Series, read_scalars
 
-SUITE_TAG_PREFIX = "convergence/"
 NOT_WATCHED = "no convergence report: this run was not watched by lightning-convergence callbacks"
 # Lightning's own bookkeeping tags: the epoch counter and TensorBoardLogger's placeholder metric.
 LIGHTNING_TAGS = ("epoch", "hp_metric")
@@ -57,7 +57,7 @@ class Run:
         """
         values = {}
         for tag, series in self.scalars.items():
-            if tag.startswith(SUITE_TAG_PREFIX) or tag in LIGHTNING_TAGS or not series:
+            if tags.is_suite_tag(tag) or tag in LIGHTNING_TAGS or not series:
                 continue
             values[tag] = series[-1]
         return values

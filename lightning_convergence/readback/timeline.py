@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import json
 import math
-import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-# A sentence ends at . ! or ? followed by a space and a capital letter: "0.363" and "e.g. the"
-# do not end one.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
-
-def first_sentence(message: str) -> str:
-    """The first sentence of a diagnosis message (what was seen, before causes and advice).
+def observation_of(diagnosis: Mapping[str, Any]) -> str:
+    """What a report's diagnosis saw: its ``observation``; a report written before diagnoses had
+    one gives its whole ``message`` instead (the prose is never cut apart).
 
     Example:
-        >>> first_sentence("The norm jumped to 14.4x its median (0.363). Likely causes: a high LR.")
-        'The norm jumped to 14.4x its median (0.363).'
+        >>> observation_of({"observation": "Flat for 30 steps.", "message": "Flat for 30 steps. Try: ..."})
+        'Flat for 30 steps.'
+        >>> observation_of({"message": "Flat. Try a lower LR."})
+        'Flat. Try a lower LR.'
     """
-    return _SENTENCE_END.split(message.strip(), maxsplit=1)[0]
+    return diagnosis.get("observation") or diagnosis.get("message", "")
+
+
+def top_cause_of(diagnosis: Mapping[str, Any]) -> str | None:
+    """The name of a report's diagnosis's most likely cause; ``None`` when it names none.
+
+    Example:
+        >>> top_cause_of({"causes": [{"cause": "learning_rate_too_high", "confidence": 0.8, "evidence": {}}]})
+        'learning_rate_too_high'
+    """
+    causes = diagnosis.get("causes") or []
+    return causes[0].get("cause") if causes and isinstance(causes[0], Mapping) else None
 
 
 def _compact(value: Any) -> str:
@@ -53,7 +63,8 @@ class TimelineRow:
         level: a diagnosis's severity, or an intervention's action.
         kind: a diagnosis's kind, or the callback that made the intervention.
         layer: the layer concerned, when there is one.
-        text: a diagnosis's first sentence, or an intervention's detail in one line.
+        text: a diagnosis's observation, or an intervention's detail in one line.
+        cause: a diagnosis's most likely cause, when it names one.
     """
 
     step: int
@@ -62,6 +73,7 @@ class TimelineRow:
     kind: str
     layer: str | None
     text: str
+    cause: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,15 +84,16 @@ def build_timeline(report: dict[str, Any]) -> list[TimelineRow]:
 
     Example:
         >>> report = {"diagnoses": [{"kind": "plateau", "severity": "warning", "step": 40,
-        ...                          "message": "Flat for 30 steps. Try a lower LR."}],
+        ...                          "observation": "Flat for 30 steps.", "message": "Flat for 30 steps. Try: ...",
+        ...                          "causes": [{"cause": "learning_rate_too_low", "confidence": 0.4}]}],
         ...           "interventions": [{"action": "lr_scale", "step": 40, "source": "PlateauAdvisor",
         ...                              "detail": {"factor": [0.5]}}]}
-        >>> [(r.step, r.level, r.text) for r in build_timeline(report)]
-        [(40, 'warning', 'Flat for 30 steps.'), (40, 'lr_scale', 'factor=[0.5]')]
+        >>> [(r.step, r.level, r.text, r.cause) for r in build_timeline(report)]
+        [(40, 'warning', 'Flat for 30 steps.', 'learning_rate_too_low'), (40, 'lr_scale', 'factor=[0.5]', None)]
     """
     rows = [
         TimelineRow(int(d["step"]), "diagnosis", d["severity"], d["kind"], d.get("layer"),
-                    first_sentence(d["message"]))
+                    observation_of(d), top_cause_of(d))
         for d in report["diagnoses"]
     ]
     for i in report["interventions"]:

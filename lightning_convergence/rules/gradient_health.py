@@ -197,7 +197,8 @@ class GradientHealthRule:
             self._vanishing_streak = 0
         if self._vanishing_streak != t.vanishing_patience:
             return []  # report once when the streak reaches patience, not on every window after
-        causes: tuple[Cause, ...] = ()  # the kind's usual causes
+        causes: tuple[Cause, ...] = ()  # the kind's usual causes and remedies
+        remedies: tuple[str, ...] = ()
         evidence = {"first_norm": first, "last_norm": last, "ratio": ratio}
         if first == 0:
             seen = (f"No gradient reaches the first layer ({first_name}): its gradient norm has been "
@@ -208,11 +209,15 @@ class GradientHealthRule:
             zero = {"first_norm": first, "last_norm": last}
             causes = (Cause("dead_relu_units", 0.4, zero), Cause("gradient_flow_cut", 0.35, zero),
                       Cause("learning_rate_too_high", 0.25, zero))
+            remedies = ("look for dead units after this layer (DeadNeuronTracker) and re-initialise them, or use "
+                        "LeakyReLU/GELU", "check that no detach, no_grad or requires_grad=False cuts this layer off "
+                        "from the loss", "lower the learning rate")
         else:
             seen = (f"The first layer ({first_name}) gets gradients of norm {first:.2e}, {ratio:.1e} "
                     f"times those of the last layer ({last_name}, {last:.2e}), for "
                     f"{self._vanishing_streak} logging windows in a row.")
-        return [Finding("vanishing_gradients", "warning", seen, layer=first_name, evidence=evidence, causes=causes)]
+        return [Finding("vanishing_gradients", "warning", seen, layer=first_name, evidence=evidence, causes=causes,
+                        remedies=remedies)]
 
     def state_dict(self) -> dict:
         return {"vanishing_streak": self._vanishing_streak,

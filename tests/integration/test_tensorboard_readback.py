@@ -20,7 +20,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 
-from lightning_convergence import default_callbacks
+from lightning_convergence import default_callbacks, tags as suite_tags
+from lightning_convergence.recorder.tensorboard import custom_scalars_layout
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 from tests.helpers.tensorboard import load_events
 
@@ -31,10 +32,10 @@ LOGGING_STEPS = list(range(EVERY - 1, STEPS, EVERY))  # 4, 9, ..., 39
 USER_TAGS = {"train_loss", "val_loss"}
 LIGHTNING_TAGS = {"epoch"}  # Lightning's own, written beside the user's metrics
 
-# Layout entries that name tags only a feature not used by the plain suite writes.
+# Layout charts that show tags only a feature not used by the plain suite writes.
 OPTIONAL_WHEN_UNUSED = {
-    r"convergence/saturation/.*": "sigmoid/tanh-family activations only",
-    r"convergence/lr/.*": "WarmupScheduler only, which joins with warmup_steps",
+    "saturation": "sigmoid/tanh-family activations only",
+    "effective LR": "WarmupScheduler only, which joins with warmup_steps",
 }
 
 # Every promised family: a regex and how many tags of it this model gives at least.
@@ -85,9 +86,22 @@ def _layout(accumulator) -> list[tuple[str, str, str]]:
 
 
 def _unmatched(layout: list[tuple[str, str, str]], tags: list[str]) -> dict[str, str]:
+    """The charts of the layout that no tag reaches (chart title -> its category)."""
     # TensorBoard's custom-scalars plugin selects a panel's tags with `re.match`.
-    return {regex: f"{category} / {chart}" for category, chart, regex in layout
-            if not any(re.match(regex, tag) for tag in tags)}
+    charts = {chart: category for category, chart, _ in layout}
+    reached = {chart for _, chart, regex in layout if any(re.match(regex, tag) for tag in tags)}
+    return {chart: category for chart, category in charts.items() if chart not in reached}
+
+
+def _assert_every_suite_tag_is_on_its_panel(layout: list[tuple[str, str, str]], scalars: list[str]) -> None:
+    """Every scalar the suite wrote is drawn by exactly the panel ``tags.panel_of`` names."""
+    for tag in scalars:
+        if not suite_tags.is_suite_tag(tag):
+            continue
+        panel = suite_tags.panel_of(tag)
+        assert panel is not None, f"{tag} is on no panel of tags.PANEL_GROUPS"
+        charts = {chart for _, chart, regex in layout if re.match(regex, tag)}
+        assert charts == {panel.title}, (tag, charts)
 
 
 def _diagnoses_in_text(accumulator) -> set[tuple]:
@@ -142,6 +156,9 @@ def test_every_promised_family_reads_back_from_tensorboard(tmp_path):
     assert {"dead_units", "nonfinite_gradients", "nonfinite_loss"} <= kinds
 
     layout = _layout(events)
+    assert layout == [(category, chart, regex) for category, charts in custom_scalars_layout().items()
+                      for chart, (_, regexes) in charts.items() for regex in regexes]
+    _assert_every_suite_tag_is_on_its_panel(layout, scalars)
     unmatched = _unmatched(layout, scalars)
     assert set(unmatched) <= set(OPTIONAL_WHEN_UNUSED), unmatched
 
@@ -154,6 +171,7 @@ def test_layout_entries_that_need_a_feature_are_written_when_it_is_used(tmp_path
     _fit(tmp_path, [logger], model_changes=tanh_second_layer, warmup_steps=10)
     events = load_events(logger.log_dir)
     scalars = events.Tags()["scalars"]
+    _assert_every_suite_tag_is_on_its_panel(_layout(events), scalars)
     assert _unmatched(_layout(events), scalars) == {}
     assert "convergence/saturation/net.3" in scalars and "convergence/lr/group0" in scalars
 

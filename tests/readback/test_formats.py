@@ -29,6 +29,10 @@ def test_text_has_a_row_per_record_and_the_headline(runs):
     for i in report["interventions"]:
         assert any(line.lstrip().startswith(f"{i['step']}  {i['action']}") for line in text.splitlines())
     assert f"Summary: {report['summary']['headline']}" in text
+    top = report["summary"]["causes"][0]
+    assert f"Likely causes: {top['cause']} (" in text
+    assert any(d["causes"] and d["causes"][0]["cause"] in line and d["kind"] in line
+               for d in report["diagnoses"] for line in text.splitlines())
     assert f"== {unwatched.name}" in text and NOT_WATCHED in text
     assert "Plot: /figures/with_suite/version_0.png" in text and "Last values: train_loss" in text
 
@@ -36,8 +40,9 @@ def test_text_has_a_row_per_record_and_the_headline(runs):
 def test_markdown_tables(runs):
     text = render(runs, _plots(runs), "markdown")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "CRITICAL" in line]
-    assert rows and all(line.count(" | ") == 4 for line in rows)
-    assert "| step | severity/action | kind / source | layer | what |" in text
+    assert rows and all(line.count(" | ") == 5 for line in rows)
+    assert "| step | severity/action | kind / source | layer | likely cause | what |" in text
+    assert "**Likely causes:** " in text
     assert f"**{NOT_WATCHED}**" in text and "![with_suite/version_0](/figures/with_suite/version_0.png)" in text
 
 

@@ -1,22 +1,25 @@
-"""The timeline: every record once, in step order, with a diagnosis's first sentence."""
+"""The timeline: every record once, in step order, with a diagnosis's observation and top cause."""
 
 import json
 
 import pytest
 
 from lightning_convergence.readback import build_timeline
-from lightning_convergence.readback.timeline import compact_detail, first_sentence
+from lightning_convergence.readback.timeline import compact_detail, observation_of, top_cause_of
+
+_LR_HIGH = {"cause": "learning_rate_too_high", "confidence": 0.8, "evidence": {}}
 
 
-@pytest.mark.parametrize("message, sentence", [
-    ("The norm jumped to 14.4x (0.363). Likely causes: a high LR.", "The norm jumped to 14.4x (0.363)."),
-    ("Loss was NaN at step 12! Try a lower LR.", "Loss was NaN at step 12!"),
-    ("Flat since step 3, e.g. the loss. Then more.", "Flat since step 3, e.g. the loss."),
-    ("One sentence only", "One sentence only"),
-    ("  Leading space. Second.", "Leading space."),
+@pytest.mark.parametrize("diagnosis, observation, cause", [
+    ({"observation": "Norm 14.4x (0.363).", "message": "Norm 14.4x (0.363). Likely causes: x.", "causes": [_LR_HIGH]},
+     "Norm 14.4x (0.363).", "learning_rate_too_high"),
+    # a report written before diagnoses had parts: the whole message, never a cut of it
+    ({"message": "Loss was NaN at step 12! Try a lower LR."}, "Loss was NaN at step 12! Try a lower LR.", None),
+    ({"observation": "", "message": "Only a message.", "causes": []}, "Only a message.", None),
+    ({"observation": "Seen.", "message": "Seen. Try: 1) x.", "causes": None}, "Seen.", None),
 ])
-def test_first_sentence(message, sentence):
-    assert first_sentence(message) == sentence
+def test_observation_and_top_cause(diagnosis, observation, cause):
+    assert observation_of(diagnosis) == observation and top_cause_of(diagnosis) == cause
 
 
 @pytest.mark.parametrize("detail, text", [
@@ -37,7 +40,9 @@ def test_real_report_every_record_once_in_step_order(watched_run):
     diagnoses = [r for r in rows if r.event == "diagnosis"]
     assert [(r.kind, r.level, r.layer) for r in diagnoses] == [
         (d["kind"], d["severity"], d["layer"]) for d in sorted(report["diagnoses"], key=lambda d: d["step"])]
-    assert all(d["message"].startswith(r.text) for r, d in zip(diagnoses, report["diagnoses"]))
+    assert all(r.text == d["observation"] and d["message"].startswith(r.text)
+               for r, d in zip(diagnoses, report["diagnoses"]))
+    assert all(r.cause == d["causes"][0]["cause"] for r, d in zip(diagnoses, report["diagnoses"]) if d["causes"])
     assert {r.level for r in rows if r.event == "intervention"} == {i["action"] for i in report["interventions"]}
 
 
