@@ -2,8 +2,8 @@
 
 Every optimizer step updates a few small tensors on the gradients' device: a spike test of the
 total norm against the median of recent finite norms, counters, the first step where something
-went wrong, per-layer sums. At a logging step the host reads everything as one float64 tensor
-(one transfer) and hands a :class:`WindowSummary` to the host-side rules.
+went wrong, per-layer sums, all declared in one :class:`DeviceWindow`. At a logging step the host
+reads everything in one transfer and hands a :class:`WindowSummary` to the host-side rules.
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-_SUMS = ("steps", "nonfinite_grad_steps", "spike_steps", "nonfinite_loss_steps", "loss_steps", "finite_loss_sum")
-_MAXES = ("max_total_norm", "max_spike_ratio")
-_FIRSTS = ("first_nonfinite_grad_step", "first_spike_step", "first_nonfinite_loss_step")
+from lightning_convergence.stats.window import DeviceWindow
 
 
 @dataclass
@@ -99,7 +97,7 @@ class SpikeDetector:
 
 
 class GradientWindow:
-    """Accumulators for one logging window; see the module docstring.
+    """The gradient statistics of one logging window, declared in a :class:`DeviceWindow`.
 
     Args:
         num_layers: number of layer groups whose norms are tracked.
@@ -109,45 +107,43 @@ class GradientWindow:
     def __init__(self, num_layers: int, trace_capacity: int) -> None:
         self.num_layers = num_layers
         self.trace_capacity = trace_capacity
-        self._state: Tensor | None = None
-        self._trace: Tensor | None = None
         self._trace_steps: list[int] = []
-        self._last_median: Tensor | None = None
-
-    def _width(self) -> int:
-        return len(_SUMS) + len(_MAXES) + len(_FIRSTS) + 1 + 3 * self.num_layers
-
-    def _ensure(self, device: torch.device) -> Tensor:
-        if self._state is None:
-            self._state = torch.zeros(self._width(), dtype=torch.float64, device=device)
-            self._trace = torch.zeros(self.trace_capacity, dtype=torch.float64, device=device)
-            self.reset()
-        return self._state
+        window = self._window = DeviceWindow()
+        g = num_layers
+        # Declared in the order they are updated together: each group is one op per step.
+        for name in ("steps", "nonfinite_grad_steps", "spike_steps"):
+            window.declare(name, (), "sum")
+        window.declare("layer_norm_sum", g, "sum")  # finite per-layer norms, summed
+        window.declare("layer_finite_steps", g, "sum")
+        window.declare("layer_nonfinite_steps", g, "sum")
+        for name in ("nonfinite_loss_steps", "loss_steps", "finite_loss_sum"):
+            window.declare(name, (), "sum")
+        window.declare("max_total_norm", (), "max")
+        window.declare("max_spike_ratio", (), "max")
+        window.declare("first_nonfinite_grad_step", (), "min")
+        window.declare("first_spike_step", (), "min")
+        window.declare("first_nonfinite_loss_step", (), "min")
+        window.declare("spike_median", (), "first")  # the median at the first spike, for the message
+        # The total norm of each step, written in place (the same on every DDP rank).
+        window.declare("total_norm_trace", trace_capacity, "max")
 
     def state_dict(self) -> dict:
         """The window so far (a checkpoint may fall in the middle of one)."""
-        if self._state is None:
+        if not self._window.allocated:
             return {}
-        n = len(self._trace_steps)
-        return {"state": self._state.cpu().clone(), "trace": self._trace[:n].cpu().clone(),
-                "trace_steps": list(self._trace_steps)}
+        return {"slots": self._window.state_dict(), "trace_steps": list(self._trace_steps)}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
-        if not state or state["state"].numel() != self._width():
-            return  # no window saved, or one of another layout (the model changed): start afresh
-        self._ensure(device)
-        self._state.copy_(state["state"].to(device))
-        n = min(len(state["trace_steps"]), self.trace_capacity)
-        self._trace[:n] = state["trace"][:n].to(device)
-        self._trace_steps = [int(s) for s in state["trace_steps"][:n]]
+        if not state or "slots" not in state:
+            return  # no window saved, or one of an older layout: start afresh
+        self._window.allocate(device)
+        self._window.reset()
+        self._window.load_state_dict(state["slots"], device)
+        self._trace_steps = [int(s) for s in state["trace_steps"][: self.trace_capacity]]
 
     def reset(self) -> None:
-        """Start a new window (keeps the device buffers)."""
-        if self._state is None:
-            return
-        self._state.zero_()
-        start = len(_SUMS) + len(_MAXES)
-        self._state[start : start + len(_FIRSTS)] = math.inf
+        """Start a new window (keeps the device buffer)."""
+        self._window.reset()
         self._trace_steps = []
 
     def update(
@@ -160,44 +156,32 @@ class GradientWindow:
         layer_nonfinite: Tensor,
     ) -> None:
         """Add one optimizer step. All tensors are on one device; nothing is read on the host."""
-        state = self._ensure(total_norm.device)
         nonfinite = ~torch.isfinite(total_norm)
-        ones = torch.ones((), dtype=torch.float64, device=state.device)
-        sums = torch.stack([ones, nonfinite.double(), spike.double(), ones * 0, ones * 0, ones * 0])
-        safe_norm = torch.nan_to_num(total_norm.double(), nan=0.0, posinf=0.0)
-        ratio = torch.where(spike, safe_norm / median.double(), 0.0)
-        maxes = torch.stack([safe_norm, ratio])
-        firsts = torch.stack([
-            torch.where(nonfinite, float(step), math.inf),
-            torch.where(spike, float(step), math.inf),
-        ]).double()
-        n_s, n_m = len(_SUMS), len(_MAXES)
-        state[:n_s] += sums
-        state[n_s : n_s + n_m] = torch.maximum(state[n_s : n_s + n_m], maxes)
-        state[n_s + n_m : n_s + n_m + 2] = torch.minimum(state[n_s + n_m : n_s + n_m + 2], firsts)
-        # The median at the first spike, for the message ("norm 812 vs median 3.1").
-        median_slot = n_s + n_m + len(_FIRSTS)
-        state[median_slot] = torch.where(spike & (state[median_slot] == 0), median.double(), state[median_slot])
-        layers = median_slot + 1
-        g = self.num_layers
         finite_layer = torch.isfinite(layer_norms)
-        state[layers : layers + g] += torch.where(finite_layer, layer_norms.double(), 0.0)
-        state[layers + g : layers + 2 * g] += finite_layer.double()
-        state[layers + 2 * g : layers + 3 * g] += (layer_nonfinite > 0).double()
+        safe_norm = torch.nan_to_num(total_norm.double(), nan=0.0, posinf=0.0)
+        one = torch.ones(1, dtype=torch.float64, device=total_norm.device)
+        self._window.update(
+            steps=one, nonfinite_grad_steps=nonfinite, spike_steps=spike,
+            layer_norm_sum=torch.where(finite_layer, layer_norms.double(), 0.0),
+            layer_finite_steps=finite_layer, layer_nonfinite_steps=layer_nonfinite > 0,
+            max_total_norm=safe_norm, max_spike_ratio=torch.where(spike, safe_norm / median.double(), 0.0),
+            first_nonfinite_grad_step=torch.where(nonfinite, float(step), math.inf),
+            first_spike_step=torch.where(spike, float(step), math.inf),
+            spike_median=torch.where(spike, median.double(), math.nan),
+        )
         if len(self._trace_steps) < self.trace_capacity:
-            self._trace[len(self._trace_steps)] = total_norm.double()
+            self._window.write("total_norm_trace", len(self._trace_steps), total_norm.double())
             self._trace_steps.append(step)
 
     def update_loss(self, step: int, loss: Tensor) -> None:
         """Count a training loss value; non-finite ones are remembered with their first step."""
-        state = self._ensure(loss.device)
-        bad = ~torch.isfinite(loss.detach()).all()
-        i_bad, i_count = _SUMS.index("nonfinite_loss_steps"), _SUMS.index("loss_steps")
-        state[i_bad] += bad.double()
-        state[i_count] += 1
-        state[_SUMS.index("finite_loss_sum")] += torch.where(bad, 0.0, loss.detach().double().sum())
-        i_first = len(_SUMS) + len(_MAXES) + _FIRSTS.index("first_nonfinite_loss_step")
-        state[i_first] = torch.minimum(state[i_first], torch.where(bad, float(step), math.inf).double())
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss).all()
+        self._window.update(
+            nonfinite_loss_steps=bad, loss_steps=torch.ones((), device=loss.device),
+            finite_loss_sum=torch.where(bad, 0.0, loss.double().sum()),
+            first_nonfinite_loss_step=torch.where(bad, float(step), math.inf),
+        )
 
     def read(self, extra: Tensor | None = None) -> tuple[WindowSummary, list[float]]:
         """Read the window on the host: the one transfer per logging step.
@@ -208,40 +192,28 @@ class GradientWindow:
         Returns:
             The summary, and ``extra``'s values as floats (empty without ``extra``).
         """
-        extra_values = extra.detach().reshape(-1).double() if extra is not None else None
-        if self._state is None:
-            return _empty_summary(self.num_layers), (extra_values.tolist() if extra_values is not None else [])
+        if not self._window.allocated:
+            return _empty_summary(self.num_layers), ([] if extra is None else extra.reshape(-1).tolist())
+        values = self._window.read(extra=None if extra is None else {"extra": extra.reshape(-1)})
+        extra_list = values.pop("extra", [])
+        first = {k: (None if math.isinf(values[k]) else int(values[k]))
+                 for k in ("first_nonfinite_grad_step", "first_spike_step", "first_nonfinite_loss_step")}
+        means = [s / c if c > 0 else math.nan for s, c in zip(values["layer_norm_sum"], values["layer_finite_steps"])]
         n = len(self._trace_steps)
-        parts = [self._state, self._trace[:n]]
-        if extra_values is not None:
-            parts.append(extra_values.to(self._state.device))
-        values = torch.cat(parts).tolist()
-        n_extra = 0 if extra_values is None else extra_values.numel()
-        values, extra_list = values[: len(values) - n_extra], values[len(values) - n_extra :]
-        n_s, n_m, n_f = len(_SUMS), len(_MAXES), len(_FIRSTS)
-        sums = dict(zip(_SUMS, values[:n_s]))
-        maxes = dict(zip(_MAXES, values[n_s : n_s + n_m]))
-        firsts = {k: (None if math.isinf(v) else int(v)) for k, v in zip(_FIRSTS, values[n_s + n_m : n_s + n_m + n_f])}
-        median = values[n_s + n_m + n_f]
-        layers = n_s + n_m + n_f + 1
-        g = self.num_layers
-        norm_sums, counts, bad = values[layers : layers + g], values[layers + g : layers + 2 * g], values[layers + 2 * g : layers + 3 * g]
-        means = [s / c if c > 0 else math.nan for s, c in zip(norm_sums, counts)]
-        trace = list(zip(self._trace_steps, values[layers + 3 * g :]))
         summary = WindowSummary(
-            steps=int(sums["steps"]),
-            nonfinite_grad_steps=int(sums["nonfinite_grad_steps"]),
-            spike_steps=int(sums["spike_steps"]),
-            nonfinite_loss_steps=int(sums["nonfinite_loss_steps"]),
-            loss_steps=int(sums["loss_steps"]),
-            max_total_norm=maxes["max_total_norm"],
-            max_spike_ratio=maxes["max_spike_ratio"],
-            spike_median=median,
+            steps=int(values["steps"]),
+            nonfinite_grad_steps=int(values["nonfinite_grad_steps"]),
+            spike_steps=int(values["spike_steps"]),
+            nonfinite_loss_steps=int(values["nonfinite_loss_steps"]),
+            loss_steps=int(values["loss_steps"]),
+            max_total_norm=max(values["max_total_norm"], 0.0),
+            max_spike_ratio=max(values["max_spike_ratio"], 0.0),
+            spike_median=0.0 if math.isnan(values["spike_median"]) else values["spike_median"],
             layer_mean_norms=means,
-            layer_nonfinite_steps=[int(b) for b in bad],
-            total_norm_trace=trace,
-            finite_loss_sum=sums["finite_loss_sum"],
-            **firsts,
+            layer_nonfinite_steps=[int(b) for b in values["layer_nonfinite_steps"]],
+            total_norm_trace=list(zip(self._trace_steps, values["total_norm_trace"][:n])),
+            finite_loss_sum=values["finite_loss_sum"],
+            **first,
         )
         return summary, extra_list
 
