@@ -7,27 +7,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lightning_convergence.callbacks import (
-    AutoClip,
-    DataLoadingMonitor,
-    DeadNeuronTracker,
-    GradientNormMonitor,
-    InitializationAudit,
-    InputSanityChecker,
-    PlateauAdvisor,
-    WarmupScheduler,
-)
-
-# The monitors, in the order they run. InputSanityChecker comes after GradientNormMonitor: a
-# NaN batch's gradients are skipped by the monitor first, and the checker names the cause.
-_MONITORS: tuple[type[Callback], ...] = (
-    GradientNormMonitor,
-    DeadNeuronTracker,
-    PlateauAdvisor,
-    InputSanityChecker,
-    InitializationAudit,
-    DataLoadingMonitor,
-)
+from lightning_convergence.callbacks import registry
 
 
 def _accepted(cls: type[Callback]) -> set[str]:
@@ -35,20 +15,10 @@ def _accepted(cls: type[Callback]) -> set[str]:
 
 
 def _suite(auto_remediate: bool, warmup: bool) -> list[tuple[type[Callback], dict[str, Any]]]:
-    """The callbacks and their defaults for this mode."""
-    suite: list[tuple[type[Callback], dict[str, Any]]] = [(cls, {}) for cls in _MONITORS]
-    if warmup:
-        # Preventive, not a reaction: only when asked for (warmup_steps=... or WarmupScheduler={...}).
-        suite.append((WarmupScheduler, {}))
-    if auto_remediate:
-        # Clipping joins only to act, and only on outliers, so a healthy run is barely changed.
-        # ZClip's own defaults (z 2.5, alpha 0.97) clipped 158 of 188 steps of a healthy digits
-        # CNN whose gradient norm rises steadily (the EMA, fed clipped values, never catches up)
-        # and cost 2-10 points of accuracy; z 4 with alpha 0.9 clipped 1-2 steps, accuracy
-        # unchanged, while x100 input spikes are still cut. It runs after the monitor, which sees
-        # the gradients before any clip.
-        suite.append((AutoClip, {"mode": "zscore", "z_thresh": 4.0, "alpha": 0.9, "clip_warmup_steps": 10}))
-    return suite
+    """The callbacks and their defaults for this mode, in the order they run (the registry's)."""
+    modes = {"act" if auto_remediate else "observe", *(["warmup"] if warmup else [])}
+    return [(registry.load(entry), dict(entry.suite_args))
+            for entry in registry.CALLBACKS if modes & entry.modes]
 
 
 def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Callback]:
@@ -80,14 +50,15 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
     """
     if not isinstance(auto_remediate, bool):
         raise TypeError(f"`auto_remediate` must be a bool, got {auto_remediate!r}.")
-    warmup = "warmup_steps" in overrides or isinstance(overrides.get("WarmupScheduler"), dict)
+    warmup = "warmup_steps" in overrides or any(
+        isinstance(overrides.get(entry.name), dict) for entry in registry.in_mode("warmup"))
     if warmup and not auto_remediate:
         raise ValueError("Warmup changes training, and `auto_remediate=False` promises it does not: pass "
                          "`auto_remediate=True` with `warmup_steps`, or add `WarmupScheduler()` to the callbacks.")
     suite = _suite(auto_remediate, warmup)
-    by_name = {cls.__name__: cls for cls in (*_MONITORS, AutoClip, WarmupScheduler)}
-    per_callback = {k: v for k, v in overrides.items() if k in by_name}
-    shared = {k: v for k, v in overrides.items() if k not in by_name}
+    in_suite = {entry.name for entry in registry.CALLBACKS if entry.modes}
+    per_callback = {k: v for k, v in overrides.items() if k in in_suite}
+    shared = {k: v for k, v in overrides.items() if k not in in_suite}
     known = set().union(*(_accepted(cls) for cls, _ in suite))
     unknown = sorted(set(shared) - known)
     if unknown:

@@ -1,23 +1,31 @@
-"""The suite's Lightning callbacks: thin adapters from hooks to statistics, rules and remedies."""
+"""The suite's Lightning callbacks: thin adapters from hooks to statistics, rules and remedies.
 
-from lightning_convergence.callbacks.autoclip import AutoClip
-from lightning_convergence.callbacks.base import ConvergenceCallback
-from lightning_convergence.callbacks.data_loading_monitor import DataLoadingMonitor
-from lightning_convergence.callbacks.dead_neuron_tracker import DeadNeuronTracker
-from lightning_convergence.callbacks.gradient_norm_monitor import GradientNormMonitor
-from lightning_convergence.callbacks.initialization_audit import InitializationAudit
-from lightning_convergence.callbacks.input_sanity_checker import InputSanityChecker
-from lightning_convergence.callbacks.plateau_advisor import PlateauAdvisor
-from lightning_convergence.callbacks.warmup_scheduler import WarmupScheduler
+Every callback is listed once, in :mod:`lightning_convergence.callbacks.registry`; the names here
+are loaded from it on first use, so that importing the registry does not import torch.
+"""
 
-__all__ = [
-    "AutoClip",
-    "ConvergenceCallback",
-    "DataLoadingMonitor",
-    "DeadNeuronTracker",
-    "GradientNormMonitor",
-    "InitializationAudit",
-    "InputSanityChecker",
-    "PlateauAdvisor",
-    "WarmupScheduler",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lightning_convergence.callbacks.registry import CALLBACKS
+
+_EXPORTS = {
+    **{entry.name: entry.module for entry in CALLBACKS},
+    "ConvergenceCallback": "lightning_convergence.callbacks.base",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_convergence.callbacks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -18,12 +18,13 @@ from lightning.pytorch.callbacks import Callback
 
 import lightning_convergence
 from lightning_convergence.callbacks.base import ConvergenceCallback
+from lightning_convergence.callbacks.registry import CALLBACKS, load
 from lightning_convergence.rules import GradientThresholds
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SUITE_YAML = EXAMPLES / "suite.yaml"
-SUITE = ("GradientNormMonitor", "DeadNeuronTracker", "PlateauAdvisor", "InputSanityChecker",
-         "InitializationAudit", "DataLoadingMonitor", "WarmupScheduler", "AutoClip")
+# Every callback of the registry, in its order: the YAML configures each one.
+SUITE = tuple(entry.name for entry in CALLBACKS)
 
 
 @pytest.fixture(autouse=True)
@@ -77,9 +78,13 @@ def _write_config(directory: Path, config: dict) -> Path:
 
 def test_example_yaml_lists_the_whole_suite_with_non_default_arguments():
     entries = _suite_config()["trainer"]["callbacks"]
-    assert [e["class_path"].rsplit(".", 1)[-1] for e in entries] == list(SUITE)
-    for entry in entries:
+    assert [e["class_path"].rsplit(".", 1)[-1] for e in entries] == list(SUITE), (
+        "examples/suite.yaml must configure every callback of the registry, in its order")
+    for entry, registered in zip(entries, CALLBACKS):
+        assert entry["class_path"] == f"lightning_convergence.{registered.name}"
         assert entry["init_args"], f"{entry['class_path']} is configured with defaults only"
+        # The suite's own settings (AutoClip's z-score ones) are the YAML's too.
+        assert registered.suite_args.items() <= entry["init_args"].items(), registered.name
         default = _reference(entry["class_path"], {})
         built = _reference(entry["class_path"], entry["init_args"])
         assert _settings(built) != _settings(default), entry["class_path"]
@@ -123,45 +128,6 @@ def test_fit_from_yaml_runs_and_its_saved_config_parses_back(tmp_path):
         assert _settings(callback) == _settings(_reference(entry["class_path"], entry["init_args"]))
 
 
-@pytest.mark.parametrize(("name", "argument", "value"), [
-    ("DeadNeuronTracker", "sample_every_n_steps", "ten"),
-    ("GradientNormMonitor", "auto_remediate", 3),
-    ("GradientNormMonitor", "thresholds", {"vanishing_patience": "three"}),
-])
-def test_a_wrong_type_in_the_yaml_is_rejected_when_parsed(tmp_path, capsys, monkeypatch, name, argument, value):
-    config = copy.deepcopy(_suite_config())
-    entry = next(e for e in config["trainer"]["callbacks"] if e["class_path"].endswith(f".{name}"))
-    entry["init_args"][argument] = value
-    path = _write_config(tmp_path, config)
-    built = []
-    original = ConvergenceCallback.__init__
-
-    def spy(self, *args, **kwargs):
-        built.append(type(self).__name__)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ConvergenceCallback, "__init__", spy)
-
-    with pytest.raises(SystemExit) as raised:
-        _example_main()(["--config", str(path), f"--trainer.default_root_dir={tmp_path}"], run=False)
-
-    assert raised.value.code == 2
-    assert built == []  # the parser refused it: no callback was built
-    error = capsys.readouterr().err
-    assert f"Problem with given class_path 'lightning_convergence.{name}'" in error
-    field = "vanishing_patience" if argument == "thresholds" else argument
-    assert f'Parser key "{field}"' in error
-
-
-def test_an_out_of_range_value_is_refused_by_the_callback_naming_the_argument(tmp_path):
-    # Types are the parser's; ranges are the callback's own checks, made when it is built.
-    config = copy.deepcopy(_suite_config())
-    config["trainer"]["callbacks"][1]["init_args"]["sample_every_n_steps"] = 0
-    path = _write_config(tmp_path, config)
-    with pytest.raises(ValueError, match="`sample_every_n_steps` must be >= 1, got 0"):
-        _example_main()(["--config", str(path), f"--trainer.default_root_dir={tmp_path}"], run=False)
-
-
 # For every constructor argument of every callback: a value of the wrong type, or outside the
 # names a Literal allows. Each must be refused by the parser, before the callback is built.
 WRONG = {
@@ -199,6 +165,53 @@ WRONG = {
 }
 
 
+# Through the whole LightningCLI: one wrong value per callback (its first plain argument in
+# WRONG), and a wrong field inside a dataclass argument.
+YAML_CASES = [*((name, next(a for a, v in WRONG[name].items() if not isinstance(v, dict)))
+                for name in SUITE if name in WRONG),
+              ("GradientNormMonitor", "thresholds")]
+
+
+@pytest.mark.parametrize(("name", "argument"), YAML_CASES)
+def test_a_wrong_type_in_the_yaml_is_rejected_when_parsed(tmp_path, capsys, monkeypatch, name, argument):
+    value = WRONG[name][argument]
+    config = copy.deepcopy(_suite_config())
+    entry = next(e for e in config["trainer"]["callbacks"] if e["class_path"].endswith(f".{name}"))
+    entry["init_args"][argument] = value
+    path = _write_config(tmp_path, config)
+    built = []
+    original = ConvergenceCallback.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConvergenceCallback, "__init__", spy)
+
+    with pytest.raises(SystemExit) as raised:
+        _example_main()(["--config", str(path), f"--trainer.default_root_dir={tmp_path}"], run=False)
+
+    assert raised.value.code == 2
+    assert built == []  # the parser refused it: no callback was built
+    error = capsys.readouterr().err
+    assert f"Problem with given class_path 'lightning_convergence.{name}'" in error
+    field = next(iter(value)) if isinstance(value, dict) else argument
+    assert f'Parser key "{field}"' in error
+
+
+def test_an_out_of_range_value_is_refused_by_the_callback_naming_the_argument(tmp_path):
+    # Types are the parser's; ranges are the callback's own checks, made when it is built.
+    config = copy.deepcopy(_suite_config())
+    config["trainer"]["callbacks"][1]["init_args"]["sample_every_n_steps"] = 0
+    path = _write_config(tmp_path, config)
+    with pytest.raises(ValueError, match="`sample_every_n_steps` must be >= 1, got 0"):
+        _example_main()(["--config", str(path), f"--trainer.default_root_dir={tmp_path}"], run=False)
+
+
+# Every constructor argument of every registered callback, in the registry's order.
+ARGUMENTS = [(entry.name, argument) for entry in CALLBACKS for argument in inspect.signature(load(entry)).parameters]
+
+
 def test_the_table_of_wrong_values_covers_every_constructor_argument():
     assert sorted(WRONG) == sorted(SUITE)
     for name, wrong in WRONG.items():
@@ -214,8 +227,9 @@ def callback_parser() -> ArgumentParser:
     return parser
 
 
-@pytest.mark.parametrize(("name", "argument"), [(n, a) for n, wrong in WRONG.items() for a in wrong])
+@pytest.mark.parametrize(("name", "argument"), ARGUMENTS)
 def test_every_argument_is_type_checked_by_the_parser(callback_parser, name, argument):
+    assert argument in WRONG.get(name, {}), f"WRONG has no wrong value for {name}({argument}=...)"
     class_path = f"lightning_convergence.{name}"
     with pytest.raises(ArgumentError, match=f"Problem with given class_path '{class_path}'") as raised:
         callback_parser.parse_object({"callback": {"class_path": class_path,
