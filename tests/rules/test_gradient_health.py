@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_convergence.rules.findings import DIAGNOSIS_KINDS
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds
 from lightning_convergence.rules.gradient_window import _empty_summary
 
@@ -122,14 +121,36 @@ values = st.one_of(st.floats(0, 1e30), st.just(math.nan), st.just(math.inf))
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(values, min_size=3, max_size=3), min_size=1, max_size=10),
        st.integers(0, 10), st.integers(0, 10), st.booleans())
-def test_rule_never_raises_on_any_sequence(windows, nonfinite, spikes, scaler):
+def test_rule_matches_a_plain_reading_of_any_sequence(windows, nonfinite, spikes, scaler):
+    """Over any sequence of windows: non-finite steps give one finding whose kind and severity
+    follow the scaler and the share of steps; spikes give one window-level exploding finding
+    whose severity grows with their count; vanishing is reported once, the window its streak
+    reaches the patience (GradientThresholds' defaults throughout)."""
     rule = GradientHealthRule(["a", "b", "c"])
+    streak = 0
     for norms in windows:
         summary = _summary(["a", "b", "c"], layer_mean_norms=norms, nonfinite_grad_steps=nonfinite,
                            spike_steps=spikes, first_spike_step=0 if spikes else None,
                            first_nonfinite_grad_step=0 if nonfinite else None)
-        for finding in rule.evaluate(summary, amp_scaler=scaler, amp_scale=1.0 if scaler else None):
-            assert finding.kind in DIAGNOSIS_KINDS and finding.message
+        findings = rule.evaluate(summary, amp_scaler=scaler, amp_scale=1.0 if scaler else None)
+        by_kind = {}
+        for finding in findings:
+            if finding.layer is None or finding.kind in ("nonfinite_gradients", "amp_overflow"):
+                by_kind.setdefault(finding.kind, []).append(finding.severity)
+        if nonfinite == 0:
+            assert "nonfinite_gradients" not in by_kind and "amp_overflow" not in by_kind
+        elif scaler:  # a scale of 1.0 has not collapsed; more than half the steps is persistent
+            assert by_kind.get("amp_overflow") == ["warning" if nonfinite / 10 > 0.5 else "info"]
+        else:
+            assert by_kind.get("nonfinite_gradients") == ["critical"]
+        expected = None if spikes == 0 else "critical" if spikes > 5 else "warning" if spikes >= 2 else "info"
+        assert by_kind.get("exploding_gradients") == (None if expected is None else [expected])
+        present = [v for v in norms if math.isfinite(v)]
+        if len(present) < 2 or present[-1] <= 0:
+            streak = 0
+        else:
+            streak = streak + 1 if present[0] / present[-1] < 1e-3 and present[0] < 1e-4 else 0
+        assert [f.kind for f in findings].count("vanishing_gradients") == (streak == 2)
 
 
 @pytest.mark.parametrize(

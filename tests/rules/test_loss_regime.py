@@ -4,10 +4,9 @@ import math
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lightning_convergence.rules.findings import DIAGNOSIS_KINDS
 from lightning_convergence.rules.loss_regime import LossRegimeRule, OverfitRule, RegimeThresholds
 
 
@@ -95,12 +94,23 @@ def test_state_round_trip_gives_the_same_decisions():
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 5)), min_size=0, max_size=120),
        st.integers(1, 50))
-def test_any_sequence_gives_valid_findings_and_no_exception(losses, window):
+@example([math.nan] * 5 + [1.0] * 5, 10)  # exactly at the line: 5 steps, half the window
+@example([1.0] * 6 + [math.inf] * 6, 12)
+def test_any_sequence_gives_at_most_one_finding_and_nonfinite_windows_diverge(losses, window):
+    """Per window: at most one finding (the first regime found wins), never dated after the
+    window; a window that is mostly NaN/Inf (at least 5 steps and half of it) is a critical
+    divergence dated at its first non-finite step, whatever came before."""
     rule = LossRegimeRule(num_classes=3)
     for start in range(0, len(losses), window):
         chunk = losses[start:start + window]
-        for finding in rule.evaluate(list(range(start, start + len(chunk))), chunk):
-            assert finding.kind in DIAGNOSIS_KINDS and finding.severity in ("info", "warning", "critical")
+        steps = list(range(start, start + len(chunk)))
+        findings = rule.evaluate(steps, chunk)
+        assert len(findings) <= 1
+        assert all(f.step is None or f.step <= steps[-1] for f in findings)
+        nonfinite = [s for s, v in zip(steps, chunk) if not math.isfinite(v)]
+        if len(nonfinite) >= max(0.5 * len(chunk), 5):
+            assert [(f.kind, f.severity, f.step) for f in findings] == [("divergence", "critical", nonfinite[0])]
+            assert findings[0].evidence["nonfinite_steps"] == len(nonfinite)
 
 
 @pytest.mark.parametrize("values,train,expected", [
