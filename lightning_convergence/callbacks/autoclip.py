@@ -26,6 +26,7 @@ from lightning_convergence.remedies.clipping import (
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.stats import Backend, validate_backend
+from lightning_convergence.stats.window import DeviceWindow
 
 Mode = Literal["percentile", "zscore", "agc"]
 _DEFAULT_WARMUP = {"percentile": 0, "zscore": 25, "agc": 0}
@@ -141,7 +142,11 @@ class AutoClip(ConvergenceCallback):
         self.backend = validate_backend(backend)
         self._rule = self._make_rule()
         self._steps = 0  # optimizer steps seen (host-side count: no read needed)
-        self._window: Tensor | None = None  # [steps, clipped steps, first, last, unit fraction sum]
+        self._window = DeviceWindow()  # clipping in this logging window
+        for name in ("steps", "clipped_steps", "unit_fraction_sum"):
+            self._window.declare(name, (), "sum")
+        self._window.declare("first_clipped_step", (), "min")
+        self._window.declare("last_clipped_step", (), "max")
         self._last: Tensor | None = None  # [pre-clip norm, threshold, post-clip norm] of this step
         self._pending_rule: dict | None = None
         self._final_module: str | None = None
@@ -216,25 +221,24 @@ class AutoClip(ConvergenceCallback):
 
     def _update_window(self, step: int, clipped: Tensor, fraction: Tensor) -> None:
         """Accumulate on the device: steps, clipped steps, first/last clipped step, unit fraction."""
-        if self._window is None:
-            self._window = torch.tensor([0.0, 0.0, math.inf, -math.inf, 0.0], dtype=torch.float64)
-        self._window = self._window.to(clipped.device)
         did_clip = clipped > 0
-        self._window.copy_(torch.stack([
-            self._window[0] + 1,
-            self._window[1] + clipped.double(),
-            torch.minimum(self._window[2], torch.where(did_clip, float(step), math.inf).double()),
-            torch.maximum(self._window[3], torch.where(did_clip, float(step), -math.inf).double()),
-            self._window[4] + fraction.double(),
-        ]))
+        self._window.update(
+            steps=torch.ones((), device=clipped.device), clipped_steps=clipped, unit_fraction_sum=fraction,
+            first_clipped_step=torch.where(did_clip, float(step), math.inf),
+            last_clipped_step=torch.where(did_clip, float(step), -math.inf),
+        )
 
     def _log(self, trainer: Trainer, step: int) -> None:
         """One host read: the window's clip counts and this step's norms."""
-        if self._window is None or self._last is None:
+        if not self._window.allocated or self._last is None:
             return
-        values = torch.cat([self._window, self._last.to(self._window.device)]).tolist()
-        steps, clipped, first, last, fraction, norm, threshold, post = values
-        self._window = None
+        values = self._window.read(extra={"last": self._last})
+        self._window.reset()
+        if values["steps"] == 0:
+            return  # nothing since the last logging step (the end of fit right after one)
+        steps, clipped, fraction = values["steps"], values["clipped_steps"], values["unit_fraction_sum"]
+        first, last = values["first_clipped_step"], values["last_clipped_step"]
+        norm, threshold, post = values["last"]
         metrics = {tags.AUTOCLIP_CLIPPED_FRACTION: clipped / max(steps, 1)}
         if self.mode == "agc":
             metrics[tags.AUTOCLIP_CLIPPED_UNIT_FRACTION] = fraction / max(steps, 1)
@@ -269,7 +273,7 @@ class AutoClip(ConvergenceCallback):
         state = super().state_dict()
         state["steps"] = self._steps
         state["rule"] = self._rule.state_dict() if self._rule is not None else {}
-        state["window"] = None if self._window is None else self._window.cpu()
+        state["window"] = self._window.state_dict()
         return state
 
     @override
@@ -277,4 +281,5 @@ class AutoClip(ConvergenceCallback):
         self._steps = int(state_dict.get("steps", 0))
         self._pending_rule = state_dict.get("rule") or None
         window = state_dict.get("window")
-        self._window = window.clone() if window is not None else None
+        if isinstance(window, dict):  # an older checkpoint's packed window starts afresh
+            self._window.load_state_dict(window)

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from lightning_convergence.stats.window import DeviceWindow
+
 from lightning_convergence.stats.host import cpu_scalar
 
 _NORM_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_: threshold / (norm + eps)
@@ -114,31 +116,34 @@ class ZScoreThreshold:
         self.alpha = alpha
         self.eps = eps
         self.warmup_steps = warmup_steps
-        self._state: Tensor | None = None  # [4] float64: mean, var, finite count, initialised
-        self._buffer: Tensor | None = None  # [warmup_steps] float64
-
-    def _ensure(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if self._state is None:
-            self._state = torch.zeros(4, dtype=torch.float64, device=device)
-            self._buffer = torch.zeros(max(self.warmup_steps, 1), dtype=torch.float64, device=device)
-        self._state, self._buffer = self._state.to(device), self._buffer.to(device)  # after a restore
-        return self._state, self._buffer
+        # EMA mean and variance, finite norms seen, whether the EMA started; and the warm-up norms.
+        self._state = DeviceWindow()
+        for name in ("mean", "var", "count", "initialised"):
+            self._state.declare(name, (), "first")
+        self._state.declare("warmup_norms", max(warmup_steps, 1), "first")
 
     def onset(self) -> Tensor:
         """The norm above which the next step is clipped, ``mean + z_thresh * std`` of the EMA
         (0-d, on the device; inf before the warm-up ends). The clip threshold itself depends on
         how far above it a norm lands (reciprocal clipping), so this is the line to plot."""
-        if self._state is None:
+        if not self._state.allocated:
             return torch.tensor(math.inf, dtype=torch.float64)
-        mean, var, initialised = self._state[0], self._state[1], self._state[3] > 0
-        return torch.where(initialised, mean + self.z_thresh * var.sqrt(), math.inf)
+        state = self._state
+        return torch.where(state["initialised"] > 0, state["mean"] + self.z_thresh * state["var"].sqrt(), math.inf)
 
     def update(self, norm: Tensor) -> Tensor:
         """Return this step's threshold for ``norm`` (0-d; inf: no clipping) and update the EMA."""
-        state, buffer = self._ensure(norm.device)
+        state = self._state
+        if not state.allocated:
+            state.allocate(norm.device)
+            state.set(mean=torch.zeros(()), var=torch.zeros(()), count=torch.zeros(()), initialised=torch.zeros(()),
+                      warmup_norms=torch.zeros(state["warmup_norms"].shape))
+        elif state.device != norm.device:
+            state.allocate(norm.device)  # after a restore on the CPU
+        buffer = state["warmup_norms"]
         x = norm.to(torch.float64)
         finite = torch.isfinite(x)
-        mean, var, count, initialised = state[0], state[1], state[2], state[3] > 0
+        mean, var, count, initialised = state["mean"], state["var"], state["count"], state["initialised"] > 0
         std = var.sqrt()
         z = (x - mean) / (std + self.eps)
         spike = initialised & finite & (z > self.z_thresh)
@@ -155,21 +160,27 @@ class ZScoreThreshold:
         starts = collecting & (new_count >= self.warmup_steps)
         warm_mean = buffer.mean()
         warm_var = ((buffer - warm_mean) ** 2).mean()
-        state.copy_(torch.stack([
-            torch.where(ema, new_mean, torch.where(starts, warm_mean, mean)),
-            torch.where(ema, new_var, torch.where(starts, warm_var, var)),
-            new_count,
-            (initialised | starts).to(torch.float64),
-        ]))
+        state.set(
+            mean=torch.where(ema, new_mean, torch.where(starts, warm_mean, mean)),
+            var=torch.where(ema, new_var, torch.where(starts, warm_var, var)),
+            count=new_count,
+            initialised=(initialised | starts).to(torch.float64),
+        )
         return threshold
 
+    def statistics(self) -> dict[str, float]:
+        """``{"mean", "var", "count", "initialised"}`` of the EMA on the host (a sync point: for
+        tests and reports, not for per-step code); zeros before the first norm."""
+        if not self._state.allocated:
+            return {"mean": 0.0, "var": 0.0, "count": 0.0, "initialised": 0.0}
+        values = self._state.read()
+        return {k: values[k] for k in ("mean", "var", "count", "initialised")}
+
     def state_dict(self) -> dict:
-        return {"state": None if self._state is None else self._state.cpu(),
-                "buffer": None if self._buffer is None else self._buffer.cpu()}
+        return self._state.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self._state = state.get("state")
-        self._buffer = state.get("buffer")
+        self._state.load_state_dict({k: v for k, v in state.items() if v is not None})
 
 
 def clip_coefficient(norm: Tensor, threshold: Tensor, max_norm: float | None = None) -> Tensor:

@@ -179,6 +179,21 @@ class DeviceWindow:
                 value = torch.cat([values[n].reshape(-1) for n in names])
             _merge(target, value if value.dtype == self.dtype else value.to(self.dtype), kind)
 
+    def set(self, **values: Tensor) -> None:
+        """Overwrite the named slots (state carried across windows, such as an EMA), on the
+        device; neighbouring slots set together take one copy."""
+        if self._buffer is None:
+            self.allocate(next(iter(values.values())).device)
+        key = ("=",) + tuple(values)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(tuple(values))
+        for target, _, names in plan:
+            if len(names) == 1:
+                target.copy_(values[names[0]].reshape(-1))
+            else:
+                target.copy_(torch.cat([values[n].reshape(-1).to(self.dtype) for n in names]))
+
     def _plan(self, names: tuple[str, ...]) -> list[tuple[Tensor, str, tuple[str, ...]]]:
         """Views of the buffer to merge into, one per contiguous run of same-kind slots."""
         for name in names:

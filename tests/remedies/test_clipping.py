@@ -85,7 +85,7 @@ def test_zscore_matches_zclip_without_its_cap():
             clipped_steps.append(step)
         for a, b in zip(ours_model.parameters(), theirs_model.parameters()):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7)
-        assert rule._state[0].item() == pytest.approx(theirs.mean if theirs.initialized else 0.0, rel=1e-5)
+        assert rule.statistics()["mean"] == pytest.approx(theirs.mean if theirs.initialized else 0.0, rel=1e-5)
     assert 30 in clipped_steps and 12 in clipped_steps  # the spikes after warm-up were clipped
 
 
@@ -93,7 +93,7 @@ def test_zscore_ignores_non_finite_norms():
     rule = ZScoreThreshold(warmup_steps=3)
     for value in [1.0, math.nan, 1.1, math.inf, 0.9]:
         assert rule.update(torch.tensor(value)).item() == math.inf
-    mean, var, count, initialised = rule._state.tolist()
+    mean, var, count, initialised = rule.statistics().values()
     assert count == 3 and initialised == 1.0 and mean == pytest.approx(1.0)
 
 
