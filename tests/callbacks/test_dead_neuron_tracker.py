@@ -1,5 +1,7 @@
 """DeadNeuronTracker from Trainer.fit down: counts against a naive reference, messages, hooks."""
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -114,7 +116,46 @@ def test_redo_revives_dead_units_and_training_recovers(tmp_path):
     assert records[False]["interventions"] == []
     revived = records[True]["interventions"]
     assert {(i["detail"]["layer"], i["detail"]["units"]) for i in revived} == {("net.1", 32), ("net.3", 32)}
-    assert all(i["action"] == "reinit_units" for i in revived)  # and once per layer: the cooldown holds
+    assert all(i["action"] == "reinit_units" for i in revived)
+    # The cooldown (1000 steps) is longer than the run (188 steps): one revival per layer.
+    assert sorted(i["detail"]["layer"] for i in revived) == ["net.1", "net.3"]
+
+
+class KeepsKilling(DigitsMLP):
+    """Units that die again right after every revival: before each batch, 8 units of the first
+    hidden layer and 4 of the second get a bias of -50 (their ReLU never fires)."""
+
+    def __init__(self):
+        super().__init__(hidden=16)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        with torch.no_grad():
+            self.net[0].bias[:8] = -50.0
+            self.net[2].bias[:4] = -50.0
+
+
+def test_redo_cooldown_spaces_the_revivals_of_each_layer(tmp_path):
+    """Read back from the run's convergence_report.json: each layer is revived again and again
+    (its units keep dying), and never twice within `redo_cooldown_steps` optimizer steps.
+    Without a cooldown these layers are revived every 15 steps (windows end every 5 steps and dead
+    units must persist over windows); 20 makes the cooldown the binding limit."""
+    cooldown = 20
+    L.seed_everything(0, verbose=False)
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, min_batches=2, auto_remediate=True,
+                                redo_cooldown_steps=cooldown)
+    trainer = L.Trainer(callbacks=[tracker], **trainer_kwargs(tmp_path, logger=False, max_epochs=4,
+                                                                log_every_n_steps=5))
+    trainer.fit(KeepsKilling())
+    report = json.loads((tmp_path / "convergence_report.json").read_text())
+    steps: dict[str, list[int]] = {}
+    for intervention in report["interventions"]:
+        if intervention["action"] == "reinit_units":
+            steps.setdefault(intervention["detail"]["layer"], []).append(intervention["step"])
+    assert set(steps) == {"net.1", "net.3"}
+    for layer, revived_at in steps.items():
+        assert len(revived_at) >= 3, (layer, revived_at)  # 64 steps: revived at 9, 29, 49
+        gaps = [b - a for a, b in zip(revived_at, revived_at[1:])]
+        assert min(gaps) >= cooldown, (layer, revived_at)
 
 
 def test_watching_changes_nothing(tmp_path):
