@@ -10,12 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import (
-    ConvergenceCallback,
-    check_bool,
-    check_positive_float,
-    check_positive_int,
-)
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies.clipping import (
     PercentileThreshold,
     ZScoreThreshold,
@@ -27,6 +22,7 @@ from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.stats import Backend, validate_backend
 from lightning_convergence.stats.window import DeviceWindow
+from lightning_convergence.validation import check_bool, check_positive_float, check_positive_int
 
 Mode = Literal["percentile", "zscore", "agc"]
 _DEFAULT_WARMUP = {"percentile": 0, "zscore": 25, "agc": 0}

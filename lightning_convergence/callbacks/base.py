@@ -13,6 +13,7 @@ from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from lightning_convergence.validation import check_bool, check_positive_int
 from lightning_convergence.callbacks._context import (
     RunContext,
     finish_run_context,
@@ -26,49 +27,6 @@ from lightning_convergence.recorder.tensorboard import write_diagnosis_text, wri
 
 STATE_SCHEMA = 1
 DEFAULT_CADENCE = 50
-
-
-def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``value`` is an int >= 1."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {value!r}.")
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value!r}.")
-
-
-def check_nonnegative_int(name: str, value: Any) -> None:
-    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``value`` is an int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {value!r}.")
-    if value < 0:
-        raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
-
-
-def check_nonnegative_float(name: str, value: Any) -> None:
-    """Raise unless ``value`` is a finite real number >= 0."""
-    import math
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
-
-
-def check_positive_float(name: str, value: Any, minimum: float = 0.0) -> None:
-    """Raise unless ``value`` is a finite real number greater than ``minimum``."""
-    import math
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    if not math.isfinite(value) or value <= minimum:
-        raise ValueError(f"`{name}` must be a finite number > {minimum}, got {value!r}.")
-
-
-def check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
 
 
 def report_directory(trainer: Trainer) -> str:

@@ -8,10 +8,11 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.data_wait import DataWaitRule, DataWaitThresholds
+from lightning_convergence.validation import check_positive_int
 
 
 class DataLoadingMonitor(ConvergenceCallback):

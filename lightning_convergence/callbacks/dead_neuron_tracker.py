@@ -17,13 +17,14 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_convergence.callbacks._unit_sites import Site, UnitSites
-from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_float, check_positive_int
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies.redo import reinit_units_
 from lightning_convergence.remedies.unit_wiring import UnitWiring
 from lightning_convergence.recorder.console import ConvergenceWarning
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules.unit_health import LayerUnits, UnitHealthRule, UnitThresholds
 from lightning_convergence.stats.activations import ACTIVATION_KINDS, CAN_DIE, CAN_SATURATE
+from lightning_convergence.validation import check_positive_float, check_positive_int
 
 NOTHING_TO_TRACK = (
     "DeadNeuronTracker: nothing to track: the model has no activation modules ({known}). "

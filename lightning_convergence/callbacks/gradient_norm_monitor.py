@@ -16,11 +16,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_convergence.callbacks._layers import ForwardOrderRecorder, GroupBy, layer_of, ordered_layers
-from lightning_convergence.callbacks.base import (
-    ConvergenceCallback,
-    check_positive_float,
-    check_positive_int,
-)
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies import drop_gradients
 from lightning_convergence import tags
 from lightning_convergence.rules.findings import Finding
@@ -35,6 +31,7 @@ from lightning_convergence.stats import (
     tensor_stats,
     validate_backend,
 )
+from lightning_convergence.validation import check_positive_float, check_positive_int
 
 
 _HISTOGRAM_SAMPLES = 4096  # values per layer histogram

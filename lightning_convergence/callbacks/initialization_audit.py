@@ -9,9 +9,10 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_float
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.rules.init_audit import audit_weight
 from lightning_convergence.stats.activations import activation_kind
+from lightning_convergence.validation import check_positive_float
 
 _AUDITED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

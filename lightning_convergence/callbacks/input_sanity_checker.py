@@ -17,13 +17,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies import drop_gradients
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.input_health import InputHealthRule, InputThresholds, PartSummary
 from lightning_convergence.stats.batch_tensors import batch_tensors
 from lightning_convergence.stats.input_moments import InputMoments, NonfiniteCounter
+from lightning_convergence.validation import check_positive_int
 
 _TARGET_NAME = re.compile(r"label|target|(^|[^a-z])y($|[^a-z])|class", re.IGNORECASE)
 

@@ -18,14 +18,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import (
-    ConvergenceCallback,
-    check_bool,
-    check_nonnegative_float,
-    check_nonnegative_int,
-    check_positive_float,
-    check_positive_int,
-)
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
 from lightning_convergence.recorder.console import ConvergenceWarning
@@ -34,6 +27,13 @@ from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.advice import advise
 from lightning_convergence.rules.loss_regime import LossRegimeRule, OverfitRule, RegimeThresholds
 from lightning_convergence.rules.plateau_schedule import PlateauSchedule
+from lightning_convergence.validation import (
+    check_bool,
+    check_nonnegative_float,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 OWNER = "PlateauAdvisor"
 

@@ -10,10 +10,11 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import ConvergenceCallback, check_positive_int
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies.warmup import SHAPES, Shape, untuned_period, warmup_factor
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
+from lightning_convergence.validation import check_positive_int
 
 WarmupSteps = int | float | Literal["untuned"] | Sequence[int]
 OWNER = "WarmupScheduler"

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from lightning_convergence.rules.findings import Finding
-from lightning_convergence.rules._checks import check_nonnegative_number, check_open_fraction
+from lightning_convergence.validation import check_fields, check_nonnegative_float, check_open_fraction
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,10 @@ class DataWaitThresholds:
     min_wait_ms: float = 2.0
 
     def __post_init__(self) -> None:
-        check_open_fraction(self, "warning_fraction", "info_fraction")
+        check_fields(self, check_open_fraction, "warning_fraction", "info_fraction")
         if self.info_fraction > self.warning_fraction:
             raise ValueError(f"`info_fraction` must be <= `warning_fraction`, got {self.info_fraction!r}.")
-        check_nonnegative_number(self, "min_wait_ms")
+        check_fields(self, check_nonnegative_float, "min_wait_ms")
 
 
 class DataWaitRule:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from lightning_convergence.rules.findings import Cause, Finding
 from lightning_convergence.rules.gradient_window import WindowSummary
+from lightning_convergence.validation import check_fields, check_open_fraction, check_positive_float, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,13 @@ class GradientThresholds:
     amp_min_scale: float = 1.0
     spike_warning_steps: int = 2
     spike_warning_ratio: float = 50.0
+
+    def __post_init__(self) -> None:
+        check_fields(self, check_open_fraction, "vanishing_ratio", "vanishing_first", "amp_persistent_fraction")
+        check_fields(self, check_positive_float, "amp_min_scale")
+        check_fields(self, check_positive_int, "vanishing_patience", "layer_baseline_windows", "spike_warning_steps")
+        for name in ("layer_growth", "spike_warning_ratio"):
+            check_positive_float(name, getattr(self, name), minimum=1.0)
 
 
 class GradientHealthRule:

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from lightning_convergence.rules.findings import Cause, Finding
-from lightning_convergence.rules._checks import check_positive_number
+from lightning_convergence.validation import check_fields, check_positive_float
 
 IGNORE_INDEX = -100
 
@@ -47,7 +47,7 @@ class InputThresholds:
     offset_ratio: float = 3.0
 
     def __post_init__(self) -> None:
-        check_positive_number(self, "scale_high", "offset_ratio")
+        check_fields(self, check_positive_float, "scale_high", "offset_ratio")
 
 
 class InputHealthRule:

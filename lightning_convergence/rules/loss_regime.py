@@ -34,7 +34,7 @@ import statistics
 from dataclasses import dataclass
 
 from lightning_convergence.rules.findings import Finding
-from lightning_convergence.rules._checks import check_open_fraction, check_positive_int, check_positive_number
+from lightning_convergence.validation import check_fields, check_open_fraction, check_positive_float, check_positive_int
 
 _SLOW_BETA = 0.98
 _NOISE_MULTIPLE = 6.0  # a single loss this many typical deviations above the start is a jump
@@ -58,10 +58,10 @@ class RegimeThresholds:
     chance_tolerance: float = 0.1
 
     def __post_init__(self) -> None:
-        check_open_fraction(self, "beta", "nonfinite_fraction", "no_learning_progress", "chance_tolerance")
-        check_positive_number(self, "divergence_rise", "divergence_above_start", "oscillation_noise_ratio",
-                              "oscillation_level")
-        check_positive_int(self, "initial_steps", "chunk", "no_learning_steps", "nonfinite_min_steps")
+        check_fields(self, check_open_fraction, "beta", "nonfinite_fraction", "no_learning_progress", "chance_tolerance")
+        check_fields(self, check_positive_float, "divergence_rise", "divergence_above_start", "oscillation_noise_ratio",
+                     "oscillation_level")
+        check_fields(self, check_positive_int, "initial_steps", "chunk", "no_learning_steps", "nonfinite_min_steps")
 
 
 class LossRegimeRule:

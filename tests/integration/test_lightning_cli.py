@@ -204,7 +204,7 @@ def test_an_out_of_range_value_is_refused_by_the_callback_naming_the_argument(tm
     config = copy.deepcopy(_suite_config())
     config["trainer"]["callbacks"][1]["init_args"]["sample_every_n_steps"] = 0
     path = _write_config(tmp_path, config)
-    with pytest.raises(ValueError, match="`sample_every_n_steps` must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="`sample_every_n_steps` must be an int >= 1, got 0"):
         _example_main()(["--config", str(path), f"--trainer.default_root_dir={tmp_path}"], run=False)
 
 
