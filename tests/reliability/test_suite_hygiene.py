@@ -6,6 +6,7 @@ the user's own."""
 import copy
 import io
 import json
+import math
 import os
 import pickle
 
@@ -48,12 +49,38 @@ def test_every_callback_pickles_and_deep_copies_before_fit(entry):
 def test_every_callback_state_survives_a_weights_only_load_after_fit(tmp_path, entry):
     callback = build(entry)
     L.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_epochs=1)).fit(DigitsMLP(nan_at_step=3))
+    state = callback.state_dict()
     buffer = io.BytesIO()
-    torch.save(callback.state_dict(), buffer)
+    torch.save(state, buffer)
     buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert_same_state(loaded, state)
     fresh = build(entry)
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
-    assert fresh._pending_records == callback.state_dict()["records"]
+    fresh.load_state_dict(loaded)
+    assert_same_state(fresh._pending_records, state["records"])  # restored into the log at the next fit
+
+
+def assert_same_state(actual, expected, path="state"):
+    """Recursively equal: the same keys, tensors equal in dtype, shape and value (NaN where NaN),
+    plain values equal and of the same type."""
+    assert type(actual) is type(expected), f"{path}: {type(actual).__name__} != {type(expected).__name__}"
+    if isinstance(expected, dict):
+        assert list(actual) == list(expected), f"{path}: keys {list(actual)} != {list(expected)}"
+        for key in expected:
+            assert_same_state(actual[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), f"{path}: length {len(actual)} != {len(expected)}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same_state(a, e, f"{path}[{i}]")
+    elif isinstance(expected, torch.Tensor):
+        assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), path
+        nan = expected.isnan() if expected.is_floating_point() else torch.zeros_like(expected, dtype=torch.bool)
+        assert torch.equal(actual.isnan() if actual.is_floating_point() else nan, nan), path
+        assert torch.equal(actual[~nan], expected[~nan]), f"{path}: {actual} != {expected}"
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(actual), f"{path}: {actual!r} != nan"
+    else:
+        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
 @pytest.mark.parametrize("suite", sorted(SUITES))
