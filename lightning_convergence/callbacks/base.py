@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
 from typing_extensions import override
 
-from lightning_convergence.validation import check_bool, check_positive_int
 from lightning_convergence.callbacks._context import (
     RunContext,
     finish_run_context,
@@ -21,8 +22,10 @@ from lightning_convergence.callbacks._context import (
     start_run_context,
 )
 from lightning_convergence.recorder.console import ConvergenceWarning, print_diagnosis
+from lightning_convergence.remedies.skip_step import drop_gradients
 from lightning_convergence.recorder.records import Diagnosis, Finding, Intervention
 from lightning_convergence.recorder.tensorboard import write_diagnosis_text, write_layout
+from lightning_convergence.validation import check_bool, check_positive_int
 
 
 STATE_SCHEMA = 1
@@ -43,25 +46,101 @@ def report_directory(trainer: Trainer) -> str:
     return os.fspath(logger.save_dir or trainer.default_root_dir)
 
 
+@dataclass
+class StepClock:
+    """Where the current batch stands in optimizer steps: the one convention of the suite.
+
+    Optimizer step ``k`` (0-based, ``trainer.global_step`` before it is taken) closes a logging
+    window when ``(k + 1) % cadence == 0``. A batch's step is the optimizer step it fed: under
+    ``accumulate_grad_batches`` the batches before the step belong to it too. Each window is
+    closed once, however many hooks or batches ask.
+
+    Example:
+        >>> clock = StepClock()
+        >>> closes = []
+        >>> for global_step in range(6):  # one batch per optimizer step
+        ...     clock.start_batch()
+        ...     clock.stepped()
+        ...     closes.append(clock.window_ends(global_step + 1, cadence=3))
+        >>> closes
+        [False, False, True, False, False, True]
+    """
+
+    optimizer_stepped: bool = False
+    last_window_end: int = -1
+
+    def start_batch(self) -> None:
+        self.optimizer_stepped = False
+
+    def stepped(self) -> None:
+        self.optimizer_stepped = True
+
+    @staticmethod
+    def closes_window(step: int, cadence: int) -> bool:
+        """Does optimizer step ``step`` (0-based) close a window?"""
+        return (step + 1) % cadence == 0
+
+    def batch_step(self, global_step: int) -> int:
+        """The optimizer step of the batch ending now (``global_step`` read at batch end)."""
+        return global_step - 1 if self.optimizer_stepped else global_step
+
+    def window_ends(self, global_step: int, cadence: int) -> bool:
+        """At batch end: did this batch's optimizer step close a window not closed yet?"""
+        if not self.optimizer_stepped or not self.closes_window(global_step - 1, cadence):
+            return False
+        if global_step == self.last_window_end:
+            return False
+        self.last_window_end = global_step
+        return True
+
+    def state_dict(self) -> dict[str, int]:
+        return {"last_window_end": self.last_window_end}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_window_end = int(state.get("last_window_end", -1))
+
+
+def batch_loss(trainer: Trainer, outputs: Any) -> Tensor | None:
+    """The batch's training loss from ``training_step``'s outputs (0-d, detached, on the device),
+    with Lightning's division by ``accumulate_grad_batches`` undone; ``None`` if there is none."""
+    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        return None
+    return loss.detach().reshape(()).float() * trainer.accumulate_grad_batches
+
+
 class ConvergenceCallback(Callback):
     """Shared behaviour: record findings and interventions, write the report, remove hooks.
 
     Subclasses call :meth:`record` and :meth:`record_intervention`, override :meth:`_flush` to
     evaluate what they hold when fit ends, and :meth:`_remove_hooks` to drop what they registered.
+    The base keeps the step clock (subclasses that override ``on_train_batch_start`` or
+    ``on_before_optimizer_step`` call ``super()`` first), owns this callback's LR factor through the
+    shared LR control, and makes the one rank-agreed skip decision (:meth:`skip_step`).
+
+    Args:
+        auto_remediate: act on what is diagnosed; otherwise only observe.
+        report_window_steps: a diagnosis kind is reported at most once per this many steps.
+        log_every_n_steps: logging and evaluation cadence in optimizer steps; ``None`` uses the
+            Trainer's.
     """
 
-    def __init__(self, auto_remediate: bool = False, report_window_steps: int = 500) -> None:
+    def __init__(self, auto_remediate: bool = False, report_window_steps: int = 500,
+                 log_every_n_steps: int | None = None) -> None:
         check_bool("auto_remediate", auto_remediate)
         check_positive_int("report_window_steps", report_window_steps)
+        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
         self.auto_remediate = auto_remediate
         self.report_window_steps = report_window_steps
+        self.log_every_n_steps = log_every_n_steps
+        self._clock = StepClock()
         self._pending_records: dict | None = None
         self._trainer_ref: weakref.ref | None = None
 
     def logging_cadence(self, trainer: Trainer) -> int:
         """Optimizer steps between logging steps: this callback's ``log_every_n_steps``, else the
         Trainer's; with the Trainer's logging off (0) the rules still need windows, so 50."""
-        return getattr(self, "log_every_n_steps", None) or trainer.log_every_n_steps or DEFAULT_CADENCE
+        return self.log_every_n_steps or trainer.log_every_n_steps or DEFAULT_CADENCE
 
     @property
     def source(self) -> str:
@@ -88,6 +167,56 @@ class ConvergenceCallback(Callback):
 
     def record_intervention(self, trainer: Trainer, action: str, step: int, detail: dict) -> None:
         self.context(trainer).log.add_intervention(Intervention(action, step, self.source, detail))
+
+    def records(self) -> dict[str, list[dict]]:
+        """What this callback recorded in the current (or last) fit: ``{"diagnoses": [...],
+        "interventions": [...]}`` as in ``convergence_report.json`` (a copy; read-only)."""
+        records = self._records_state()
+        return {"diagnoses": [dict(d) for d in records["diagnoses"]],
+                "interventions": [dict(i) for i in records["interventions"]]}
+
+    # ----------------------------------------------------------------- shared remedies
+
+    def own_lr(self, trainer: Trainer, factor: Callable[[int, int], float],
+               after_step: Callable[[], None] | None = None) -> None:
+        """Apply ``factor(optimizer_index, group_index)`` around every optimizer step, keyed by
+        this callback (two instances of one class own two factors)."""
+        context = self.context(trainer)
+        for index, optimizer in enumerate(trainer.optimizers):
+            context.lr_control(optimizer).set_owner(self.state_key, lambda group, i=index: factor(i, group),
+                                                    after_step=after_step)
+
+    def release_lr(self) -> None:
+        """Remove this callback's LR factor (end of fit, or a fault)."""
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is not None:
+            for optimizer in trainer.optimizers:
+                self.context(trainer).lr_control(optimizer).remove_owner(self.state_key)
+
+    def skip_step(self, trainer: Trainer, params: list, bad_values: Tensor, step: int, reason: str,
+                  **detail: Any) -> int:
+        """Skip this optimizer step on every rank if any rank counts bad values (NaN/Inf):
+        every ``p.grad = None``, so momentum and Adam state do not move either.
+
+        Args:
+            bad_values: this rank's count of bad values (any shape; summed), on the device.
+
+        Returns:
+            The count summed over ranks (0: the step goes ahead).
+
+        Note: a host read of one scalar, and under DDP one all_reduce (SUM) before it, so every
+        rank decides from the same number: any rank's bad values skip the step on all. Call it
+        at a point every rank reaches at the same step.
+        """
+        count = bad_values.detach().reshape(-1).double().sum()
+        if trainer.world_size > 1:
+            count = trainer.strategy.reduce(count, reduce_op="sum")
+        agreed = int(count.item())
+        if agreed > 0:
+            drop_gradients(params)
+            self.record_intervention(trainer, "skip_step", step,
+                                     {"reason": reason, "nonfinite_values": agreed, **detail})
+        return agreed
 
     def write_report(self, trainer: Trainer) -> str | None:
         """Write ``convergence_report.json`` into ``trainer.log_dir`` (global rank 0 only)."""
@@ -117,6 +246,14 @@ class ConvergenceCallback(Callback):
         if not context.layout_written:
             write_layout(trainer)
             context.layout_written = True
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._clock.start_batch()
+
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        self._clock.stepped()
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -150,7 +287,7 @@ class ConvergenceCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"schema": STATE_SCHEMA, "records": self._records_state()}
+        return {"schema": STATE_SCHEMA, "records": self._records_state(), "clock": self._clock.state_dict()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -159,6 +296,7 @@ class ConvergenceCallback(Callback):
                            f"{STATE_SCHEMA}; starting with fresh statistics.", category=ConvergenceWarning)
             return
         self._pending_records = state_dict.get("records")
+        self._clock.load_state_dict(state_dict.get("clock", {}))
         self._load_own_state(state_dict)
 
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:

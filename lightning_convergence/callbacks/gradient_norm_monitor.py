@@ -17,7 +17,6 @@ from typing_extensions import override
 
 from lightning_convergence.callbacks._layers import ForwardOrderRecorder, GroupBy, layer_of, ordered_layers
 from lightning_convergence.callbacks.base import ConvergenceCallback
-from lightning_convergence.remedies import drop_gradients
 from lightning_convergence import tags
 from lightning_convergence.rules.findings import Finding
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
@@ -140,7 +139,6 @@ class GradientNormMonitor(ConvergenceCallback):
         self._tracks: dict[int, _Track] = {}
         self._pending_tracks: dict[int, dict] = {}
         self._order = ForwardOrderRecorder()
-        self._stepped_this_batch = False
 
     @property
     @override
@@ -185,7 +183,7 @@ class GradientNormMonitor(ConvergenceCallback):
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._stepped_this_batch = False
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     # ----------------------------------------------------------------- every step
 
@@ -193,12 +191,13 @@ class GradientNormMonitor(ConvergenceCallback):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
         self._order.detach()
         track = self._track(trainer, pl_module, optimizer)
         if not track.params:
             return
         step = trainer.global_step
-        logging = (step + 1) % self.logging_cadence(trainer) == 0
+        logging = self._clock.closes_window(step, self.logging_cadence(trainer))
         sumsq, full = self.context(trainer).gradient_statistics(
             trainer, pl_module, optimizer, self.backend, full=logging
         )
@@ -206,7 +205,6 @@ class GradientNormMonitor(ConvergenceCallback):
         total_norm = sumsq.sum().sqrt()
         spike, median = track.spike.update(total_norm)
         track.window.update(step, total_norm, spike, median, layer_sumsq.sqrt(), ~torch.isfinite(layer_sumsq))
-        self._stepped_this_batch = True
         if logging:  # before a skip drops the gradients, so a bad step's values are still counted
             self._log_window(trainer, pl_module, track, step, full, layer_sumsq)
         if self.is_acting(trainer) and _scaler(trainer) is None:
@@ -219,16 +217,11 @@ class GradientNormMonitor(ConvergenceCallback):
             track.consecutive_skips = 0
             return
         counts = tensor_stats([p.grad for p in track.params], backend=self.backend)[:, NONFINITE]
-        nonfinite_values = int(counts.sum().item())
-        if nonfinite_values == 0:
-            return  # finite values whose squares overflow: an explosion for the rules, not a skip
-        drop_gradients(track.params)
+        # Finite values whose squares overflow count 0: an explosion for the rules, not a skip.
+        if not self.skip_step(trainer, track.params, counts, step, "nonfinite_gradients",
+                              consecutive=track.consecutive_skips + 1):
+            return
         track.consecutive_skips += 1
-        self.record_intervention(trainer, "skip_step", step, {
-            "reason": "nonfinite_gradients",
-            "nonfinite_values": nonfinite_values,
-            "consecutive": track.consecutive_skips,
-        })
         if track.consecutive_skips >= self.max_consecutive_skips:
             self._stop(trainer, track, step)
 
@@ -247,7 +240,7 @@ class GradientNormMonitor(ConvergenceCallback):
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         track = self._tracks.get(0)
-        step = trainer.global_step - 1 if self._stepped_this_batch else trainer.global_step
+        step = self._clock.batch_step(trainer.global_step)
         if track is not None and isinstance(loss, Tensor):
             track.window.update_loss(step, loss)
         for track in self._tracks.values():

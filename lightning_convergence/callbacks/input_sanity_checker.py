@@ -18,7 +18,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_convergence.callbacks.base import ConvergenceCallback
-from lightning_convergence.remedies import drop_gradients
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.input_health import InputHealthRule, InputThresholds, PartSummary
@@ -131,6 +130,7 @@ class InputSanityChecker(ConvergenceCallback):
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         sampled = (self._batches_seen < self.first_batches
                    or trainer.global_step % self.sample_every_n_steps == 0)
         self._batches_seen += 1
@@ -151,18 +151,15 @@ class InputSanityChecker(ConvergenceCallback):
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
         flag, self._step_nonfinite = self._step_nonfinite, None
         if flag is None or not self.is_acting(trainer):
             return
-        count = int(flag.item())  # the one host read per step that acting costs
-        if count == 0:
-            return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if all(p.grad is None for p in params):
-            return  # already skipped (GradientNormMonitor saw the NaN gradients first)
-        drop_gradients(params)
-        self.record_intervention(trainer, "skip_step", trainer.global_step,
-                                 {"reason": "nonfinite_inputs", "nonfinite_values": count})
+            return  # already skipped on every rank (GradientNormMonitor's agreed skip came first)
+        # NaN inputs are rank-local: the skip is decided from the count summed over ranks.
+        self.skip_step(trainer, params, flag, trainer.global_step, "nonfinite_inputs")
 
     @override
     def on_train_batch_end(
