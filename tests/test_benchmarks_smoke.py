@@ -1,9 +1,12 @@
-"""The benchmark scripts still run against the current package (tiny settings, outputs to tmp).
+"""The benchmarks still run against the current package, at tiny settings, writing to a temporary folder.
 
-The numbers themselves are measured by running the scripts at their defaults; see
-benchmarks/README.md. This only guards against a change in the package breaking them.
+Every check compares the results files with numbers computed in the same run (no expected number is
+written here): the numbers themselves are measured by running the benchmarks at their defaults (see
+benchmarks/README.md).
 """
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,60 +14,97 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is importable from the repository root
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import GENERATED  # noqa: E402
+from benchmarks.zoo.studies import STUDIES, VARIANTS  # noqa: E402
 
 
-def _run(args, timeout=240):
+def _run(args, timeout=600):
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 
 
-@pytest.mark.slow
-def test_autoclip_spikes_benchmark_runs(tmp_path):
-    out = _run(["benchmarks/bench_autoclip_spikes.py", "--seeds", "1", "--epochs", "1",
-                "--variants", "none,percentile,suite", "--out", str(tmp_path)])
-    assert "Results over 1 seeds" in out
-    assert (tmp_path / "autoclip_spikes.md").exists() and (tmp_path / "autoclip_spikes.png").exists()
+def _table(md: str, first_cell: str) -> list[list[str]]:
+    """The rows of the markdown table whose header starts with ``first_cell``."""
+    lines = md.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_cell} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return rows
 
 
 @pytest.mark.slow
-def test_warmup_benchmark_runs(tmp_path):
-    out = _run(["benchmarks/bench_warmup.py", "--seeds", "1", "--epochs", "1", "--layers", "1",
-                "--variants", "none,untuned", "--out", str(tmp_path)])
-    assert "Results over 1 seeds" in out
-    assert (tmp_path / "warmup.md").exists() and (tmp_path / "warmup.png").exists()
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_study_runs_and_its_tables_show_its_records(tmp_path, name):
+    study = STUDIES[name]
+    _run(["-m", "benchmarks.zoo", "--study", name, "--seeds", "0", "--max-steps", "70", "--out", str(tmp_path)])
+    md = (tmp_path / f"{name}.md").read_text()
+    payload = json.loads((tmp_path / f"{name}.json").read_text())
+    records = {(r["scenario"], r["variant"]): r for r in payload["records"]}
+    expected = [(s.name, v) for s in study.scenarios for v in s.variant_names]
+    assert sorted(records) == sorted(expected)
+    assert md.startswith(f"# {study.title}") and GENERATED in md
+    rows = _table(md, "scenario")
+    assert [row[0] for row in rows] == [s for s, _ in expected]
+    for (scenario, variant), row in zip(expected, rows):
+        r = records[(scenario, variant)]
+        assert r["error"] is None and r["steps"] == 70 and r["seed"] == 0
+        assert row[1] == VARIANTS[variant].describe(next(s for s in study.scenarios if s.name == scenario))
+        assert row[4] == f"{r['val_acc']:.3f}"  # val acc per seed
+        lost = not math.isfinite(r["val_acc"]) or r["val_acc"] < 0.5
+        assert row[5] in ({"1/1"} if lost else {"0/1", "1/1"})  # a NaN/Inf training loss also loses a seed
+        has_suite = bool(VARIANTS[variant].callbacks(next(s for s in study.scenarios if s.name == scenario)))
+        assert bool(r["diagnoses"] or r["interventions"]) <= has_suite  # no report without callbacks
+        kinds = {d["kind"] for d in r["diagnoses"] if d["severity"] != "info"}
+        assert row[6] == (", ".join(f"{k} (1/1)" for k in sorted(kinds)) or "none")
+    if name == "redo":
+        for r in payload["records"]:
+            assert set(r["extras"]["dead_fraction"]) == {"net.1", "net.3"}
+            assert all(0.0 <= f <= 1.0 for f in r["extras"]["dead_fraction"].values())
+    if name == "warmup":  # the effective LR column: the warmed-up run starts below its peak, the plain one at it
+        lr = {variant: row[-1] for (_, variant), row in zip(expected, rows) if variant in ("none", "untuned")}
+        start, peak = (float(x.split()[0]) for x in lr["untuned"].split(" / ")[:2])
+        assert start < peak
+        start, peak = (float(x.split()[0]) for x in lr["none"].split(" / ")[:2])
+        assert start == peak
 
 
 @pytest.mark.slow
-def test_redo_benchmark_runs(tmp_path):
-    # --quick: 1 seed, 3 epochs (141 steps): `neg bias` gets its first revival at step 99.
-    out = _run(["benchmarks/bench_redo.py", "--quick", "--hidden", "32", "--scenarios", "healthy,neg bias",
-                "--out", str(tmp_path)])
-    assert "Results over 1 seeds" in out
-    assert "ReDo acted" in out
-    assert (tmp_path / "redo.md").exists() and (tmp_path / "redo.png").exists()
+def test_study_keeps_the_verdict_written_by_hand(tmp_path):
+    md = tmp_path / "plateau.md"
+    md.write_text(f"# PlateauAdvisor\n\nA verdict written by hand.\n\n{GENERATED}\n\nold tables\n")
+    _run(["-m", "benchmarks.zoo", "--study", "plateau", "--seeds", "0", "--max-steps", "5", "--out", str(tmp_path)])
+    text = md.read_text()
+    assert text.startswith("# PlateauAdvisor\n\nA verdict written by hand.\n") and "old tables" not in text
+    assert text.count(GENERATED) == 1
 
 
 @pytest.mark.slow
-def test_overhead_benchmark_imports_and_parses_its_arguments():
-    out = _run(["benchmarks/bench_gradient_monitor.py", "--help"], timeout=60)
-    assert "--quick" in out and "--init" in out
-
-
-@pytest.mark.slow
-def test_plateau_benchmark_runs(tmp_path):
-    out = _run(["benchmarks/bench_plateau.py", "--quick", "--out", str(tmp_path)])
-    assert "Results over 1 seeds" in out
-    assert (tmp_path / "plateau.md").exists()
-
-
-@pytest.mark.slow
-def test_overhead_models_benchmark_runs(tmp_path):
-    # One model, a few variants (the tracker's forward hooks, the recipe, the suite), a few steps;
-    # one memory subprocess beside the bare one.
-    out = _run(["benchmarks/bench_overhead_models.py", "--quick", "--models", "cnn",
-                "--variants", "tracker,suite,recipe", "--memory-variants", "suite", "--out", str(tmp_path)],
-               timeout=400)
-    assert "target suite" in out and "[memory] cnn" in out
-    assert (tmp_path / "overhead_models.md").exists() and (tmp_path / "overhead_models.json").exists()
-    assert "not yet measured (no GPU available)" in (tmp_path / "overhead_models.md").read_text()
+def test_overhead_runs_and_reports_what_it_timed(tmp_path):
+    out = _run(["benchmarks/overhead.py", "--quick", "--models", "cnn", "--variants", "floor,tracker,suite,recipe",
+                "--max-wait", "0", "--out", str(tmp_path)])
+    assert "wrote" in out
+    payload = json.loads((tmp_path / "overhead.json").read_text())
+    variants = payload["models"]["cnn"]["variants"]
+    assert list(variants) == ["bare", "floor", "tracker", "suite", "recipe"]
+    assert "hook_ms" not in variants["bare"]
+    for name in ("floor", "tracker", "suite", "recipe"):
+        row = variants[name]
+        assert row["hook_ms"] > 0 and row["step_ms"] > 0
+        assert row["hook_fraction"] == pytest.approx(row["hook_ms"] / variants["bare"]["step_ms"])
+        assert sum(row["per_callback_ms"].values()) == pytest.approx(row["hook_ms"], rel=1e-6)
+    assert "forward hooks" in variants["tracker"]["per_callback_ms"]  # the tracker's hooks on the activations
+    assert "FloorPass" in variants["floor"]["per_callback_ms"]
+    stats = payload["models"]["cnn"]["stats_pass"]
+    assert set(stats) == {"floor", "sum_of_squares", "_foreach_norm"}
+    assert all(t["hot"] > 0 and t["cold"] > 0 for t in stats.values())
+    md = (tmp_path / "overhead.md").read_text()
+    rows = _table(md, "variant")
+    assert [row[0] for row in rows] == [f"`{v}`" for v in variants]
+    assert rows[1][3] == f"{variants['floor']['hook_ms']:.2f}"

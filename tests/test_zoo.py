@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, importable 
 from benchmarks.zoo.run import select  # noqa: E402
 from benchmarks.zoo.scenarios import SCENARIO_LIST, SCENARIOS  # noqa: E402
 from benchmarks.zoo.scoring import score  # noqa: E402
+from benchmarks.zoo.studies import SCENARIO_BY_NAME, STUDIES, VARIANTS  # noqa: E402
 from lightning_convergence.rules.findings import DIAGNOSIS_KINDS  # noqa: E402
 
 QUICK = [s.name for s in SCENARIO_LIST if s.quick and s.role != "reference"]
@@ -36,6 +37,14 @@ def test_scenarios_are_well_formed():
         assert not s.expect and s.onset is None, s.name
 
 
+def test_every_variant_and_study_scenario_is_known():
+    for scenario in SCENARIO_BY_NAME.values():
+        assert scenario.variant_names and set(scenario.variant_names) <= set(VARIANTS), scenario.name
+    for study in STUDIES.values():
+        assert study.seeds and all(s.role == "study" and s.name.startswith(f"{study.name}/") for s in study.scenarios)
+    assert len(SCENARIO_BY_NAME) == len(SCENARIOS) + sum(len(st.scenarios) for st in STUDIES.values())
+
+
 def test_quick_subset_has_the_ci_scenarios_and_their_references():
     assert {"nan_batch", "lr_high", "inf_loss"} <= set(QUICK)
     assert sum(SCENARIOS[n].role == "healthy" for n in QUICK) == 2
@@ -43,8 +52,8 @@ def test_quick_subset_has_the_ci_scenarios_and_their_references():
     assert chosen == set(QUICK) | {SCENARIOS[n].reference for n in QUICK if SCENARIOS[n].reference}
 
 
-def _record(name, mode, seed, diagnoses, val_loss=0.1, interventions=()):
-    return {"scenario": name, "mode": mode, "seed": seed, "val_loss": val_loss, "val_acc": 0.9, "steps": 100,
+def _record(name, variant, seed, diagnoses, val_loss=0.1, interventions=()):
+    return {"scenario": name, "variant": variant, "seed": seed, "val_loss": val_loss, "val_acc": 0.9, "steps": 100,
             "seconds": 1.0, "losses": [], "val_losses": [], "diagnoses": list(diagnoses),
             "interventions": list(interventions), "noticed": [d.pop("noticed") for d in diagnoses], "suite": "",
             "error": None, "other_cores": 0.0}
@@ -52,7 +61,8 @@ def _record(name, mode, seed, diagnoses, val_loss=0.1, interventions=()):
 
 def _d(kind, step, severity="warning", noticed=None):
     return {"kind": kind, "severity": severity, "step": step, "epoch": 0, "source": "X", "message": "m.",
-            "layer": None, "evidence": {}, "noticed": step if noticed is None else noticed}
+            "layer": None, "evidence": {}, "observation": "o.", "causes": [], "remedies": [],
+            "noticed": step if noticed is None else noticed}
 
 
 def test_scoring_counts_hits_latency_false_alarms_and_recovery():
@@ -117,6 +127,6 @@ def test_quick_zoo_fault_is_detected(quick_zoo, name):
 def test_quick_zoo_healthy_control_has_no_warning(quick_zoo, name):
     _, scores = quick_zoo
     (control,) = [c for c in scores.controls if c.scenario.name == name]
-    alarms = [(d["kind"], d["severity"], d["step"], d["message"][:120]) for d, _ in control.alarms]
+    alarms = [(d["kind"], d["severity"], d["step"], d.get("observation")) for d, _ in control.alarms]
     if alarms:
         pytest.fail(f"{name}: warnings on a healthy run: {alarms}")

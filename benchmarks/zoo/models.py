@@ -1,5 +1,5 @@
-"""The zoo's small models: classifiers on the digits (MLP, CNN, GRU over rows) and an RNN for the
-adding problem. The post-LN transformer is ``benchmarks/_warmup_model.py``'s ``RowsTransformer``.
+"""The zoo's small models: classifiers on the digits (MLP, CNN, GRU and a post-LN transformer over
+rows) and an RNN for the adding problem.
 
 Every model logs ``train_loss``, ``val_loss`` (and ``val_acc`` for classifiers). Optimizers are
 ``"sgd"`` (with ``momentum``) or ``"adam"``.
@@ -162,3 +162,40 @@ class AddingRNN(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return _optimizer(self.parameters(), self.hparams.optimizer, self.hparams.lr, self.hparams.momentum)
+
+
+class RowsTransformer(Classifier):
+    """A post-LN transformer encoder (``norm_first=False``, as most tutorials write it) reading an 8x8
+    digit as a sequence of 8 rows: linear embedding plus a learned position, the encoder, a mean over
+    positions, a linear head. Adam; with ``cosine``, the user's ``CosineAnnealingLR`` over the whole
+    run, stepped every optimizer step.
+
+    Post-LN transformers are the textbook case for warmup (Liu et al. 2020; Xiong et al. 2020): in
+    the first steps Adam's second moment rests on a few gradients, so every weight moves by about
+    the full LR at once. ``nn.TransformerEncoder`` deep-copies its layer: every layer starts alike.
+    """
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.98), d_model: int = 64, heads: int = 4,
+                 layers: int = 4, ff: int = 128, cosine: bool = False) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.embed = nn.Linear(8, d_model)
+        self.position = nn.Parameter(torch.randn(1, 8, d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(d_model, heads, ff, 0.0, batch_first=True, norm_first=False)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, 8, 8)  # [B, 8 rows, 8 pixels]
+        return self.head(self.encoder(self.embed(rows) + self.position).mean(dim=1))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self(x), y)  # no train_loss logged: the suite then watches the validation loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, betas=self.hparams.betas)
+        if not self.hparams.cosine:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

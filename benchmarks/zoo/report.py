@@ -1,22 +1,22 @@
 """The zoo's markdown: headline, per-scenario tables, every miss and false alarm with a reproduction.
 
-Every sentence about a result is generated from the numbers, so a rerun stays truthful.
+The tables and the lists of misses and alarms are generated; the verdict above them in
+``RESULTS.md`` is written by hand and kept when the file is rewritten. A diagnosis is quoted from
+its fields (observation, ranked causes), never by cutting its rendered message.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
 import shlex
 import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import markdown_table
-from benchmarks._timing import environment
+from benchmarks.harness import environment, environment_line, markdown_table, write_results as write_file
 from benchmarks.zoo.figure import plot
-from benchmarks.zoo.runner import LOG_EVERY_N_STEPS, describe_suite
+from benchmarks.zoo.runner import LOG_EVERY_N_STEPS
 from benchmarks.zoo.scenarios import DEV_SEEDS, RECOVERY_FACTOR, Scenario
 from benchmarks.zoo.scoring import ControlSeed, FaultSeed, Scores, score, severe
 
@@ -35,10 +35,11 @@ def _per_seed(values: list[str]) -> str:
     return " / ".join(values)
 
 
-def _first_sentence(message: str) -> str:
-    text = message.replace("|", "\\|").replace("\n", " ")
-    head = text.split(". ")[0]
-    return head if head.endswith(".") else head + "."
+def _finding(d: dict[str, Any]) -> str:
+    """The diagnosis's observation and its ranked causes, from the report's fields."""
+    causes = ", ".join(f"{c['cause']} ({c['confidence']:.2f})" for c in d.get("causes") or [])
+    observation = (d.get("observation") or "").replace("\n", " ")
+    return f"\"{observation}\"" + (f"; likely causes: {causes}" if causes else "")
 
 
 def _kinds_at(diagnoses: list[tuple[dict[str, Any], int | None]]) -> str:
@@ -77,7 +78,7 @@ def _headline(s: Scores) -> tuple[list[str], str]:
     hits, total = s.recall()
     rows.append(["detection recall: faults with an expected kind at warning+ (observe runs)", _ratio(hits, total),
                  _ratio(*s.recall(False)), _ratio(*s.recall(True)), "every fault", "yes" if hits == total else "no"])
-    rhits, rtotal = s.recall(mode="remediate")
+    rhits, rtotal = s.recall(variant="remediate")
     rows.append(["detection recall, remediated runs", _ratio(rhits, rtotal), _ratio(*s.recall(False, "remediate")),
                  _ratio(*s.recall(True, "remediate")), "-", "-"])
     alarms, runs = s.false_alarm_runs()
@@ -145,7 +146,7 @@ def _remediation_table(s: Scores) -> str:
              "val loss observe", "val loss remediated", "val loss reference", "remediated / reference", "recovered"]]
     for name, fs in _by_scenario(s.faults).items():
         sc = fs[0].scenario
-        suite = describe_suite("remediate", sc.num_classes, sc.remedy)
+        suite = fs[0].remediate["suite"] if fs[0].remediate else "-"
         ref = f" (`{sc.reference}`)" if sc.reference else ""
         recovered = [f for f in fs if f.recovered is not None]
         if not sc.remediable:
@@ -198,63 +199,17 @@ def _scenario_table(s: Scores) -> str:
 def _time_table(records: list[dict[str, Any]]) -> str:
     by: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in records:
-        by.setdefault(r["scenario"], {}).setdefault(r["mode"], []).append(r)
+        by.setdefault(r["scenario"], {}).setdefault(r["variant"], []).append(r)
     rows = [["scenario", "optimizer steps (per seed)", "observe s (mean)", "remediated s (mean)",
              "other cores busy (mean)"]]
-    for name, modes in by.items():
-        obs, rem = modes.get("observe", []), modes.get("remediate", [])
+    for name, variants in by.items():
+        obs, rem = variants.get("observe", []), variants.get("remediate", [])
         loads = [r["other_cores"] for r in obs + rem if r.get("other_cores") is not None]
         rows.append([name, _per_seed([str(r["steps"]) for r in sorted(obs, key=lambda r: r["seed"])]),
                      _f(statistics.mean(r["seconds"] for r in obs), ".1f") if obs else "-",
                      _f(statistics.mean(r["seconds"] for r in rem), ".1f") if rem else "-",
                      _f(statistics.mean(loads), ".2f") if loads else "-"])
     return markdown_table(rows)
-
-
-# ------------------------------------------------------------------------------ reading
-
-
-def _span(values: list[int]) -> str:
-    if not values:
-        return "-"
-    low, high = min(values), max(values)
-    return f"{low}" if low == high else f"{low} to {high}"
-
-
-def _reading(s: Scores) -> list[str]:
-    """The headline's exceptions in one bullet each, from the numbers."""
-    out = []
-    missed = {}
-    for f in s.faults:
-        missed.setdefault(f.scenario.name, [0, 0])
-        missed[f.scenario.name][1] += 1
-        missed[f.scenario.name][0] += f.hit is None
-    text = ", ".join(f"{n} ({m} of {t} seeds)" for n, (m, t) in missed.items() if m)
-    out.append(f"- Missed (observe runs): {text or 'none'}. Each is described under *Every miss*.")
-    kinds: dict[tuple[str, str], set[int]] = {}
-    for c in s.controls:
-        for d, _ in c.alarms:
-            kinds.setdefault((c.scenario.name, d["kind"]), set()).add(c.seed)
-    text = ", ".join(f"{k} on {n} (seeds {', '.join(map(str, sorted(v)))})" for (n, k), v in kinds.items())
-    out.append(f"- False alarms on healthy controls (observe): {text or 'none'}.")
-    lost: dict[str, list[FaultSeed]] = {}
-    for f in s.faults:
-        if f.recovered is False:
-            lost.setdefault(f.scenario.name, []).append(f)
-    text = "; ".join(f"{n} on {len(fs)} seed{'s' if len(fs) > 1 else ''} (remediated / reference "
-                     f"{', '.join(_f(f.ratio, '.2f') for f in fs)})" for n, fs in lost.items())
-    out.append(f"- Remediable faults not recovered within {RECOVERY_FACTOR}x: {text or 'none'}.")
-    prompt = s.prompt_latencies()
-    if prompt:
-        at_onset = all(f.hit is not None and f.hit.latency == 0 for f in prompt)
-        noticed = [f.hit.noticed_latency for f in prompt if f.hit and f.hit.noticed_latency is not None]
-        acted = [f.action[1] - (f.scenario.onset or 0) for f in prompt if f.action]
-        out.append(f"- One-step events ({', '.join(sorted({f.scenario.name for f in prompt}))}): "
-                   + ("diagnosed at their onset step on every seed" if at_onset else "not all diagnosed at onset")
-                   + f"; observing, the suite logged them {_span(noticed)} steps later (at the end of the logging "
-                   f"window); acting, it intervened {_span(acted)} steps after the onset (0: the faulty step itself "
-                   "was skipped or clipped).")
-    return out
 
 
 # ------------------------------------------------------------------------------ misses
@@ -301,14 +256,14 @@ def _alarms(s: Scores, groups: tuple) -> list[str]:
     out = []
     for group, label in groups:
         for c in group:
-            for mode, alarms in (("observe", c.alarms), ("remediate", c.remediate_alarms)):
+            for variant, alarms in (("observe", c.alarms), ("remediate", c.remediate_alarms)):
                 for d, noticed in alarms:
                     layer = f", layer `{d['layer']}`" if d.get("layer") else ""
-                    record = c.observe if mode == "observe" else c.remediate
+                    record = c.observe if variant == "observe" else c.remediate
                     load = record.get("other_cores") if record else None
                     out.append(f"- **{c.scenario.name}** ({label}), seed {c.seed}{' (held out)' if c.held_out else ''}, "
-                               f"{mode} run: `{d['kind']}` ({d['severity']}) at step {d['step']} (logged at "
-                               f"{noticed}), from {d['source']}{layer}: \"{_first_sentence(d['message'])}\" "
+                               f"{variant} run: `{d['kind']}` ({d['severity']}) at step {d['step']} (logged at "
+                               f"{noticed}), from {d['source']}{layer}: {_finding(d)}. "
                                f"Other processes kept {_f(load, '.2f')} cores busy during this run. "
                                f"Reproduce: {_reproduce(c.scenario.name, c.seed)}.")
     return out
@@ -327,14 +282,10 @@ def write_results(records: list[dict[str, Any]], scenarios: list[Scenario], args
     headline, line = _headline(s)
     held = [x for x in s.seeds if x not in DEV_SEEDS]
     lines = [
-        "# Convergence zoo: what the suite diagnoses and fixes, fault by fault",
-        "",
         f"Produced by `{command}` in {wall:.0f} s ({len(records)} runs, {args.jobs} at a time, one torch thread "
-        f"each) on {env['cpu_count']} CPUs ({env['cpu_model']}), Python {platform.python_version()}, torch "
-        f"{env['torch']}, Lightning {env['lightning']}. Other processes kept "
-        f"{_f(statistics.mean(loads) if loads else None, '.2f')} cores busy on average during a run (the zoo's "
-        f"other worker included; max {_f(max(loads) if loads else None, '.2f')}): timing-based rules (slow data "
-        "loading) see that load.",
+        f"each); {environment_line(env)}. Other processes kept {_f(statistics.mean(loads) if loads else None, '.2f')} "
+        f"cores busy on average during a run (the zoo's other worker included; max "
+        f"{_f(max(loads) if loads else None, '.2f')}): timing-based rules (slow data loading) see that load.",
         "",
         f"Seeds {', '.join(_seed(x) for x in s.seeds)}; seed {', '.join(map(str, DEV_SEEDS))} is the development seed "
         "(the scenarios were designed on it), seeds marked * are held out"
@@ -344,15 +295,13 @@ def write_results(records: list[dict[str, Any]], scenarios: list[Scenario], args
         "",
         *headline,
         "",
-        *_reading(s),
-        "",
         "How it is scored: every fault runs twice, observed (`default_callbacks(auto_remediate=False, "
         "num_classes=...)`, which changes nothing in training: the observe run is also the unremediated "
         "baseline) and remediated (`default_callbacks(auto_remediate=True, ...)` with the opt-ins the "
         "fault declares). A **hit** is a diagnosis of one of the fault's declared kinds at severity warning or "
         "critical, read from the run's `convergence_report.json`; detection is judged on the observe run. "
         "**Latency** is the diagnosis's `step` (the step the suite attributes the problem to) minus the "
-        "fault's onset; *noticed at* is the step at which the diagnosis entered the run's log (rules "
+        "fault's onset; *noticed at* is the step at which the suite announced the diagnosis (rules "
         f"that judge a window decide at its end: every {LOG_EVERY_N_STEPS} steps here, the Trainer's "
         "`log_every_n_steps`). A **false alarm** is any warning or critical diagnosis on a healthy control. "
         f"**Recovered**: the remediated run's final validation loss is at most {RECOVERY_FACTOR}x that of the "
@@ -361,15 +310,16 @@ def write_results(records: list[dict[str, Any]], scenarios: list[Scenario], args
         "",
     ]
     if errors:
-        lines += ["**Runs that raised:** " + "; ".join(f"{r['scenario']} {r['mode']} seed {r['seed']}: {r['error']}"
+        lines += ["**Runs that raised:** " + "; ".join(f"{r['scenario']} {r['variant']} seed {r['seed']}: {r['error']}"
                                                         for r in errors), ""]
     lines += ["## Faults: detection (observe runs)", "", _detection_table(s), "",
-              "Seeds marked * are held out. *noticed at*: the step the diagnosis was logged. "
+              "Seeds marked * are held out. *noticed at*: the step the diagnosis was announced. "
               "*Other warning+ kinds*: true or not, they are not counted as hits.", "",
               "## Faults: remediation", "", _remediation_table(s), "",
               "## Healthy controls", "", _control_table(s.controls, True), "",
               "## Fault-free references (observe runs)", "",
-              "Their warnings are not in the headline (they are not declared controls); each is listed below.", "", _control_table(s.references, False) if s.references else "none", "",
+              "Their warnings are not in the headline (they are not declared controls); each is listed below.", "",
+              _control_table(s.references, False) if s.references else "none", "",
               "## Every miss", ""]
     lines += _misses(s) or ["None: every fault was detected on every seed."]
     lines += ["", "## Every false alarm: warnings on the healthy controls (observe and remediated runs)", ""]
@@ -387,5 +337,5 @@ def write_results(records: list[dict[str, Any]], scenarios: list[Scenario], args
               f"![the zoo, seed {s.seeds[0]}](results/{png.name})" if md.parent.name == "benchmarks" else
               f"Figure: {png}", ""]
     plot(s, png)
-    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_file(md, "Convergence zoo: what the suite diagnoses and fixes, fault by fault", lines)
     return line

@@ -12,7 +12,12 @@ Each fault declares, before any run is looked at:
   (within ``RECOVERY_FACTOR``), and ``remediable``: whether the suite has a remedy for the fault at
   all (advice-only faults have no recovery target; their reference, if any, shows the fault's cost).
 
-All runs use the Trainer's ``log_every_n_steps=10``, the suite's windows follow it.
+A scenario runs under each of its **variants** (the callbacks and Trainer settings of one run):
+faults and healthy controls under ``observe`` and ``remediate``, references under ``observe``. The
+effect studies (``studies.py``) are scenarios too, with their own variants.
+
+All runs use the Trainer's ``log_every_n_steps=10`` unless a scenario sets it; the suite's windows
+follow it.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch import Callback
 
-from benchmarks._warmup_model import RowsTransformer
 from benchmarks.zoo.data import AddingProblem, ZooDigits, long_sequences, nan_pixels, scaled_inputs
-from benchmarks.zoo.models import CNN, MLP, AddingRNN, RowsGRU
+from benchmarks.zoo.models import CNN, MLP, AddingRNN, RowsGRU, RowsTransformer
+from lightning_convergence import default_callbacks
 
 RECOVERY_FACTOR = 1.5  # recovered: remediated final val loss <= this x the reference's
 DEV_SEEDS = (0,)  # the scenarios were designed on these seeds; any other seed is held out
@@ -36,7 +42,7 @@ class Scenario:
     """One configuration of the zoo (see the module docstring for the fields of a fault)."""
 
     name: str
-    role: Literal["fault", "healthy", "reference"]
+    role: Literal["fault", "healthy", "reference", "study"]
     what: str
     model: Callable[[], L.LightningModule]
     data: Callable[[int], L.LightningDataModule]
@@ -53,6 +59,39 @@ class Scenario:
     prompt: bool = False  # a one-step event (NaN, Inf, explosion): to be detected within one step of onset
     cost: float = 1.0  # rough seconds per run, to start the long runs first
     note: str = ""  # how the scenario was designed, what was measured to choose it
+    variants: tuple[str, ...] = ()  # empty: observe and remediate (references: observe)
+    trainer: dict[str, Any] = field(default_factory=dict)  # further Trainer arguments
+    norms: bool = False  # record the global gradient norm of every step (one host read per step)
+    measure: Callable[[L.LightningModule, L.LightningDataModule], dict[str, Any]] | None = None  # after fit
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        if self.variants:
+            return self.variants
+        return ("observe",) if self.role == "reference" else ("observe", "remediate")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The callbacks (and Trainer arguments) of one run of a scenario."""
+
+    name: str
+    callbacks: Callable[[Scenario], list[Callback]]
+    describe: Callable[[Scenario], str]
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+def _suite_text(remediate: bool, scenario: Scenario) -> str:
+    args = [f"auto_remediate={remediate}", f"num_classes={scenario.num_classes}"]
+    args += [f"{k}={v!r}" for k, v in scenario.remedy.items()] if remediate else []
+    return f"default_callbacks({', '.join(args)})"
+
+
+OBSERVE = Variant("observe", lambda s: default_callbacks(auto_remediate=False, num_classes=s.num_classes),
+                  lambda s: _suite_text(False, s))
+REMEDIATE = Variant("remediate",
+                    lambda s: default_callbacks(auto_remediate=True, num_classes=s.num_classes, **s.remedy),
+                    lambda s: _suite_text(True, s))
 
 
 # ----------------------------------------------------------------- shared configurations
@@ -65,9 +104,9 @@ def _flat(**kw: Any) -> Callable[[int], ZooDigits]:
     return _digits(as_images=False, **kw)
 
 
-def _transformer(lr: float) -> Callable[[], RowsTransformer]:
-    # bench_warmup.py's post-LN transformer: 4 layers, d_model 64, 4 heads, ff 128, Adam (0.9, 0.98).
-    return lambda: RowsTransformer(lr, (0.9, 0.98), 64, 4, 4, 128, 0.0, False)
+def _transformer(lr: float, cosine: bool = False) -> Callable[[], RowsTransformer]:
+    # The warmup study's post-LN transformer: 4 layers, d_model 64, 4 heads, ff 128, Adam (0.9, 0.98).
+    return lambda: RowsTransformer(lr, cosine=cosine)
 
 
 def _rnn() -> AddingRNN:
@@ -140,7 +179,7 @@ SCENARIO_LIST: list[Scenario] = [
              note="The demo's `overfit` fault. No fault-free twin: early stopping limits the damage, it cannot "
                   "add data."),
     Scenario("needs_warmup", "fault",
-             "post-LN transformer (4 layers) with Adam at lr 6e-3 and no warmup (bench_warmup.py's setting)",
+             "post-LN transformer (4 layers) with Adam at lr 6e-3 and no warmup (the warmup study's setting)",
              _transformer(6e-3), _flat(), epochs=TRANSFORMER_EPOCHS, onset=0,
              expect=("divergence", "oscillation", "exploding_gradients", "nonfinite_loss", "no_learning"),
              remedy={"warmup_steps": 99}, reference="healthy_transformer_adam", remediable=True, cost=10,

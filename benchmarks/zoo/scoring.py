@@ -131,9 +131,9 @@ class Scores:
     references: list[ControlSeed]
     seeds: list[int]
 
-    def recall(self, held_out: bool | None = None, mode: str = "observe") -> tuple[int, int]:
+    def recall(self, held_out: bool | None = None, variant: str = "observe") -> tuple[int, int]:
         rows = [f for f in self.faults if held_out is None or f.held_out == held_out]
-        hits = [f for f in rows if (f.hit if mode == "observe" else f.remediate_hit) is not None]
+        hits = [f for f in rows if (f.hit if variant == "observe" else f.remediate_hit) is not None]
         return len(hits), len(rows)
 
     def false_alarm_runs(self, held_out: bool | None = None) -> tuple[int, int]:
@@ -158,7 +158,7 @@ class Scores:
 
 
 def score(records: list[Record]) -> Scores:
-    runs = {(r["scenario"], r["mode"], r["seed"]): r for r in records}
+    runs = {(r["scenario"], r["variant"], r["seed"]): r for r in records}
     seeds = sorted({r["seed"] for r in records})
     present = [s for s in SCENARIOS.values() if any(k[0] == s.name for k in runs)]
     faults, controls, references = [], [], []
