@@ -2,13 +2,13 @@
 
 The training loss of each step is kept on the device and read once per logging window (one
 collective first under DDP, so every rank judges the same numbers and decides alike). The
-validation metric is read at validation end. Decisions are made by the rules in ``rules/``;
-LR changes go through the shared LR control, as a factor on whatever the user's scheduler set.
+validation metric is read at validation end. What to do is decided by the rules
+(``rules/loss_regime``, ``rules/plateau_schedule``, ``rules/recovery``); this adapter applies it:
+LR changes as a factor on whatever the user's scheduler set, snapshots and rollbacks.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import torch
@@ -18,24 +18,18 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import ConvergenceCallback
+from lightning_convergence import tags
+from lightning_convergence.callbacks.base import ConvergenceCallback, batch_loss
+from lightning_convergence.recorder.console import ConvergenceWarning
+from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
-from lightning_convergence.recorder.console import ConvergenceWarning
+from lightning_convergence.remedies.warmup import warmup_factor
 from lightning_convergence.rules.findings import Finding
-from lightning_convergence.recorder.tensorboard import log_scalars
-from lightning_convergence.rules.advice import advise
 from lightning_convergence.rules.loss_regime import LossRegimeRule, OverfitRule, RegimeThresholds
 from lightning_convergence.rules.plateau_schedule import PlateauSchedule
-from lightning_convergence.validation import (
-    check_bool,
-    check_nonnegative_float,
-    check_nonnegative_int,
-    check_positive_float,
-    check_positive_int,
-)
-
-OWNER = "PlateauAdvisor"
+from lightning_convergence.rules.recovery import Action, RecoveryPolicy
+from lightning_convergence.validation import check_bool, check_positive_int
 
 
 class PlateauAdvisor(ConvergenceCallback):
@@ -47,22 +41,16 @@ class PlateauAdvisor(ConvergenceCallback):
     ``auto_remediate=True``:
 
     - ``plateau``: the LR is multiplied by ``factor`` exactly when torch's ``ReduceLROnPlateau``
-      with the same ``mode``, ``factor``, ``patience``, ``threshold``, ``threshold_mode``,
-      ``cooldown``, ``min_lr`` and ``eps`` would reduce it, fed ``monitor`` at each validation end
-      (or, without a validation metric and with ``strict=False``, the smoothed training loss at
-      each logging window). A plateau before any progress is ``no_learning`` instead: lowering
-      the LR is the wrong remedy there. If the user configured a ``ReduceLROnPlateau`` already,
-      plateaus are only advised, with a warning, so the LR is never reduced twice.
-    - ``divergence``: the LR is multiplied by ``divergence_factor`` and, with ``rollback``, model
-      and optimizer go back to the last healthy snapshot (CPU memory: about 3x the parameters
-      with Adam; taken when training starts and at the end of each healthy window, one whose
-      smoothed loss is finite and at most halfway from its best to the divergence line, or
-      every ``snapshot_every_n_steps`` such windows),
-      optionally followed by a linear re-warmup over ``rewarmup_steps``. After
-      ``max_recoveries`` rollbacks without a healthy window in between, training stops.
-    - ``oscillation``: the LR is multiplied by ``divergence_factor`` (no rollback).
+      with the same settings would reduce it, fed ``monitor`` at each validation end (or the
+      smoothed training loss per window when there is no such metric and ``strict=False``). A
+      plateau before any progress is ``no_learning`` instead. With a user's ``ReduceLROnPlateau``
+      already configured, plateaus are only advised (with a warning), never reduced twice.
+    - ``divergence``, ``oscillation``, ``no_learning``: the recovery policy of
+      :class:`~lightning_convergence.rules.recovery.RecoveryPolicy`: LR cut by
+      ``divergence_factor``; on divergence a rollback to the last steady snapshot (host memory:
+      about 3x the parameters with Adam), then an optional linear re-warmup over
+      ``rewarmup_steps``, and a stop after ``max_recoveries`` failed recoveries in a row.
     - ``overfitting``: advice; training stops if ``stop_on_overfit``.
-    - ``no_learning``: advice; the LR is raised tenfold once if ``raise_lr_on_no_learning``.
 
     Args:
         monitor: validation metric for plateau and overfitting decisions.
@@ -118,34 +106,21 @@ class PlateauAdvisor(ConvergenceCallback):
         auto_remediate: bool = False,
         report_window_steps: int = 500,
     ) -> None:
-        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
+        super().__init__(auto_remediate, report_window_steps, log_every_n_steps)
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
             raise TypeError(f"`monitor` must be a metric name or None, got {monitor!r}.")
-        if mode not in ("min", "max"):
-            raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
-        for name, value in (("factor", factor), ("divergence_factor", divergence_factor)):
-            check_positive_float(name, value)
-            if value >= 1:
-                raise ValueError(f"`{name}` must be in (0, 1), got {value!r}.")
-        check_nonnegative_int("patience", patience)
-        check_nonnegative_float("threshold", threshold)
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}.")
-        check_nonnegative_int("cooldown", cooldown)
-        check_nonnegative_float("min_lr", min_lr)
-        check_nonnegative_float("eps", eps)
-        for name, value in (("strict", strict), ("rollback", rollback), ("stop_on_overfit", stop_on_overfit),
-                            ("raise_lr_on_no_learning", raise_lr_on_no_learning)):
-            check_bool(name, value)
+        # The rules check their own settings (ReduceLROnPlateau's in the schedule, the recovery
+        # policy's in the policy), naming the argument; the rest is checked here.
+        self._schedule = PlateauSchedule(mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps)
+        self._policy = RecoveryPolicy(divergence_factor, rollback, snapshot_every_n_steps, rewarmup_steps,
+                                      max_recoveries, raise_lr_on_no_learning)
+        check_bool("strict", strict)
+        check_bool("stop_on_overfit", stop_on_overfit)
         check_positive_int("num_classes", num_classes, allow_none=True)
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}.")
         if thresholds is not None and not isinstance(thresholds, RegimeThresholds):
             raise TypeError(f"`thresholds` must be a RegimeThresholds, got {thresholds!r}.")
-        check_positive_int("snapshot_every_n_steps", snapshot_every_n_steps, allow_none=True)
-        check_nonnegative_int("rewarmup_steps", rewarmup_steps)
-        check_positive_int("max_recoveries", max_recoveries)
-        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, float(factor), patience
         self.threshold, self.threshold_mode, self.cooldown = float(threshold), threshold_mode, cooldown
         self.min_lr, self.eps, self.strict, self.num_classes = float(min_lr), float(eps), strict, num_classes
@@ -153,42 +128,28 @@ class PlateauAdvisor(ConvergenceCallback):
         self.divergence_factor, self.rollback = float(divergence_factor), rollback
         self.snapshot_every_n_steps, self.rewarmup_steps = snapshot_every_n_steps, rewarmup_steps
         self.max_recoveries, self.stop_on_overfit = max_recoveries, stop_on_overfit
-        self.raise_lr_on_no_learning, self.log_every_n_steps = raise_lr_on_no_learning, log_every_n_steps
+        self.raise_lr_on_no_learning = raise_lr_on_no_learning
         self._regime = LossRegimeRule(self.thresholds, num_classes)
-        self._schedule = PlateauSchedule(mode, self.factor, patience, self.threshold, threshold_mode, cooldown,
-                                         self.min_lr, self.eps)
         self._overfit = OverfitRule(mode, patience=2)
         self._factors = LRFactors()
         self._losses: list[Tensor] = []
         self._steps: list[int] = []
         self._snapshot = Snapshot()
         self._ema_at_snapshot: tuple[float | None, float | None] = (None, None)
-        self._rollback_step: int | None = None  # start of the re-warmup
-        self._failed_recoveries = 0
-        self._raised_lr = False
         self._use_train_loss = monitor is None
         self._user_plateau = False
-        self._last_window = -1
-        self._stepped = False
 
     @property
     @override
     def state_key(self) -> str:
         return self._generate_state_key(monitor=self.monitor, mode=self.mode)
 
-    # ----------------------------------------------------------------- LR factor
-
     def factor_of(self, index: int, group: int) -> float:
+        """This callback's LR factor for param group ``group`` of optimizer ``index``."""
         value = self._factors.get(index, group)
-        if self._rollback_step is not None and self.rewarmup_steps and self._trainer_ref is not None:
-            trainer = self._trainer_ref()
-            done = (trainer.global_step - self._rollback_step) if trainer is not None else self.rewarmup_steps
-            value *= min(1.0, (done + 1) / self.rewarmup_steps)
-        return value
-
-    def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int) -> None:
-        for change in self._factors.scale(trainer.optimizers, multipliers):
-            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, **change})
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        done = self._policy.rewarmup_progress(trainer.global_step) if trainer is not None else None
+        return value if done is None else value * warmup_factor("linear", done, self.rewarmup_steps)
 
     # ----------------------------------------------------------------- hooks
 
@@ -201,119 +162,68 @@ class PlateauAdvisor(ConvergenceCallback):
                            "on, so the LR is not reduced twice (divergence and oscillation remedies still act).",
                            category=ConvergenceWarning)
         self._losses = [loss.to(pl_module.device) for loss in self._losses]  # restored on the CPU
-        if not self.is_acting(trainer):
-            return
-        context = self.context(trainer)
-        for index, optimizer in enumerate(trainer.optimizers):
-            context.lr_control(optimizer).set_owner(OWNER, lambda group, i=index: self.factor_of(i, group))
-        if self.rollback and not self._snapshot.taken:
-            # The weights training starts from are the first healthy state: a run that blows up
-            # in its first window restarts from them with a lower LR.
-            self._snapshot.take(pl_module, trainer.optimizers, trainer.global_step)
-
-    @override
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._stepped = False
-
-    @override
-    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        self._stepped = True
+        if self.is_acting(trainer):
+            self.own_lr(trainer, self.factor_of)
+            self._apply(trainer, pl_module, self._policy.start(trainer.global_step), trainer.global_step)
 
     @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        step = trainer.global_step - 1 if self._stepped else trainer.global_step
-        if isinstance(loss, Tensor) and loss.numel() == 1:
-            # Lightning divides the loss by accumulate_grad_batches here: undo it. No host read.
-            self._losses.append(loss.detach().reshape(()).float() * trainer.accumulate_grad_batches)
+        loss, step = batch_loss(trainer, outputs), self._clock.batch_step(trainer.global_step)
+        if loss is not None:
+            self._losses.append(loss)  # on the device: no host read
             self._steps.append(step)
-        cadence = self.logging_cadence(trainer)
-        if self._stepped and trainer.global_step % cadence == 0 and trainer.global_step != self._last_window:
-            self._last_window = trainer.global_step
+        if self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer)) and self._losses:
             self._end_window(trainer, pl_module, step)
 
-    def _read_losses(self, trainer: Trainer) -> list[float]:
-        """The window's losses on the host, averaged over DDP ranks in one collective (every
-        rank gets here at the same step, with as many losses), so every rank judges alike."""
-        values = torch.stack(self._losses)
-        if trainer.world_size > 1:
-            values = trainer.strategy.reduce(values, reduce_op="mean")
-        return values.tolist()
-
     def _end_window(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
-        if not self._losses:
-            return
-        losses, steps = self._read_losses(trainer), self._steps
+        # One collective: every rank reaches here at the same step with as many losses, and
+        # judges the losses averaged over ranks, so every rank decides alike.
+        values = torch.stack(self._losses)
+        losses = (trainer.strategy.reduce(values, reduce_op="mean") if trainer.world_size > 1 else values).tolist()
+        findings = self._regime.evaluate(self._steps, losses)
         self._losses, self._steps = [], []
-        findings = self._regime.evaluate(steps, losses)
-        metrics = {"convergence/loss/train_ema": self._regime.ema, "convergence/loss/best_ema": self._regime.best}
-        metrics["convergence/lr_factor/plateau_advisor"] = self.factor_of(0, 0)
+        metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
+                   tags.lr_factor("plateau_advisor"): self.factor_of(0, 0)}
         log_scalars(trainer, {k: v for k, v in metrics.items() if v is not None}, step)
         for finding in findings:
             self.record(trainer, finding, step=finding.step if finding.step is not None else step)
-            self._act_on_regime(trainer, pl_module, finding, step)
-        if any(f.kind in ("divergence", "oscillation") for f in findings):
-            return
-        if all(math.isfinite(v) for v in losses) and self._regime.steady:
-            self._healthy_window(trainer, pl_module, step)
-        if self._use_train_loss and self._regime.ema is not None:
+        kinds = [f.kind for f in findings]
+        if self.is_acting(trainer):
+            steady = all(v == v and abs(v) != float("inf") for v in losses) and self._regime.steady
+            self._apply(trainer, pl_module, self._policy.on_window(kinds, steady, step), step)
+        if self._use_train_loss and self._regime.ema is not None and not {"divergence", "oscillation"} & set(kinds):
             self._plateau_check(trainer, self._regime.ema, step, "the smoothed training loss")
 
-    def _healthy_window(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
-        if self._rollback_step is not None:
-            self._failed_recoveries = 0  # a healthy window after a rollback: the recovery worked
-            if not self.rewarmup_steps or step - self._rollback_step >= self.rewarmup_steps:
-                self._rollback_step = None
-        if not (self.is_acting(trainer) and self.rollback):
-            return
-        last = self._snapshot.step
-        if last is None or self.snapshot_every_n_steps is None or step - last >= self.snapshot_every_n_steps:
-            self._snapshot.take(pl_module, trainer.optimizers, step)
-            self._ema_at_snapshot = (self._regime.ema, self._regime.slow)
+    def _apply(self, trainer: Trainer, pl_module: LightningModule, actions: list[Action], step: int) -> None:
+        """Carry out the recovery policy's actions."""
+        for action in actions:
+            if action.kind == "lr_scale":
+                self._scale(trainer, LRFactors.uniform(trainer.optimizers, action.factor), action.reason, step)
+            elif action.kind == "snapshot":
+                self._snapshot.take(pl_module, trainer.optimizers, step)
+                self._ema_at_snapshot = (self._regime.ema, self._regime.slow)
+            elif action.kind == "rollback":
+                self._snapshot.restore(pl_module, trainer.optimizers)
+                self._regime.restart_from(*self._ema_at_snapshot)
+                self.record_intervention(trainer, "rollback", step, dict(action.detail))
+            elif action.kind == "stop":
+                self._stop(trainer, step, action.detail["failed_recoveries"])
 
-    # ----------------------------------------------------------------- acting
+    def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int) -> None:
+        for change in self._factors.scale(trainer.optimizers, multipliers):
+            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, **change})
 
-    def _act_on_regime(self, trainer: Trainer, pl_module: LightningModule, finding: Finding, step: int) -> None:
-        if not self.is_acting(trainer):
-            return
-        if finding.kind == "divergence":
-            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor), "divergence", step)
-            if self.rollback:
-                self._roll_back(trainer, pl_module, step)
-        elif finding.kind == "oscillation":
-            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor), "oscillation", step)
-        elif finding.kind == "no_learning" and self.raise_lr_on_no_learning and not self._raised_lr:
-            self._raised_lr = True
-            self._scale(trainer, LRFactors.uniform(trainer.optimizers, 10.0), "no_learning", step)
-
-    def _roll_back(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
-        if not self._snapshot.taken:
-            return
-        if self._rollback_step is not None:
-            self._failed_recoveries += 1
-        if self._failed_recoveries >= self.max_recoveries:
-            self._stop(trainer, step)
-            return
-        restored = self._snapshot.restore(pl_module, trainer.optimizers)
-        self._regime.restart_from(*self._ema_at_snapshot)
-        self._rollback_step = step
-        self.record_intervention(trainer, "rollback", step, {
-            "to_step": restored, "failed_recoveries": self._failed_recoveries,
-            "rewarmup_steps": self.rewarmup_steps})
-
-    def _stop(self, trainer: Trainer, step: int) -> None:
+    def _stop(self, trainer: Trainer, step: int, failed: int) -> None:
         # Every rank judged the same averaged losses, so every rank stops here at the same step.
         trainer.should_stop = True
-        self.record_intervention(trainer, "stop", step, {"reason": "divergence",
-                                                         "failed_recoveries": self._failed_recoveries})
-        seen = (f"Training diverged again after {self._failed_recoveries} rollbacks with a lower learning rate "
-                f"each time; it was stopped at step {step} because it is not recovering.")
+        self.record_intervention(trainer, "stop", step, {"reason": "divergence", "failed_recoveries": failed})
+        seen = (f"Training diverged again after {failed} rollbacks with a lower learning rate each time; it was "
+                f"stopped at step {step} because it is not recovering.")
         # Said on the console whatever the rate limit of the log (a divergence was just reported).
         rank_zero_warn(f"PlateauAdvisor: {seen}", category=ConvergenceWarning)
-        self.record(trainer, Finding("divergence", "critical", advise("divergence", seen),
-                                     evidence={"failed_recoveries": self._failed_recoveries}), step=step)
+        self.record(trainer, Finding("divergence", "critical", seen, evidence={"failed_recoveries": failed}), step=step)
 
     # ----------------------------------------------------------------- validation
 
@@ -323,20 +233,13 @@ class PlateauAdvisor(ConvergenceCallback):
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            available = sorted(trainer.callback_metrics)
-            if self.strict:
-                raise RuntimeError(f"PlateauAdvisor: `monitor={self.monitor!r}` was not logged; logged metrics: "
-                                   f"{available}. Log it, choose another, or pass strict=False.")
-            rank_zero_warn(f"PlateauAdvisor: `monitor={self.monitor!r}` was not logged (logged: {available}); "
-                           "judging plateaus on the smoothed training loss instead, and overfitting cannot be judged.",
-                           category=ConvergenceWarning)
-            self._use_train_loss = True
+            self._monitor_missing(sorted(trainer.callback_metrics))
             return
         metric = torch.as_tensor(value, dtype=torch.float32).detach().reshape(())
         if trainer.world_size > 1:
             metric = trainer.strategy.reduce(metric, reduce_op="mean")  # one agreed value on every rank
         current, step = float(metric), trainer.global_step
-        log_scalars(trainer, {f"convergence/loss/{self.monitor}": current}, step)
+        log_scalars(trainer, {tags.loss(self.monitor): current}, step)
         self._plateau_check(trainer, current, step, f"`{self.monitor}`")
         finding = self._overfit.update(current, self._regime.ema, step)
         if finding is not None:
@@ -345,22 +248,28 @@ class PlateauAdvisor(ConvergenceCallback):
                 trainer.should_stop = True
                 self.record_intervention(trainer, "stop", step, {"reason": "overfitting"})
 
+    def _monitor_missing(self, available: list[str]) -> None:
+        if self.strict:
+            raise RuntimeError(f"PlateauAdvisor: `monitor={self.monitor!r}` was not logged; logged metrics: "
+                               f"{available}. Log it, choose another, or pass strict=False.")
+        rank_zero_warn(f"PlateauAdvisor: `monitor={self.monitor!r}` was not logged (logged: {available}); judging "
+                       "plateaus on the smoothed training loss instead, and overfitting cannot be judged.",
+                       category=ConvergenceWarning)
+        self._use_train_loss = True
+
     def _plateau_check(self, trainer: Trainer, value: float, step: int, what: str) -> None:
         lrs = {i: [g["lr"] * self.factor_of(i, k) for k, g in enumerate(o.param_groups)]
                for i, o in enumerate(trainer.optimizers)}
         first = lrs.get(0, [1.0])
         new = self._schedule.step(value, first)
-        if new is None:
-            return
-        if not self._regime.progress_made and self._use_train_loss:
+        if new is None or (not self._regime.progress_made and self._use_train_loss):
             return  # no progress at all: that is no_learning, which the regime rule reports
         best = self._schedule.best
-        seen = (f"{what} has not improved on its best {best:.4g} for more than {self.patience} checks "
-                f"(now {value:.4g}).")
+        seen = f"{what} has not improved on its best {best:.4g} for more than {self.patience} checks (now {value:.4g})."
         acting = self.is_acting(trainer) and not self._user_plateau
         if acting:
             seen += f" The learning rate is multiplied by {self.factor}."
-        self.record(trainer, Finding("plateau", "info" if acting else "warning", advise("plateau", seen),
+        self.record(trainer, Finding("plateau", "info" if acting else "warning", seen,
                                      evidence={"value": value, "best": best, "patience": self.patience}), step=step)
         if acting:
             ratios = [n / o if o else 1.0 for n, o in zip(new, first)]
@@ -371,36 +280,24 @@ class PlateauAdvisor(ConvergenceCallback):
 
     @override
     def _remove_hooks(self) -> None:
-        trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        if trainer is not None:
-            for optimizer in trainer.optimizers:
-                self.context(trainer).lr_control(optimizer).remove_owner(OWNER)
+        self.release_lr()
         self._snapshot.clear()
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update({
-            "regime": self._regime.state_dict(), "schedule": self._schedule.state_dict(),
-            "overfit": self._overfit.state_dict(), "factors": self._factors.state_dict(),
-            "losses": torch.stack(self._losses).cpu() if self._losses else None, "steps": list(self._steps),
-            "snapshot_step": self._snapshot.step, "rollback_step": self._rollback_step,
-            "failed_recoveries": self._failed_recoveries, "raised_lr": self._raised_lr,
-            "use_train_loss": self._use_train_loss, "last_window": self._last_window,
-        })
-        return state
+        return {**super().state_dict(),
+                "regime": self._regime.state_dict(), "schedule": self._schedule.state_dict(),
+                "overfit": self._overfit.state_dict(), "factors": self._factors.state_dict(),
+                "policy": self._policy.state_dict(), "use_train_loss": self._use_train_loss,
+                "losses": torch.stack(self._losses).cpu() if self._losses else None, "steps": list(self._steps)}
 
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
-        self._regime.load_state_dict(state_dict["regime"])
-        self._schedule.load_state_dict(state_dict["schedule"])
-        self._overfit.load_state_dict(state_dict["overfit"])
-        self._factors.load_state_dict(state_dict["factors"])
+        for part, name in ((self._regime, "regime"), (self._schedule, "schedule"), (self._overfit, "overfit"),
+                           (self._factors, "factors")):
+            part.load_state_dict(state_dict[name])
+        self._policy.load_state_dict(state_dict.get("policy", {}))
         losses = state_dict.get("losses")
         self._losses = [] if losses is None else list(losses.unbind())
         self._steps = [int(s) for s in state_dict.get("steps", [])]
-        self._rollback_step = state_dict.get("rollback_step")
-        self._failed_recoveries = int(state_dict.get("failed_recoveries", 0))
-        self._raised_lr = bool(state_dict.get("raised_lr", False))
         self._use_train_loss = bool(state_dict.get("use_train_loss", self.monitor is None))
-        self._last_window = int(state_dict.get("last_window", -1))

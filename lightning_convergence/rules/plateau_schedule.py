@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from lightning_convergence.validation import check_nonnegative_float, check_nonnegative_int, check_open_fraction
+
 Mode = Literal["min", "max"]
 ThresholdMode = Literal["rel", "abs"]
 
@@ -41,6 +43,13 @@ class PlateauSchedule:
             raise ValueError(f"`mode` must be 'min' or 'max', got {mode!r}.")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"`threshold_mode` must be 'rel' or 'abs', got {threshold_mode!r}.")
+        check_open_fraction("factor", factor)
+        check_nonnegative_int("patience", patience)
+        check_nonnegative_int("cooldown", cooldown)
+        check_nonnegative_float("threshold", threshold)
+        check_nonnegative_float("eps", eps)
+        for value in (min_lr if isinstance(min_lr, list) else [min_lr]):
+            check_nonnegative_float("min_lr", value)
         self.mode, self.factor, self.patience = mode, factor, patience
         self.threshold, self.threshold_mode = threshold, threshold_mode
         self.cooldown, self.min_lr, self.eps = cooldown, min_lr, eps

@@ -1,0 +1,143 @@
+"""The recovery policy of the loss regime: which remedy follows which finding, as plain state.
+
+Fed the kinds found in a window and whether the window was steady, it returns actions (scale the
+learning rate with a reason, take a snapshot, roll back, stop) and keeps its counters itself:
+when the last snapshot was taken, the step of the last rollback (a re-warmup ramps up from
+there), how many recoveries failed in a row, whether the LR was raised once. The caller applies
+the actions (``remedies/snapshot``, ``remedies/lr_factors``, ``remedies/warmup``); nothing here
+touches a model, an optimizer or a Trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lightning_convergence.validation import check_bool, check_nonnegative_int, check_open_fraction, check_positive_int
+
+ActionKind = Literal["lr_scale", "snapshot", "rollback", "stop"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing to do: ``lr_scale`` by ``factor`` because of ``reason``, ``snapshot``,
+    ``rollback`` (to the last snapshot) or ``stop``."""
+
+    kind: ActionKind
+    reason: str = ""
+    factor: float = 1.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class RecoveryPolicy:
+    """Divergence: cut the LR and roll back to the last steady snapshot, then ramp the LR up
+    again over ``rewarmup_steps``; after ``max_recoveries`` rollbacks without a steady window
+    in between, stop. Oscillation: cut the LR. No learning: raise the LR tenfold, once, if asked.
+
+    Args:
+        divergence_factor: LR multiplier on divergence and oscillation, in (0, 1).
+        rollback: roll back on divergence (else only cut the LR).
+        snapshot_every_n_steps: steps between snapshots of steady windows; ``None``: every one.
+        rewarmup_steps: length of the linear re-warmup after a rollback (0: none).
+        max_recoveries: failed recoveries in a row after which training stops.
+        raise_lr_on_no_learning: raise the LR tenfold, once, on ``no_learning``.
+
+    Example:
+        >>> policy = RecoveryPolicy(divergence_factor=0.1, max_recoveries=2)
+        >>> [a.kind for a in policy.start(step=0)]
+        ['snapshot']
+        >>> [(a.kind, a.reason) for a in policy.on_window(["divergence"], steady=False, step=50)]
+        [('lr_scale', 'divergence'), ('rollback', 'divergence')]
+        >>> [a.kind for a in policy.on_window(["divergence"], steady=False, step=100)]
+        ['lr_scale', 'stop']
+    """
+
+    def __init__(
+        self,
+        divergence_factor: float = 0.1,
+        rollback: bool = True,
+        snapshot_every_n_steps: int | None = None,
+        rewarmup_steps: int = 0,
+        max_recoveries: int = 3,
+        raise_lr_on_no_learning: bool = False,
+    ) -> None:
+        check_open_fraction("divergence_factor", divergence_factor)
+        check_bool("rollback", rollback)
+        check_positive_int("snapshot_every_n_steps", snapshot_every_n_steps, allow_none=True)
+        check_nonnegative_int("rewarmup_steps", rewarmup_steps)
+        check_positive_int("max_recoveries", max_recoveries)
+        check_bool("raise_lr_on_no_learning", raise_lr_on_no_learning)
+        self.divergence_factor = divergence_factor
+        self.rollback = rollback
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        self.rewarmup_steps = rewarmup_steps
+        self.max_recoveries = max_recoveries
+        self.raise_lr_on_no_learning = raise_lr_on_no_learning
+        self.snapshot_step: int | None = None
+        self.rollback_step: int | None = None  # the start of the re-warmup, while one runs
+        self.failed_recoveries = 0
+        self.raised_lr = False
+
+    def start(self, step: int) -> list[Action]:
+        """When training starts: its first weights are the first steady state to return to."""
+        if self.rollback and self.snapshot_step is None:
+            self.snapshot_step = step
+            return [Action("snapshot")]
+        return []
+
+    def on_window(self, kinds: list[str], steady: bool, step: int) -> list[Action]:
+        """The actions for one judged window: ``kinds`` found in it, ``steady`` when its loss is
+        finite and settled (no divergence or oscillation among ``kinds``)."""
+        actions: list[Action] = []
+        if "divergence" in kinds:
+            actions.append(Action("lr_scale", "divergence", self.divergence_factor))
+            if self.rollback and self.snapshot_step is not None:
+                actions.append(self._roll_back(step))
+        elif "oscillation" in kinds:
+            actions.append(Action("lr_scale", "oscillation", self.divergence_factor))
+        elif steady:
+            actions += self._steady(step)
+        if "no_learning" in kinds and self.raise_lr_on_no_learning and not self.raised_lr:
+            self.raised_lr = True
+            actions.append(Action("lr_scale", "no_learning", 10.0))
+        return actions
+
+    def _roll_back(self, step: int) -> Action:
+        if self.rollback_step is not None:
+            self.failed_recoveries += 1  # diverged again before a steady window
+        if self.failed_recoveries >= self.max_recoveries:
+            return Action("stop", "divergence", detail={"failed_recoveries": self.failed_recoveries})
+        self.rollback_step = step
+        return Action("rollback", "divergence", detail={
+            "to_step": self.snapshot_step, "failed_recoveries": self.failed_recoveries,
+            "rewarmup_steps": self.rewarmup_steps})
+
+    def _steady(self, step: int) -> list[Action]:
+        if self.rollback_step is not None:
+            self.failed_recoveries = 0  # a steady window after a rollback: the recovery worked
+            if not self.rewarmup_steps or step - self.rollback_step >= self.rewarmup_steps:
+                self.rollback_step = None
+        if not self.rollback:
+            return []
+        last = self.snapshot_step
+        if last is None or self.snapshot_every_n_steps is None or step - last >= self.snapshot_every_n_steps:
+            self.snapshot_step = step
+            return [Action("snapshot")]
+        return []
+
+    def rewarmup_progress(self, step: int) -> int | None:
+        """Optimizer steps since the rollback while a re-warmup runs, else ``None``."""
+        if self.rollback_step is None or not self.rewarmup_steps:
+            return None
+        return step - self.rollback_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"snapshot_step": self.snapshot_step, "rollback_step": self.rollback_step,
+                "failed_recoveries": self.failed_recoveries, "raised_lr": self.raised_lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A snapshot lives in host memory only: after a resume there is none until the next
+        # steady window, so snapshot_step is not restored.
+        self.rollback_step = state.get("rollback_step")
+        self.failed_recoveries = int(state.get("failed_recoveries", 0))
+        self.raised_lr = bool(state.get("raised_lr", False))
