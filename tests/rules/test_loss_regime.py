@@ -141,7 +141,9 @@ def test_overfit_in_max_mode_and_state():
     ({"no_learning_steps": True}, "no_learning_steps"), ({"oscillation_level": -1}, "oscillation_level"),
 ])
 def test_bad_thresholds_raise(kwargs, named):
-    with pytest.raises(ValueError, match=named):
+    # A bool where an int is needed is a wrong type (TypeError); the rest are out of range.
+    error = TypeError if isinstance(next(iter(kwargs.values())), bool) else ValueError
+    with pytest.raises(error, match=named):
         RegimeThresholds(**kwargs)
 
 
