@@ -173,6 +173,7 @@ class AutoClip(ConvergenceCallback):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
         if trainer.fast_dev_run:
             return
         context = self.context(trainer)
@@ -202,7 +203,7 @@ class AutoClip(ConvergenceCallback):
         # z-score mode clips only outliers (its threshold is inf otherwise): log its onset line.
         shown = self._rule.onset().to(norm.device) if isinstance(self._rule, ZScoreThreshold) else threshold
         self._last = torch.stack([norm.double(), shown.double(), post.double()])
-        if (step + 1) % self.logging_cadence(trainer) == 0:
+        if self._clock.closes_window(step, self.logging_cadence(trainer)):
             self._log(trainer, step)
 
     def _clip_agc(self, params: list, names: list[str], active: bool) -> Tensor:

@@ -178,13 +178,15 @@ class ConvergenceCallback(Callback):
     # ----------------------------------------------------------------- shared remedies
 
     def own_lr(self, trainer: Trainer, factor: Callable[[int, int], float],
-               after_step: Callable[[], None] | None = None) -> None:
-        """Apply ``factor(optimizer_index, group_index)`` around every optimizer step, keyed by
-        this callback (two instances of one class own two factors)."""
+               after_step: Callable[[int], None] | None = None) -> None:
+        """Apply ``factor(optimizer_index, group_index)`` around every optimizer step (and call
+        ``after_step(optimizer_index)`` after it), keyed by this callback: two instances of one
+        class own two factors."""
         context = self.context(trainer)
         for index, optimizer in enumerate(trainer.optimizers):
-            context.lr_control(optimizer).set_owner(self.state_key, lambda group, i=index: factor(i, group),
-                                                    after_step=after_step)
+            context.lr_control(optimizer).set_owner(
+                self.state_key, lambda group, i=index: factor(i, group),
+                after_step=None if after_step is None else (lambda i=index: after_step(i)))
 
     def release_lr(self) -> None:
         """Remove this callback's LR factor (end of fit, or a fault)."""

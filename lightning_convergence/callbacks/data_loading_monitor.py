@@ -55,7 +55,6 @@ class DataLoadingMonitor(ConvergenceCallback):
         self._busy = 0.0
         self._batches = 0
         self._first_step = 0
-        self._last_window = -1
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -63,6 +62,7 @@ class DataLoadingMonitor(ConvergenceCallback):
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         now = time.perf_counter()
         if self._last_end is not None:
             self._wait += now - self._last_end
@@ -78,10 +78,8 @@ class DataLoadingMonitor(ConvergenceCallback):
         now = time.perf_counter()
         if self._start is not None:
             self._busy += now - self._start
-        step = trainer.global_step
-        if step % self.logging_cadence(trainer) == 0 and step != self._last_window and self._batches:
-            self._last_window = step
-            self._evaluate(trainer, step - 1)
+        if self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer)) and self._batches:
+            self._evaluate(trainer, trainer.global_step - 1)
         self._last_end = time.perf_counter()  # our own work above is not the loader's wait
 
     def _evaluate(self, trainer: Trainer, last_step: int) -> None:

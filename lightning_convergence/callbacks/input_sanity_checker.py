@@ -166,7 +166,7 @@ class InputSanityChecker(ConvergenceCallback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        due = step % self.logging_cadence(trainer) == 0 or self._batches_seen == self.first_batches
+        due = self._clock.window_ends(step, self.logging_cadence(trainer)) or self._batches_seen == self.first_batches
         if not due or step == self._last_evaluated or not (self._parts or self._nonfinite):
             return
         self._last_evaluated = step

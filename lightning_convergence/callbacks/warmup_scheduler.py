@@ -17,7 +17,6 @@ from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.validation import check_positive_int
 
 WarmupSteps = int | float | Literal["untuned"] | Sequence[int]
-OWNER = "WarmupScheduler"
 
 
 class WarmupScheduler(ConvergenceCallback):
@@ -72,7 +71,6 @@ class WarmupScheduler(ConvergenceCallback):
         self._steps: dict[int, int] = {}  # optimizer index -> optimizer steps taken
         self._periods: dict[int, list[int]] = {}  # optimizer index -> warmup length per group
         self._rewarmup: dict[int, tuple[int, int]] = {}  # optimizer index -> (start step, length)
-        self._logged_at = -1
 
     @property
     @override
@@ -143,27 +141,19 @@ class WarmupScheduler(ConvergenceCallback):
         if trainer.fast_dev_run:
             return
         # Optimizer state (and the user's LRs) are restored before this hook: attach here.
-        context = self.context(trainer)
         for index, optimizer in enumerate(trainer.optimizers):
             self._periods[index] = self._resolve_periods(trainer, optimizer)
             if self._steps.get(index, 0) == 0 and max(self._periods[index]) > 0:
                 self.record_intervention(trainer, "warmup", trainer.global_step, {
                     "event": "start", "optimizer": index, "steps": self._periods[index][0]
                     if len(set(self._periods[index])) == 1 else self._periods[index], "shape": self.shape})
-            context.lr_control(optimizer).set_owner(
-                OWNER,
-                lambda group, i=index: self.factor(i, group),
-                after_step=lambda i=index: self._after_step(trainer, i),
-            )
+        self.own_lr(trainer, self.factor, after_step=lambda i: self._after_step(trainer, i))
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        cadence = self.logging_cadence(trainer)
-        step = trainer.global_step
-        if step == 0 or step % cadence != 0 or step == self._logged_at:
-            return  # (under gradient accumulation several batches end at one global step)
-        self._logged_at = step
+        if not self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer)):
+            return
         context = self.context(trainer)
         metrics: dict[str, float] = {}
         for index, optimizer in enumerate(trainer.optimizers):
@@ -176,10 +166,7 @@ class WarmupScheduler(ConvergenceCallback):
 
     @override
     def _remove_hooks(self) -> None:
-        trainer = self._trainer_ref() if self._trainer_ref is not None else None
-        if trainer is not None:
-            for optimizer in trainer.optimizers:
-                self.context(trainer).lr_control(optimizer).remove_owner(OWNER)
+        self.release_lr()
 
     @override
     def state_dict(self) -> dict[str, Any]:

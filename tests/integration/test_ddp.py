@@ -240,3 +240,45 @@ def test_a_plateau_seen_by_one_rank_gives_one_decision_on_both(tmp_path):
     assert ranks[0]["records"] == ranks[1]["records"] and ranks[0]["checksum"] == ranks[1]["checksum"]
     # the agreed value is the mean over ranks: (1 + 1/(1+e)) / 2 keeps improving, so no reduction
     assert [i for i in ranks[0]["records"]["interventions"] if i["action"] == "lr_scale"] == []
+
+
+class NaNInputsOnRankOne(DigitsMLP):
+    """The batch itself holds NaN on rank 1 only, at optimizer steps 2 and 3."""
+
+    def __init__(self):
+        super().__init__(shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        if self.trainer.training and self.global_rank == 1 and self.global_step in (2, 3):
+            x = x * float("nan")
+        return x, y
+
+
+class WriteInputCheckerPerRank(WritePerRank):
+    def on_train_end(self, trainer, pl_module):
+        checker = next(c for c in trainer.callbacks if type(c).__name__ == "InputSanityChecker")
+        weights = torch.cat([p.detach().reshape(-1) for p in pl_module.parameters()])
+        with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.json"), "w") as handle:
+            json.dump({"checksum": float(weights.double().sum()), "finite": bool(torch.isfinite(weights).all()),
+                       "records": checker.records()}, handle)
+
+
+def test_nan_inputs_on_one_rank_skip_the_step_on_both_without_the_gradient_monitor(tmp_path):
+    # Rank 1 sees NaN inputs, rank 0 does not; DDP averages rank 1's NaN gradients into rank 0's.
+    # A skip decided from the rank-local count would skip on rank 1 only and let rank 0 step
+    # into NaN weights; the agreed count skips on both.
+    from lightning_convergence import InputSanityChecker
+
+    L.seed_everything(0, verbose=False)
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=1, devices=2, strategy=strategy)
+    kwargs.pop("deterministic")
+    trainer = L.Trainer(callbacks=[InputSanityChecker(auto_remediate=True, log_every_n_steps=3),
+                                   WriteInputCheckerPerRank(str(tmp_path))], **kwargs)
+    trainer.fit(NaNInputsOnRankOne())
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
+    assert ranks[0]["finite"] and ranks[1]["finite"]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    skips = [[i["step"] for i in r["records"]["interventions"] if i["action"] == "skip_step"] for r in ranks]
+    assert skips == [[2, 3], [2, 3]]
