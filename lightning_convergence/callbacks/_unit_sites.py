@@ -5,18 +5,46 @@ named after the module (``features.1``); a module called several times per forwa
 ``nn.ReLU`` shared by several layers) gives one site per call, in call order: ``act``, ``act#2``,
 ``act#3``. Each site has its own units, so a unit shared by two places in the graph is never
 mixed up.
+
+All sites' statistics are slots of one :class:`DeviceWindow` (``f"{site}/abs_sum"``,
+``f"{site}/peak"``, ...), declared when a site first runs: a logging step reduces them across
+ranks and reads them (with the producers' biases) in one transfer, and a checkpoint stores them
+by name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_convergence.remedies.unit_wiring import WiringProbe
-from lightning_convergence.stats.activations import ActivationKind, UnitAccumulator, activation_kind, unit_dim
+from lightning_convergence.recorder.console import ConvergenceWarning
+from lightning_convergence.remedies.unit_wiring import UnitWiring, WiringProbe
+from lightning_convergence.rules.unit_health import SiteWindow
+from lightning_convergence.stats.activations import (
+    ACTIVATION_KINDS,
+    ActivationKind,
+    UnitAccumulator,
+    activation_kind,
+    unit_dim,
+)
+from lightning_convergence.stats.window import AllReduce, DeviceWindow
+from lightning_convergence.validation import check_positive_float
+
+NOTHING_TO_TRACK = (
+    "DeadNeuronTracker: nothing to track: the model has no activation modules ({known}). "
+    "Activations called as functions inside forward (F.relu, torch.tanh, x.relu()) cannot be hooked; "
+    "use module activations (nn.ReLU()), or name the modules whose outputs should be tracked with `include=[...]`."
+)
+NOTHING_RAN = (
+    "DeadNeuronTracker: none of the {hooked} activation modules ran in a training forward so far: they may be "
+    "defined but unused, with forward calling F.relu and the like, which cannot be hooked. Name the modules whose "
+    "outputs to track with `include=[...]`."
+)
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -39,17 +67,37 @@ class UnitSites:
         include: names of further modules whose outputs are treated as activations that can
             die (for example a custom block ending in ``F.relu``).
         exclude: names of activation modules to leave alone.
+
+    Raises:
+        ValueError: ``eps`` is not in (0, 0.5).
+        TypeError: ``unit_dims`` values are not ints, or ``include``/``exclude`` are not
+            sequences of names.
     """
 
-    def __init__(self, eps: float, unit_dims: dict[str, int], include: tuple[str, ...], exclude: tuple[str, ...]):
-        self.eps = eps
+    def __init__(self, eps: float, unit_dims: dict[str, int] | None, include: Sequence[str], exclude: Sequence[str]):
+        check_positive_float("saturation_eps", eps)
+        if eps >= 0.5:
+            raise ValueError(f"`saturation_eps` must be in (0, 0.5), got {eps!r}.")
+        unit_dims = dict(unit_dims or {})
+        for name, dim in unit_dims.items():
+            if isinstance(dim, bool) or not isinstance(dim, int):
+                raise TypeError(f"`unit_dims` values must be ints, got {dim!r} for {name!r}.")
+        for arg, names in (("include", include), ("exclude", exclude)):
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+                raise TypeError(f"`{arg}` must be a sequence of module names, got {names!r}.")
+        self.eps = float(eps)
         self.unit_dims = unit_dims
-        self.include = include
-        self.exclude = exclude
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self._warned_nothing_ran = False
         self.sites: dict[str, Site] = {}
+        self.window = DeviceWindow()
         self.sampling = False
         self.probe = WiringProbe()
+        self.wiring: dict[str, UnitWiring | str] | None = None  # per site, its wiring or why it has none
         self.problems: list[str] = []  # sites that could not be tracked, with the reason
+        self._dropped: set[str] = set()  # sites whose unit count changed: their slot names are taken
+        self._left_alone: set[str] = set()  # sites told to have units that cannot be revived
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._calls: dict[str, int] = {}
 
@@ -64,7 +112,8 @@ class UnitSites:
         return found
 
     def attach(self, model: nn.Module) -> int:
-        """Hook every activation module; returns how many were hooked."""
+        """Hook every activation module (replacing any earlier hooks); returns how many were
+        hooked, and warns when there is nothing to hook."""
         self.detach()
         found = self.modules(model)
         missing = sorted(set(self.include) - {name for name, _, _ in found})
@@ -72,6 +121,9 @@ class UnitSites:
             raise ValueError(f"`include` names modules that the model does not have: {missing}.")
         for name, module, _ in found:
             self._handles.append(module.register_forward_hook(self._hook(name)))
+        if not found:
+            known = ", ".join(cls.__name__ for cls in ACTIVATION_KINDS)
+            rank_zero_warn(NOTHING_TO_TRACK.format(known=known), category=ConvergenceWarning)
         return len(found)
 
     def detach(self) -> None:
@@ -85,9 +137,28 @@ class UnitSites:
     def attached(self) -> bool:
         return bool(self._handles)
 
+    @property
+    def batches(self) -> int:
+        """The fewest sampled batches any site holds in this window (0 without sites)."""
+        return min((site.accumulator.batches for site in self.sites.values()), default=0)
+
     def start_batch(self, sampled: bool) -> None:
         self.sampling = sampled
         self._calls = {}
+
+    def end_batch(self) -> None:
+        """Stop sampling; warn about the sites that could not be tracked in this batch, and
+        once about hooked modules none of which has run yet."""
+        self.sampling = False
+        for problem in self.problems:
+            rank_zero_warn(f"DeadNeuronTracker: not tracked: {problem}.", category=ConvergenceWarning)
+        self.problems.clear()
+
+    def warn_if_nothing_ran(self) -> None:
+        """Warn (once) when modules are hooked but none has run in a sampled training forward."""
+        if self._handles and not self.sites and not self._warned_nothing_ran:
+            self._warned_nothing_ran = True
+            rank_zero_warn(NOTHING_RAN.format(hooked=len(self._handles)), category=ConvergenceWarning)
 
     def _hook(self, module_name: str):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
@@ -98,13 +169,14 @@ class UnitSites:
             name = module_name if index == 0 else f"{module_name}#{index + 1}"
             site = self.sites.get(name)
             if site is None:
-                site = self._new_site(name, module_name, index, module, output)
+                site = None if name in self._dropped else self._new_site(name, module_name, index, module, output)
                 if site is None:
                     return
             try:
                 site.accumulator.update(output)
             except ValueError as error:  # the unit count changed: the site cannot be tracked
                 self.problems.append(f"`{name}`: {error}")
+                self._dropped.add(name)
                 del self.sites[name]
 
         return hook
@@ -119,8 +191,8 @@ class UnitSites:
             dim %= max(output.dim(), 1)
         else:
             dim = unit_dim(output, after_conv=self._after_conv(output))
-        site = self.sites[name] = Site(name, module_name, index, type(module).__name__,
-                                       UnitAccumulator(kind, dim, self.eps))
+        accumulator = UnitAccumulator(kind, dim, self.eps, self.window, prefix=f"{name}/")
+        site = self.sites[name] = Site(name, module_name, index, type(module).__name__, accumulator)
         return site
 
     def _after_conv(self, output: Tensor) -> bool:
@@ -137,12 +209,8 @@ class UnitSites:
         return False
 
     def to(self, device: torch.device) -> None:
-        for site in self.sites.values():
-            acc = site.accumulator
-            for attr in ("_peak", "_abs_sum", "_saturated"):
-                value = getattr(acc, attr)
-                if value is not None:
-                    setattr(acc, attr, value.to(device))
+        """Move the window (restored from a checkpoint on the CPU) to ``device``."""
+        self.window.allocate(device)
 
     def unit_dims_by_site(self) -> dict[str, int]:
         return {name: site.accumulator.dim for name, site in self.sites.items()}
@@ -150,29 +218,89 @@ class UnitSites:
     def site_calls(self) -> dict[str, tuple[str, int]]:
         return {name: (site.module_name, site.call_index) for name, site in self.sites.items()}
 
-    def state_dict(self) -> dict:
-        state = {}
+    def resolve_wiring(self, loss: Tensor, say_skipped: bool = False) -> dict[str, UnitWiring | str]:
+        """Each site's wiring, from the autograd graph of the probed forward (reads the graph
+        only; nothing in training changes). The probe is removed. With ``say_skipped``, says
+        which sites' units cannot be re-initialised, and why."""
+        self.probe.detach()
+        self.wiring = self.probe.resolve(loss, self.site_calls(), self.unit_dims_by_site())
+        self.probe.clear()
+        for name, link in self.wiring.items():
+            if say_skipped and isinstance(link, str):
+                rank_zero_info(f"DeadNeuronTracker: units of `{name}` will not be re-initialised: {link}.")
+        return self.wiring
+
+    def say_left_alone(self, name: str, units: list[int]) -> None:
+        """Say (once per site) that its units qualify for ReDo but stay as they are, and why."""
+        if name not in self._left_alone:
+            self._left_alone.add(name)
+            reason = (self.wiring or {}).get(name) or "its wiring was not recorded"
+            rank_zero_info(f"DeadNeuronTracker: {len(units)} dead units in `{name}` left as they are: {reason}.")
+
+    # ----------------------------------------------------------------- logging steps
+
+    def read(self, all_reduce: AllReduce | None = None) -> list[SiteWindow]:
+        """Every site's window as host numbers, in one transfer with the producers' biases.
+
+        With ``all_reduce`` the window is first merged over ranks (one collective per reduction
+        kind; every rank must call this at the same step with the same sites).
+        """
+        if all_reduce is not None:
+            self.window.reduce_across(all_reduce)
+        wiring = self.wiring or {}
+        biases = {}
+        for name in self.sites:
+            bias = getattr(getattr(wiring.get(name), "producer", None), "bias", None)
+            if isinstance(bias, Tensor):
+                biases[f"{name}/bias"] = bias.detach()
+        values = self.window.read(extra=biases)  # note: a device-to-host sync point
+        windows = []
         for name, site in self.sites.items():
-            acc = site.accumulator
-            activity = acc.activity() if acc.batches else None
-            state[name] = {
-                "module_name": site.module_name, "call_index": site.call_index, "activation": site.activation,
-                "kind": acc.kind, "dim": acc.dim, "units": acc.units, "batches": acc.batches,
-                "values_per_unit": acc.values_per_unit,
-                "peak": None if activity is None or acc.kind == "nonnegative" or acc._peak is None else acc._peak.cpu(),
-                "abs_sum": None if activity is None else activity.abs_sum.cpu(),
-                "saturated": None if acc._saturated is None else acc._saturated.cpu(),
-            }
-        return state
+            acc, link = site.accumulator, wiring.get(name)
+            activity = acc.host(values)
+            count = 0.0 if activity.values_per_unit is None else activity.values_per_unit.item()
+            windows.append(SiteWindow(
+                name, site.activation, acc.kind, activity.peak.tolist(), activity.abs_sum.tolist(),
+                activity.saturated.tolist(), count, acc.batches,
+                producer=link.producer_name if isinstance(link, UnitWiring) else None,
+                bias=values.get(f"{name}/bias"), redo_skipped=link if isinstance(link, str) else None))
+        return windows
+
+    def reset(self) -> None:
+        """Start a new window for every site."""
+        self.window.reset()
+        for site in self.sites.values():
+            site.accumulator.batches = 0
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict:
+        """Each site's description and host count, and the window by slot name."""
+        sites = {name: {"module_name": site.module_name, "call_index": site.call_index, "activation": site.activation,
+                        "kind": site.accumulator.kind, "dim": site.accumulator.dim, "units": site.accumulator.units,
+                        "batches": site.accumulator.batches}
+                 for name, site in self.sites.items()}
+        return {"sites": sites, "window": self.window.state_dict()}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
-        self.sites = {}
-        for name, s in state.items():
-            acc = UnitAccumulator(s["kind"], int(s["dim"]), self.eps)
-            acc.units = s["units"]
+        """Restore :meth:`state_dict`, or the older form: one entry per site with its tensors."""
+        sites, window = (state["sites"], state["window"]) if "window" in state else (state, _window_of_old_sites(state))
+        self.sites, self._dropped, self.window = {}, set(), DeviceWindow()
+        for name, s in sites.items():
+            acc = UnitAccumulator(s["kind"], int(s["dim"]), self.eps, self.window, prefix=f"{name}/")
+            if s["units"] is not None:
+                acc.declare(int(s["units"]))
             acc.batches = int(s["batches"])
-            acc.values_per_unit = int(s["values_per_unit"])
-            acc._peak = None if s["peak"] is None else s["peak"].to(device)
-            acc._abs_sum = None if s["abs_sum"] is None else s["abs_sum"].to(device)
-            acc._saturated = None if s["saturated"] is None else s["saturated"].to(device)
             self.sites[name] = Site(name, s["module_name"], int(s["call_index"]), s["activation"], acc)
+        self.window.load_state_dict(window, device)
+
+
+def _window_of_old_sites(state: dict) -> dict[str, Tensor]:
+    """The window slots held by a checkpoint written before the window was declared."""
+    window = {}
+    for name, s in state.items():
+        for stat in ("peak", "abs_sum", "saturated"):
+            if s.get(stat) is not None:
+                window[f"{name}/{stat}"] = s[stat].double()
+        window[f"{name}/values"] = torch.tensor(float(s.get("values_per_unit", 0)), dtype=torch.float64)
+    return window

@@ -1,7 +1,8 @@
 """Per-unit activity of an activation's output, accumulated over a window of batches on the device.
 
 A *unit* is one channel of a convolution's output or one feature of a linear or sequence output.
-Over a window of sampled training batches the accumulator keeps, per unit:
+Over a window of sampled training batches the accumulator keeps, per unit, as declared slots of a
+:class:`~lightning_convergence.stats.window.DeviceWindow`:
 
 - ``peak``: the largest output seen (a unit whose peak never exceeded 0 is *dead*);
 - ``abs_sum``: the sum of |output| (its mean over the window gives ReDo's dormancy score);
@@ -10,7 +11,8 @@ Over a window of sampled training batches the accumulator keeps, per unit:
 For activations whose output is never negative (ReLU, ReLU6) the sum of the outputs is both the
 dormancy sum and the dead test (a sum of non-negative values is 0 exactly when none is positive),
 so one reduction per batch serves both. Signed activations (LeakyReLU, PReLU, ELU, GELU, SiLU)
-take a max and a sum; sigmoid and tanh a sum and a count. Nothing here reads a value on the host.
+take a max and a sum; sigmoid and tanh a sum and a count (and the number of outputs per unit,
+the denominator of their saturation). Nothing here reads a value on the host.
 
 References:
     Sokar, Agarwal, Castro, Evci. "The Dormant Neuron Phenomenon in Deep Reinforcement
@@ -20,11 +22,15 @@ References:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from lightning_convergence.stats.window import DeviceWindow, Reduction, Value
 
 ActivationKind = Literal["nonnegative", "signed", "positive", "sigmoid", "tanh"]
 
@@ -85,18 +91,71 @@ class UnitActivity:
     peak: Tensor  # [units] > 0 exactly when some output was > 0
     abs_sum: Tensor  # [units] sum of |output|
     saturated: Tensor  # [units] outputs within eps of a flat end
-    values_per_unit: int  # outputs seen per unit (host-side count from shapes)
+    values_per_unit: Tensor | None  # () outputs seen per unit; kept only where saturation is measured
     batches: int
 
 
+def unit_slots(kind: ActivationKind) -> dict[str, Reduction]:
+    """The per-unit statistics an activation of ``kind`` needs, and how windows and ranks merge
+    them. Non-negative outputs need one sum only: it is 0 exactly when no output was positive.
+
+    Example:
+        >>> unit_slots("nonnegative"), unit_slots("signed")
+        ({'abs_sum': 'sum'}, {'abs_sum': 'sum', 'peak': 'max'})
+    """
+    slots: dict[str, Reduction] = {"abs_sum": "sum"}
+    if kind == "signed":
+        slots["peak"] = "max"
+    if kind in CAN_SATURATE:
+        slots["saturated"] = "sum"
+        slots["values"] = "sum"  # a scalar: outputs per unit, the denominator of the saturation
+    return slots
+
+
+def unit_batch_stats(output: Tensor, dim: int, kind: ActivationKind, eps: float = 0.01) -> dict[str, Tensor]:
+    """One batch's contribution to each of :func:`unit_slots` (one or two reductions, no host sync).
+
+    Works on ``output.detach()``: nothing is recorded for autograd (no ``no_grad`` context needed,
+    which would cost more than the reduction on small outputs).
+
+    Example:
+        >>> unit_batch_stats(torch.tensor([[1.0, -2.0], [3.0, -1.0]]), dim=1, kind="signed")["peak"].tolist()
+        [3.0, -1.0]
+    """
+    x = output.detach()
+    dims = _other_dims(x, dim)
+    if kind == "nonnegative":
+        return {"abs_sum": x.sum(dim=dims, dtype=torch.float32)}  # [units]; > 0 exactly when some output > 0
+    stats = {"abs_sum": x.abs().sum(dim=dims, dtype=torch.float32)}
+    if kind == "signed":
+        stats["peak"] = x.amax(dim=dims).float()
+    if kind in CAN_SATURATE:
+        centre = 0.5 if kind == "sigmoid" else 0.0
+        half_width = 0.5 if kind == "sigmoid" else 1.0
+        stats["saturated"] = ((x - centre).abs() >= half_width - eps).sum(dim=dims, dtype=torch.float32)
+        units = x.shape[dim] if x.dim() else 1
+        # float64: a count that float32 would round past 2**24 outputs.
+        stats["values"] = torch.full((), x.numel() // max(units, 1), dtype=torch.float64, device=x.device)
+    return stats
+
+
 class UnitAccumulator:
-    """Accumulates :class:`UnitActivity` for one activation site over sampled batches.
+    """Accumulates :class:`UnitActivity` for one activation site in a :class:`DeviceWindow`.
+
+    The site's statistics are slots ``f"{prefix}{stat}"`` of ``window`` (one of its own when
+    none is given), declared at the first batch, when the unit count is known. Several sites
+    sharing one window are read, reduced across ranks and checkpointed together, by name.
 
     Args:
         kind: the activation's :data:`ActivationKind`.
         dim: the unit dimension of the outputs.
         eps: distance from a flat end (0 and 1 for sigmoid, -1 and 1 for tanh) that counts as
             saturated.
+        window: the window holding the slots.
+        prefix: the start of the slot names (``"features.1/"``).
+
+    Raises:
+        ValueError: from :meth:`update`, when the unit count differs from the first batch's.
 
     Example:
         >>> acc = UnitAccumulator("nonnegative", dim=1)
@@ -105,75 +164,86 @@ class UnitAccumulator:
         ([4.0, 0.0], [4.0, 0.0])
     """
 
-    def __init__(self, kind: ActivationKind, dim: int, eps: float = 0.01) -> None:
+    def __init__(self, kind: ActivationKind, dim: int, eps: float = 0.01, window: DeviceWindow | None = None,
+                 prefix: str = "") -> None:
         self.kind = kind
         self.dim = dim
         self.eps = eps
+        self.window = DeviceWindow() if window is None else window
+        self.prefix = prefix
         self.units: int | None = None
-        self.reset()
+        self.batches = 0  # host count: the same on every rank (sampling follows the optimizer step)
 
-    def reset(self) -> None:
-        self._peak: Tensor | None = None
-        self._abs_sum: Tensor | None = None
-        self._saturated: Tensor | None = None
-        self.values_per_unit = 0
-        self.batches = 0
+    def slot(self, stat: str) -> str:
+        return f"{self.prefix}{stat}"
 
-    @torch.no_grad()
+    def declare(self, units: int) -> None:
+        """Declare the site's slots for ``units`` units (done by the first :meth:`update`)."""
+        self.units = units
+        for stat, reduce in unit_slots(self.kind).items():
+            self.window.declare(self.slot(stat), () if stat == "values" else units, reduce)
+
     def update(self, output: Tensor) -> None:
-        """Add one batch of outputs (one or two reductions, no host sync)."""
-        x = output.detach()
-        dims = _other_dims(x, self.dim)
-        units = x.shape[self.dim] if x.dim() else 1
+        """Add one batch of outputs (one or two reductions and merges, no host sync)."""
+        units = output.shape[self.dim] if output.dim() else 1
         if self.units is None:
-            self.units = units
+            self.declare(units)
         elif units != self.units:
             raise ValueError(f"the activation's unit count changed from {self.units} to {units}.")
-        peak = None
-        if self.kind == "nonnegative":
-            abs_sum = x.sum(dim=dims, dtype=torch.float32)  # [units]; > 0 exactly when some output > 0
-        else:
-            abs_sum = x.abs().sum(dim=dims, dtype=torch.float32)
-            peak = x.amax(dim=dims).float() if self.kind == "signed" else None
-        if self.kind in CAN_SATURATE:
-            centre = 0.5 if self.kind == "sigmoid" else 0.0
-            half_width = 0.5 if self.kind == "sigmoid" else 1.0
-            saturated = ((x - centre).abs() >= half_width - self.eps).sum(dim=dims, dtype=torch.float32)
-            self._saturated = saturated if self._saturated is None else self._saturated.add_(saturated)
-        self._abs_sum = abs_sum if self._abs_sum is None else self._abs_sum.add_(abs_sum)
-        if peak is not None:
-            self._peak = peak.clone() if self._peak is None else torch.maximum(self._peak, peak, out=self._peak)
-        self.values_per_unit += x.numel() // max(units, 1)
+        stats = unit_batch_stats(output, self.dim, self.kind, self.eps)
+        self.window.update(**{self.slot(stat): value for stat, value in stats.items()})
         self.batches += 1
 
+    def reset(self) -> None:
+        """Start a new window: the batch count to 0 and the slots to their identity."""
+        self.batches = 0
+        if self.units is not None and self.window.allocated:
+            for stat, reduce in unit_slots(self.kind).items():
+                self.window[self.slot(stat)].fill_(-math.inf if reduce == "max" else 0.0)
+
     def activity(self) -> UnitActivity:
-        """The window so far. ``peak`` is positive exactly when some output was; for
-        non-negative kinds it is the sum itself, and kinds without a dead test report ``+inf``."""
-        abs_sum = self._abs_sum if self._abs_sum is not None else torch.zeros(self.units or 0)
-        if self.kind == "nonnegative":
-            peak = abs_sum
-        elif self._peak is not None:
-            peak = self._peak
+        """The window so far, as views of the window. ``peak`` is positive exactly when some
+        output was; for non-negative kinds it is the sum itself, and kinds without a dead test
+        report ``+inf``."""
+        if self.units is None or not self.window.allocated:
+            zeros = torch.zeros(self.units or 0, dtype=self.window.dtype)
+            views = {stat: zeros if stat != "values" else zeros.new_zeros(()) for stat in unit_slots(self.kind)}
+            views["peak"] = zeros if self.kind == "nonnegative" else zeros - math.inf
         else:
-            peak = torch.full_like(abs_sum, float("inf"))
-        saturated = self._saturated if self._saturated is not None else torch.zeros_like(abs_sum)
-        return UnitActivity(peak, abs_sum, saturated, self.values_per_unit, self.batches)
+            views = {stat: self.window[self.slot(stat)] for stat in unit_slots(self.kind)}
+        return _activity(self.kind, views, self.batches)
+
+    def host(self, values: Mapping[str, Value]) -> UnitActivity:
+        """The site's part of ``window.read()`` (host numbers) as a :class:`UnitActivity` of
+        CPU float64 tensors."""
+        views = {stat: torch.tensor(values[self.slot(stat)], dtype=torch.float64) for stat in unit_slots(self.kind)}
+        return _activity(self.kind, views, self.batches)
+
+
+def _activity(kind: ActivationKind, views: dict[str, Tensor], batches: int) -> UnitActivity:
+    abs_sum = views["abs_sum"]
+    if kind == "nonnegative":
+        peak = abs_sum
+    else:
+        peak = views.get("peak", torch.full_like(abs_sum, math.inf))
+    saturated = views.get("saturated", torch.zeros_like(abs_sum))
+    return UnitActivity(peak, abs_sum, saturated, views.get("values"), batches)
 
 
 def dormant_mask(abs_sum: Tensor, tau: float) -> Tensor:
     """ReDo's tau-dormant units: mean |activation| over the layer's average, at most ``tau``.
 
-    A layer whose every unit is silent is all dormant (the ratio is 0/0 there).
+    A layer whose every unit is silent is all dormant (the ratio is 0/0 there); a layer whose
+    mean is NaN has no dormant unit (nothing can be said of it).
 
     Example:
         >>> dormant_mask(torch.tensor([10.0, 10.0, 0.5, 0.0]), tau=0.1).tolist()
         [False, False, True, True]
     """
-    mean = abs_sum.mean()
     if abs_sum.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=abs_sum.device)
-    return torch.where(mean > 0, abs_sum / mean.clamp_min(torch.finfo(abs_sum.dtype).tiny) <= tau,
-                       torch.ones_like(abs_sum, dtype=torch.bool))
+    mean = abs_sum.mean()
+    return torch.where(mean > 0, abs_sum / mean.clamp_min(torch.finfo(abs_sum.dtype).tiny) <= tau, mean <= 0)
 
 
 def unit_activity_reference(batches: list[Tensor], dim: int, kind: ActivationKind, eps: float = 0.01) -> dict:

@@ -41,12 +41,53 @@ def test_state_dict_survives_weights_only_load(tmp_path):
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
     assert state["records"]["interventions"][0]["action"] == "reinit_units"
-    assert set(state["sites"]) == {"net.1", "net.3"} and state["last_revival"]
+    assert set(state["sites"]["sites"]) == {"net.1", "net.3"} and state["rule"]["last_revival"]
+    assert set(state["sites"]["window"]) == {"net.1/abs_sum", "net.3/abs_sum"}  # slots by name
     fresh = tracker()
     fresh.load_state_dict(state)
-    assert fresh._last_revival == callback._last_revival
+    assert fresh._rule.state_dict() == callback._rule.state_dict()
     assert torch.equal(fresh._sites.sites["net.1"].accumulator.activity().abs_sum,
                        callback._sites.sites["net.1"].accumulator.activity().abs_sum)
+
+
+def older_checkpoint_state() -> dict:
+    """A state written before the window was declared: per-site tensors, rule state at the top."""
+    def site(kind, activation, peak, abs_sum, saturated, values):
+        return {"module_name": activation.lower(), "call_index": 0, "activation": activation, "kind": kind, "dim": 1,
+                "units": 3, "batches": 2, "values_per_unit": values, "peak": peak, "abs_sum": abs_sum,
+                "saturated": saturated}
+
+    return {
+        "schema": 1, "records": {"diagnoses": [], "interventions": []},
+        "rule": {"dead_streak": {"relu": 1}, "saturation_streak": {}},
+        "sites": {
+            "relu": site("nonnegative", "ReLU", None, torch.tensor([0.0, 2.0, 5.0]), None, 16),
+            "gelu": site("signed", "GELU", torch.tensor([-0.1, 0.5, 1.0]), torch.tensor([1.0, 2.0, 3.0]), None, 16),
+            "tanh": site("tanh", "Tanh", None, torch.tensor([4.0, 4.0, 1.0]), torch.tensor([8.0, 0.0, 1.0]), 16),
+        },
+        "last_revival": {"relu": 12}, "window_start": 18, "previous_start": 12,
+        "previous_dead": {"relu": [True, False, False]}, "previous_batches": {"relu": 2}, "last_evaluated": 18,
+    }
+
+
+def test_an_older_checkpoint_loads_into_the_window_and_the_rule():
+    fresh = tracker()
+    fresh.load_state_dict(older_checkpoint_state())
+    assert fresh._rule.state_dict() == {
+        "dead_streak": {"relu": 1}, "saturation_streak": {}, "previous_dead": {"relu": [True, False, False]},
+        "previous_batches": {"relu": 2}, "window_start": 18, "previous_start": 12, "last_revival": {"relu": 12}}
+    sites = {site.layer: site for site in fresh._sites.read()}
+    assert sites["relu"].peak == [0.0, 2.0, 5.0] and sites["relu"].batches == 2
+    assert sites["gelu"].peak == [float(torch.tensor(v)) for v in (-0.1, 0.5, 1.0)]  # float32, as saved
+    assert sites["tanh"].saturated == [8.0, 0.0, 1.0] and sites["tanh"].values == 16.0
+    assert sites["tanh"].peak == [float("inf")] * 3
+    assert fresh._last_evaluated == 18
+    buffer = io.BytesIO()
+    torch.save(fresh.state_dict(), buffer)  # and saves again in the new form
+    buffer.seek(0)
+    again = tracker()
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    assert [vars(s) for s in again._sites.read()] == [vars(s) for s in fresh._sites.read()]
 
 
 def test_resume_mid_window_after_a_revival_is_bit_identical(tmp_path):
@@ -62,4 +103,7 @@ def test_resume_mid_window_after_a_revival_is_bit_identical(tmp_path):
     full_state, resumed_state = full_tracker.state_dict(), resumed_tracker.state_dict()
     assert full_state["records"] == resumed_state["records"]
     assert len([i for i in full_state["records"]["interventions"] if i["action"] == "reinit_units"]) >= 1
-    assert full_state["last_revival"] == resumed_state["last_revival"]
+    assert full_state["rule"] == resumed_state["rule"]  # windows, dead masks and revivals
+    assert full_state["sites"]["window"].keys() == resumed_state["sites"]["window"].keys()
+    for name, value in full_state["sites"]["window"].items():
+        assert torch.equal(value, resumed_state["sites"]["window"][name]), name

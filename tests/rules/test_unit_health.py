@@ -39,7 +39,9 @@ def test_message_names_layer_numbers_and_negative_biases():
     finding = rule.evaluate([window(40, producer="net.0", dead_bias_mean=-3.0, live_bias_mean=0.05)])[0]
     assert finding.layer == "net.1" and finding.evidence["dead_fraction"] == 0.4
     assert "40 of 100 units (40%)" in finding.message and "`net.0`" in finding.message
-    assert "-3" in finding.message and "large negative biases" in finding.message
+    assert "Their incoming biases average -3, against 0.05 for the live units." in finding.message
+    assert [c.cause for c in finding.causes][:2] == ["learning_rate_too_high", "bad_initialization"]
+    assert finding.causes[0].evidence == {"dead_bias_mean": -3.0, "live_bias_mean": 0.05}
     assert "LeakyReLU" in finding.message and "ReDo" in finding.message
 
 
@@ -47,6 +49,7 @@ def test_small_negative_biases_are_not_called_the_cause():
     rule = UnitHealthRule(UnitThresholds(windows=1))
     finding = rule.evaluate([window(40, dead_bias_mean=-0.04, live_bias_mean=0.03)])[0]
     assert "Their incoming biases" not in finding.message
+    assert all(c.evidence == {} for c in finding.causes)
 
 
 def test_layers_are_tracked_separately_and_state_round_trips():

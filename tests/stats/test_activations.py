@@ -1,4 +1,5 @@
-"""The per-unit accumulator against the float64 reference, on random, planted and odd inputs."""
+"""The per-unit accumulator (declared window slots) against the float64 reference, on random,
+planted and odd inputs."""
 
 import math
 
@@ -13,7 +14,9 @@ from lightning_convergence.stats.activations import (
     dormant_mask,
     unit_activity_reference,
     unit_dim,
+    unit_slots,
 )
+from lightning_convergence.stats.window import DeviceWindow
 
 ACTIVATIONS = {
     "nonnegative": torch.relu,
@@ -39,7 +42,10 @@ def assert_matches_reference(batches, dim, kind):
     torch.testing.assert_close(activity.abs_sum.double(), torch.tensor(ref["abs_sum"], dtype=torch.float64),
                                rtol=1e-5, atol=1e-4)
     assert activity.saturated.tolist() == [float(s) for s in ref["saturated"]]
-    assert activity.values_per_unit == sum(b.numel() for b in batches) // batches[0].shape[dim]
+    if kind in ("sigmoid", "tanh"):
+        assert activity.values_per_unit.item() == sum(b.numel() for b in batches) // batches[0].shape[dim]
+    else:
+        assert activity.values_per_unit is None
 
 
 @settings(max_examples=40, deadline=None)
@@ -85,7 +91,8 @@ def test_kinds_that_cannot_die_report_no_dead_units():
 
 def test_half_precision_and_nan_outputs_do_not_crash():
     activity = accumulate([torch.relu(torch.randn(8, 4)).to(torch.bfloat16)], 1, "nonnegative")
-    assert activity.abs_sum.dtype == torch.float32
+    assert activity.abs_sum.dtype == torch.float64
+    assert_matches_reference([torch.sigmoid(torch.randn(8, 4)).half()], 1, "sigmoid")
     x = torch.relu(torch.randn(8, 4))
     x[0, 1] = math.nan
     activity = accumulate([x], 1, "nonnegative")
@@ -100,11 +107,47 @@ def test_changed_unit_count_raises():
 
 
 def test_reset_starts_a_new_window():
-    acc = UnitAccumulator("nonnegative", 1)
+    acc = UnitAccumulator("signed", 1)
     acc.update(torch.ones(2, 3))
     acc.reset()
+    assert acc.activity().peak.tolist() == [-math.inf] * 3 and acc.batches == 0
     acc.update(torch.zeros(2, 3))
     assert acc.activity().abs_sum.tolist() == [0.0, 0.0, 0.0] and acc.batches == 1
+
+
+def test_an_empty_accumulator_reads_as_an_empty_window():
+    activity = UnitAccumulator("signed", 1).activity()
+    assert activity.abs_sum.numel() == 0 and activity.peak.numel() == 0 and activity.batches == 0
+
+
+def test_sites_sharing_a_window_keep_their_slots_apart_and_read_in_one_transfer():
+    window = DeviceWindow()
+    relu = UnitAccumulator("nonnegative", 1, window=window, prefix="a/")
+    tanh = UnitAccumulator("tanh", 1, window=window, prefix="b/")
+    x = torch.randn(5, 4)
+    relu.update(torch.relu(x))
+    tanh.update(torch.tanh(x * 10))
+    tanh.update(torch.tanh(x * 10))
+    assert {s.name for s in window.slots} == {"a/abs_sum", "b/abs_sum", "b/saturated", "b/values"}
+    values = window.read()
+    for acc, batches in ((relu, [torch.relu(x)]), (tanh, [torch.tanh(x * 10)] * 2)):
+        host, ref = acc.host(values), unit_activity_reference(batches, 1, acc.kind)
+        torch.testing.assert_close(host.abs_sum, torch.tensor(ref["abs_sum"], dtype=torch.float64))
+        assert host.saturated.tolist() == [float(s) for s in ref["saturated"]]
+        assert torch.equal(host.abs_sum, acc.activity().abs_sum)
+    assert tanh.host(values).values_per_unit.item() == 10.0
+    relu.reset()
+    assert window.read()["a/abs_sum"] == [0.0] * 4 and window.read()["b/values"] == 10.0
+
+
+@pytest.mark.parametrize("kind,slots", [
+    ("nonnegative", {"abs_sum": "sum"}),
+    ("signed", {"abs_sum": "sum", "peak": "max"}),
+    ("positive", {"abs_sum": "sum"}),
+    ("sigmoid", {"abs_sum": "sum", "saturated": "sum", "values": "sum"}),
+])
+def test_each_kind_declares_only_what_it_measures(kind, slots):
+    assert unit_slots(kind) == slots
 
 
 @pytest.mark.parametrize("sums,tau,expected", [
@@ -112,9 +155,12 @@ def test_reset_starts_a_new_window():
     ([1.0, 1.0, 1.0], 0.1, [False, False, False]),
     ([0.0, 0.0], 0.1, [True, True]),  # a silent layer is all dormant
     ([4.0, 0.35, 0.0], 0.25, [False, True, True]),
+    ([1.0, math.nan, 0.0], 0.1, [False, False, False]),  # a NaN layer says nothing about dormancy
+    ([], 0.1, []),
 ])
 def test_dormant_mask_table(sums, tau, expected):
     assert dormant_mask(torch.tensor(sums), tau).tolist() == expected
+    assert dormant_mask(torch.tensor(sums, dtype=torch.float64), tau).tolist() == expected
 
 
 def test_unit_dim_rule_and_kinds():
