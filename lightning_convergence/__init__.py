@@ -8,9 +8,7 @@ importing torch and Lightning. The callbacks among them come from the one table 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from lightning_convergence._imports import lazy_exports
 from lightning_convergence.callbacks.registry import CALLBACKS
 
 __version__ = "0.1.0"
@@ -24,13 +22,7 @@ _EXPORTS = {
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightning_convergence' has no attribute {name!r}")
+__getattr__ = lazy_exports("lightning_convergence", _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -6,8 +6,11 @@ what to ``pip install``.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+from collections.abc import Callable
+from typing import Any
 
 _TRITON_AVAILABLE: bool = importlib.util.find_spec("triton") is not None
 _MATPLOTLIB_AVAILABLE: bool = importlib.util.find_spec("matplotlib") is not None
@@ -24,3 +27,18 @@ def require_triton() -> None:
         raise ModuleNotFoundError(
             "The `triton` statistics backend needs Triton: `pip install 'lightning-convergence[triton]'`."
         )
+
+
+def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` that imports ``exports[name]`` (a module path) on first use of
+    ``name`` and caches it in ``namespace``, so that importing a package stays cheap (the command
+    line's ``--help`` and reading a report back need no torch)."""
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name]), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

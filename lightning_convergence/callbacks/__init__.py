@@ -6,9 +6,7 @@ are loaded from it on first use, so that importing the registry does not import 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from lightning_convergence._imports import lazy_exports
 from lightning_convergence.callbacks.registry import CALLBACKS
 
 _EXPORTS = {
@@ -18,13 +16,7 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightning_convergence.callbacks' has no attribute {name!r}")
+__getattr__ = lazy_exports("lightning_convergence.callbacks", _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

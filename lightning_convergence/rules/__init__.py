@@ -6,9 +6,7 @@ pure Python) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from lightning_convergence._imports import lazy_exports
 _EXPORTS = {
     "GradientHealthRule": "lightning_convergence.rules.gradient_health",
     "GradientThresholds": "lightning_convergence.rules.gradient_health",
@@ -19,10 +17,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lightning_convergence.rules' has no attribute {name!r}")
+__getattr__ = lazy_exports("lightning_convergence.rules", _EXPORTS, globals())
