@@ -43,7 +43,7 @@ class RecoveryPolicy:
         raise_lr_on_no_learning: raise the LR tenfold, once, on ``no_learning``.
 
     Example:
-        >>> policy = RecoveryPolicy(divergence_factor=0.1, max_recoveries=2)
+        >>> policy = RecoveryPolicy(divergence_factor=0.1, max_recoveries=1)
         >>> [a.kind for a in policy.start(step=0)]
         ['snapshot']
         >>> [(a.kind, a.reason) for a in policy.on_window(["divergence"], steady=False, step=50)]
