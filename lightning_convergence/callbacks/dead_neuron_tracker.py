@@ -132,11 +132,6 @@ class DeadNeuronTracker(ConvergenceCallback):
     def state_key(self) -> str:
         return self._generate_state_key(dormant_tau=self.dormant_tau, redo_on=self.redo_on)
 
-    @property
-    def _previous_dead(self) -> dict[str, list[bool]]:
-        """Per site, the units dead in the last window judged (kept by the rule)."""
-        return self._rule.previous_dead
-
     # ----------------------------------------------------------------- hooks on the model
 
     @override

@@ -232,10 +232,3 @@ def render_message(observation: str, causes: Sequence[str], remedies: Sequence[s
     if remedies:
         parts.append("Try: " + "; ".join(f"{i}) {step}" for i, step in enumerate(remedies, start=1)) + ".")
     return " ".join(p for p in parts if p)
-
-
-def advise(kind: str, seen: str, causes: str | None = None) -> str:
-    """Transitional: returns ``seen`` unchanged. A finding's causes and remedies are fields now;
-    write ``Finding(kind, severity, seen, ...)`` instead of wrapping ``seen`` in this call.
-    To be removed once no call site is left."""
-    return seen

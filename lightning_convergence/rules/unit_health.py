@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 from lightning_convergence.rules.findings import Cause, Finding, default_causes
-from lightning_convergence.rules._checks import check_fraction, check_positive_int
+from lightning_convergence.validation import check_fields, check_fraction, check_positive_int
 from lightning_convergence.stats.activations import CAN_DIE, CAN_SATURATE, ActivationKind, dormant_mask
 
 
@@ -46,11 +46,11 @@ class UnitThresholds:
     windows: int = 2
 
     def __post_init__(self) -> None:
-        check_fraction(self, "dead_info", "dead_warning", "dead_critical", "saturation_warning")
+        check_fields(self, check_fraction, "dead_info", "dead_warning", "dead_critical", "saturation_warning")
         if not self.dead_info <= self.dead_warning <= self.dead_critical:
             raise ValueError(f"`dead_info` <= `dead_warning` <= `dead_critical` must hold, got "
                              f"{self.dead_info!r}, {self.dead_warning!r}, {self.dead_critical!r}.")
-        check_positive_int(self, "windows")
+        check_fields(self, check_positive_int, "windows")
 
 
 @dataclass

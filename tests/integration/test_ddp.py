@@ -151,7 +151,7 @@ class WriteTracker(L.Callback):
         tracker = next(c for c in trainer.callbacks if type(c).__name__ == "DeadNeuronTracker")
         silent = int((pl_module.net[0].bias <= 0).sum())
         with open(os.path.join(self.out_dir, f"tracker{trainer.global_rank}.json"), "w") as handle:
-            json.dump({"dead": tracker._previous_dead, "silent_on_rank1": silent}, handle)
+            json.dump({"dead": tracker.state_dict()["rule"]["previous_dead"], "silent_on_rank1": silent}, handle)
 
 
 def test_a_unit_is_dead_only_if_dead_on_every_rank(tmp_path):

@@ -68,9 +68,14 @@ def test_activations_that_cannot_die_give_no_dead_finding():
 
 @pytest.mark.parametrize("kwargs,named", [
     ({"dead_info": 0.0}, "dead_info"), ({"dead_warning": 1.5}, "dead_warning"),
-    ({"dead_info": float("nan")}, "dead_info"), ({"windows": 0}, "windows"), ({"windows": True}, "windows"),
+    ({"dead_info": float("nan")}, "dead_info"), ({"windows": 0}, "windows"),
     ({"dead_info": 0.5, "dead_warning": 0.2}, "dead_info"), ({"saturation_warning": -0.1}, "saturation_warning"),
 ])
 def test_bad_thresholds_raise_naming_the_argument(kwargs, named):
     with pytest.raises(ValueError, match=named):
         UnitThresholds(**kwargs)
+
+
+def test_a_bool_for_an_int_is_a_type_error():
+    with pytest.raises(TypeError, match="windows"):
+        UnitThresholds(windows=True)
