@@ -81,6 +81,8 @@ class AutoClip(ConvergenceCallback):
         >>> trainer = L.Trainer(callbacks=[AutoClip(mode="zscore")], logger=False)
     """
 
+    state_key_fields = ("mode", "percentile", "z_thresh")
+
     def __init__(
         self,
         mode: Mode = "percentile",
@@ -153,11 +155,6 @@ class AutoClip(ConvergenceCallback):
         if self.mode == "zscore":
             return ZScoreThreshold(self.z_thresh, self.alpha, warmup_steps=self.clip_warmup_steps)
         return None
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(mode=self.mode, percentile=self.percentile, z_thresh=self.z_thresh)
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -109,6 +110,26 @@ def batch_loss(trainer: Trainer, outputs: Any) -> Tensor | None:
     return loss.detach().reshape(()).float() * trainer.accumulate_grad_batches
 
 
+def over_ranks(trainer: Trainer, value: Tensor, op: str) -> Tensor:
+    """``value`` reduced over the ranks with ``op`` (``"sum"``, ``"mean"``, ``"max"``, ``"min"``)
+    through the strategy (one collective, every rank must call it at the same point), or
+    ``value`` itself in a single process."""
+    return trainer.strategy.reduce(value, reduce_op=op) if trainer.world_size > 1 else value
+
+
+def logged_metric(trainer: Trainer, name: str) -> float | None:
+    """The metric ``name`` as the module logged it (``trainer.callback_metrics``), averaged over
+    the ranks so that every rank decides from the same number; ``None`` if it was not logged.
+
+    Note: under DDP one collective, so every rank must call it at the same point, and whether
+    ``name`` was logged must be the same on every rank (it is for ``self.log`` in a step method).
+    """
+    value = trainer.callback_metrics.get(name)
+    if value is None:
+        return None
+    return float(over_ranks(trainer, torch.as_tensor(value, dtype=torch.float32).detach().reshape(()), "mean"))
+
+
 class ConvergenceCallback(Callback):
     """Shared behaviour: record findings and interventions, write the report, remove hooks.
 
@@ -142,6 +163,16 @@ class ConvergenceCallback(Callback):
         Trainer's; with the Trainer's logging off (0) the rules still need windows, so 50."""
         return self.log_every_n_steps or trainer.log_every_n_steps or DEFAULT_CADENCE
 
+    #: The settings that tell two instances of a class apart: their values key the callback's
+    #: state in a checkpoint (Lightning's ``state_key``), so two instances restore their own.
+    state_key_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        fields = {name: getattr(self, name) for name in self.state_key_fields}
+        return self._generate_state_key(**fields) if fields else super().state_key
+
     @property
     def source(self) -> str:
         return type(self).__name__
@@ -167,6 +198,17 @@ class ConvergenceCallback(Callback):
 
     def record_intervention(self, trainer: Trainer, action: str, step: int, detail: dict) -> None:
         self.context(trainer).log.add_intervention(Intervention(action, step, self.source, detail))
+
+    def stop_training(self, trainer: Trainer, step: int, reason: str, detail: dict | None = None,
+                      finding: Finding | None = None) -> None:
+        """Stop at the end of this step, record why, and say it on the console (whatever the
+        rate limit of the log: a stop is never quiet). Call it at a point where every rank
+        decided alike (from reduced numbers), so that every rank stops at the same step."""
+        trainer.should_stop = True
+        self.record_intervention(trainer, "stop", step, {"reason": reason, **(detail or {})})
+        if finding is not None:
+            rank_zero_warn(f"{self.source}: {finding.observation}", category=ConvergenceWarning)
+            self.record(trainer, finding, step=step)
 
     def records(self) -> dict[str, list[dict]]:
         """What this callback recorded in the current (or last) fit: ``{"diagnoses": [...],
@@ -210,10 +252,7 @@ class ConvergenceCallback(Callback):
         rank decides from the same number: any rank's bad values skip the step on all. Call it
         at a point every rank reaches at the same step.
         """
-        count = bad_values.detach().reshape(-1).double().sum()
-        if trainer.world_size > 1:
-            count = trainer.strategy.reduce(count, reduce_op="sum")
-        agreed = int(count.item())
+        agreed = int(over_ranks(trainer, bad_values.detach().reshape(-1).double().sum(), "sum").item())
         if agreed > 0:
             drop_gradients(params)
             self.record_intervention(trainer, "skip_step", step,

@@ -17,7 +17,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_convergence.callbacks._unit_sites import UnitSites
-from lightning_convergence.callbacks.base import ConvergenceCallback
+from lightning_convergence.callbacks.base import ConvergenceCallback, over_ranks
 from lightning_convergence.remedies.redo import reinit_units_
 from lightning_convergence.remedies.unit_wiring import UnitWiring
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
@@ -77,6 +77,8 @@ class DeadNeuronTracker(ConvergenceCallback):
         Learning", ICML 2023.
     """
 
+    state_key_fields = ("dormant_tau", "redo_on")
+
     def __init__(
         self,
         sample_every_n_steps: int = 10,
@@ -127,11 +129,6 @@ class DeadNeuronTracker(ConvergenceCallback):
         self._rule = UnitHealthRule(self.thresholds, self.dormant_tau, self.redo_on, self.redo_cooldown_steps)
         self._last_evaluated = -1
 
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(dormant_tau=self.dormant_tau, redo_on=self.redo_on)
-
     # ----------------------------------------------------------------- hooks on the model
 
     @override
@@ -172,7 +169,7 @@ class DeadNeuronTracker(ConvergenceCallback):
         # steps). One collective per reduction kind (Lightning's strategies take "sum", "max" and
         # "min" as ReduceOp names): sums add up, a peak is the max over ranks, so a unit is alive
         # if it fired on any rank and dead only when dead on every rank. Then one host transfer.
-        reduce = None if trainer.world_size <= 1 else lambda t, op: trainer.strategy.reduce(t, reduce_op=op)
+        reduce = None if trainer.world_size <= 1 else lambda t, op: over_ranks(trainer, t, op)
         sites = self._sites.read(reduce)
         verdict = self._rule.judge(sites, last_step, act=self.is_acting(trainer))
         self._log(trainer, sites, verdict, last_step)

@@ -96,6 +96,8 @@ class GradientNormMonitor(ConvergenceCallback):
         >>> trainer = L.Trainer(callbacks=[GradientNormMonitor(log_every_n_steps=10)], logger=False)
     """
 
+    state_key_fields = ("group_by", "spike_factor")
+
     def __init__(
         self,
         group_by: GroupBy = "module",
@@ -139,11 +141,6 @@ class GradientNormMonitor(ConvergenceCallback):
         self._tracks: dict[int, _Track] = {}
         self._pending_tracks: dict[int, dict] = {}
         self._order = ForwardOrderRecorder()
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(group_by=self.group_by, spike_factor=self.spike_factor)
 
     # ----------------------------------------------------------------- setting up
 
@@ -226,13 +223,11 @@ class GradientNormMonitor(ConvergenceCallback):
             self._stop(trainer, track, step)
 
     def _stop(self, trainer: Trainer, track: _Track, step: int) -> None:
-        trainer.should_stop = True
-        self.record_intervention(trainer, "stop", step, {"reason": "nonfinite_gradients",
-                                                         "consecutive_skips": track.consecutive_skips})
+        skips = {"consecutive_skips": track.consecutive_skips}
         seen = (f"Gradients were NaN/Inf on {track.consecutive_skips} optimizer steps in a row up to "
                 f"step {step}; each was skipped, and training was stopped because it is not recovering.")
-        self.record(trainer, Finding("nonfinite_gradients", "critical", seen,
-                                     evidence={"consecutive_skips": track.consecutive_skips}), step=step)
+        self.stop_training(trainer, step, "nonfinite_gradients", skips,
+                           Finding("nonfinite_gradients", "critical", seen, evidence=dict(skips)))
 
     @override
     def on_train_batch_end(

@@ -35,6 +35,12 @@ class LRFactors:
         """The same multiplier for every group of every optimizer."""
         return {i: [multiplier] * len(o.param_groups) for i, o in enumerate(optimizers)}
 
+    @staticmethod
+    def led_by_first(optimizers: Sequence[torch.optim.Optimizer], first: list[float]) -> dict[int, list[float]]:
+        """``first`` for the groups of the first optimizer, its first value for every other group
+        (a decision taken on the first optimizer's LRs, applied to all)."""
+        return {i: list(first) if i == 0 else [first[0]] * len(o.param_groups) for i, o in enumerate(optimizers)}
+
     def scale(self, optimizers: Sequence[torch.optim.Optimizer],
               multipliers: dict[int, list[float]]) -> list[dict]:
         """Multiply the factors; returns, per optimizer that changed, the factor applied and the

@@ -71,6 +71,10 @@ class LossRegimeRule:
         thresholds: see :class:`RegimeThresholds`.
         num_classes: the number of classes of a classification loss, when known (for chance level).
 
+    Raises:
+        TypeError: ``thresholds`` is not a :class:`RegimeThresholds`, or ``num_classes`` not an int.
+        ValueError: ``num_classes`` is below 2.
+
     Example:
         >>> rule = LossRegimeRule(RegimeThresholds(initial_steps=2))
         >>> rule.evaluate(list(range(20)), [2.0 - 0.05 * i for i in range(20)])
@@ -80,6 +84,11 @@ class LossRegimeRule:
     """
 
     def __init__(self, thresholds: RegimeThresholds | None = None, num_classes: int | None = None) -> None:
+        if thresholds is not None and not isinstance(thresholds, RegimeThresholds):
+            raise TypeError(f"`thresholds` must be a RegimeThresholds, got {thresholds!r}.")
+        check_positive_int("num_classes", num_classes, allow_none=True)
+        if num_classes is not None and num_classes < 2:
+            raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}.")
         self.thresholds = thresholds or RegimeThresholds()
         self.num_classes = num_classes
         self.ema: float | None = None
@@ -95,6 +104,8 @@ class LossRegimeRule:
         self.steps_seen = 0
         self._first: list[float] = []
         self._previous_chunks: list[tuple[float, float]] = []  # (mean, variance) of the last window
+        self._marked: tuple[float | None, float | None] = (None, None)  # (ema, slow) at the last mark
+        self._window_finite = True  # no NaN/Inf in the last window evaluated
 
     @property
     def progress_made(self) -> bool:
@@ -108,6 +119,7 @@ class LossRegimeRule:
         t = self.thresholds
         findings: list[Finding] = []
         nonfinite = [s for s, v in zip(steps, losses) if not math.isfinite(v)]
+        self._window_finite = not nonfinite
         if len(nonfinite) >= max(t.nonfinite_fraction * len(losses), t.nonfinite_min_steps):
             findings.append(self._nonfinite_divergence(nonfinite, len(losses)))
         onset = self._smooth(steps, losses)
@@ -171,9 +183,10 @@ class LossRegimeRule:
 
     @property
     def steady(self) -> bool:
-        """Whether the smoothed loss is well clear of the divergence line (halfway or less from
-        its best to the line): a state worth keeping as a snapshot to roll back to."""
-        if self.initial is None or self.ema is None or not math.isfinite(self.ema):
+        """Whether the last window was finite and its smoothed loss well clear of the divergence
+        line (halfway or less from its best to the line): a state worth keeping as a snapshot to
+        roll back to."""
+        if not self._window_finite or self.initial is None or self.ema is None or not math.isfinite(self.ema):
             return False
         best = min(self.best, self.initial)
         return self.ema <= best + 0.5 * (self._divergence_line() - best)
@@ -245,6 +258,15 @@ class LossRegimeRule:
             if abs(self.best - chance) <= t.chance_tolerance * chance:
                 seen += f" That is chance level for {self.num_classes} classes (log {self.num_classes} = {chance:.3g})."
         return Finding("no_learning", "warning", seen, evidence=evidence)
+
+    def mark(self) -> None:
+        """Remember the smoothed loss now (a snapshot is taken): :meth:`restart_from_mark`
+        returns to it after a rollback to that snapshot. Not checkpointed, like the snapshot."""
+        self._marked = (self.ema, self.slow)
+
+    def restart_from_mark(self) -> None:
+        """After a rollback to the last :meth:`mark`: see :meth:`restart_from`."""
+        self.restart_from(*self._marked)
 
     def restart_from(self, ema: float | None, slow: float | None = None) -> None:
         """After a rollback: the smoothed loss is the snapshot's again, the chunks start over."""

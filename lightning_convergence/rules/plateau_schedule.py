@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from lightning_convergence.rules.findings import Finding
 from lightning_convergence.validation import check_nonnegative_float, check_nonnegative_int, check_open_fraction
 
 Mode = Literal["min", "max"]
@@ -88,6 +89,34 @@ class PlateauSchedule:
         new = [max(lr * self.factor, floor) for lr, floor in zip(lrs, floors)]
         changed = [n if lr - n > self.eps else lr for lr, n in zip(lrs, new)]
         return changed if changed != list(lrs) else None
+
+    def check(self, value: float, lrs: list[float], what: str, acting: bool,
+              hold: bool = False) -> tuple[Finding | None, list[float]]:
+        """One check of the metric ``value`` (named ``what`` in the message), as a finding.
+
+        Returns ``(None, [])`` while no reduction is due, or when ``hold`` (no progress was made
+        yet: that is ``no_learning``, not a plateau). Else a ``plateau`` finding, ``info`` when
+        ``acting`` (the LR is reduced) and ``warning`` when not, and the multiplier of each of
+        ``lrs``.
+
+        Example:
+            >>> schedule = PlateauSchedule(patience=0, factor=0.5)
+            >>> schedule.check(2.0, [1.0], "the loss", acting=True)
+            (None, [])
+            >>> finding, multipliers = schedule.check(2.0, [1.0], "the loss", acting=True)
+            >>> finding.severity, multipliers
+            ('info', [0.5])
+        """
+        new = self.step(value, lrs)
+        if new is None or hold:
+            return None, []
+        seen = (f"{what} has not improved on its best {self.best:.4g} for more than {self.patience} checks "
+                f"(now {value:.4g}).")
+        if acting:
+            seen += f" The learning rate is multiplied by {self.factor}."
+        finding = Finding("plateau", "info" if acting else "warning", seen,
+                          evidence={"value": value, "best": self.best, "patience": self.patience})
+        return finding, [n / o if o else 1.0 for n, o in zip(new, lrs)]
 
     @property
     def in_cooldown(self) -> bool:

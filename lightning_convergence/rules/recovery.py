@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from lightning_convergence.remedies.warmup import warmup_factor
+from lightning_convergence.rules.findings import Finding
 from lightning_convergence.validation import check_bool, check_nonnegative_int, check_open_fraction, check_positive_int
 
 ActionKind = Literal["lr_scale", "snapshot", "rollback", "stop"]
@@ -21,18 +23,21 @@ ActionKind = Literal["lr_scale", "snapshot", "rollback", "stop"]
 @dataclass(frozen=True)
 class Action:
     """One thing to do: ``lr_scale`` by ``factor`` because of ``reason``, ``snapshot``,
-    ``rollback`` (to the last snapshot) or ``stop``."""
+    ``rollback`` (to the last snapshot) or ``stop``. ``detail`` is plain JSON for the report's
+    intervention; ``finding``, when set, is what to tell the user about it."""
 
     kind: ActionKind
     reason: str = ""
     factor: float = 1.0
     detail: dict[str, Any] = field(default_factory=dict)
+    finding: Finding | None = None
 
 
 class RecoveryPolicy:
     """Divergence: cut the LR and roll back to the last steady snapshot, then ramp the LR up
     again over ``rewarmup_steps``; after ``max_recoveries`` rollbacks without a steady window
     in between, stop. Oscillation: cut the LR. No learning: raise the LR tenfold, once, if asked.
+    Overfitting (found at a validation check): stop, if asked.
 
     Args:
         divergence_factor: LR multiplier on divergence and oscillation, in (0, 1).
@@ -41,6 +46,11 @@ class RecoveryPolicy:
         rewarmup_steps: length of the linear re-warmup after a rollback (0: none).
         max_recoveries: failed recoveries in a row after which training stops.
         raise_lr_on_no_learning: raise the LR tenfold, once, on ``no_learning``.
+        stop_on_overfit: stop training when overfitting is found.
+
+    Raises:
+        ValueError: an argument is out of range.
+        TypeError: an argument has the wrong type.
 
     Example:
         >>> policy = RecoveryPolicy(divergence_factor=0.1, max_recoveries=1)
@@ -60,6 +70,7 @@ class RecoveryPolicy:
         rewarmup_steps: int = 0,
         max_recoveries: int = 3,
         raise_lr_on_no_learning: bool = False,
+        stop_on_overfit: bool = False,
     ) -> None:
         check_open_fraction("divergence_factor", divergence_factor)
         check_bool("rollback", rollback)
@@ -67,12 +78,14 @@ class RecoveryPolicy:
         check_nonnegative_int("rewarmup_steps", rewarmup_steps)
         check_positive_int("max_recoveries", max_recoveries)
         check_bool("raise_lr_on_no_learning", raise_lr_on_no_learning)
+        check_bool("stop_on_overfit", stop_on_overfit)
         self.divergence_factor = divergence_factor
         self.rollback = rollback
         self.snapshot_every_n_steps = snapshot_every_n_steps
         self.rewarmup_steps = rewarmup_steps
         self.max_recoveries = max_recoveries
         self.raise_lr_on_no_learning = raise_lr_on_no_learning
+        self.stop_on_overfit = stop_on_overfit
         self.snapshot_step: int | None = None
         self.rollback_step: int | None = None  # the start of the re-warmup, while one runs
         self.failed_recoveries = 0
@@ -102,11 +115,19 @@ class RecoveryPolicy:
             actions.append(Action("lr_scale", "no_learning", 10.0))
         return actions
 
+    def on_validation(self, kinds: list[str]) -> list[Action]:
+        """The actions for the kinds found at one validation check."""
+        return [Action("stop", "overfitting")] if "overfitting" in kinds and self.stop_on_overfit else []
+
     def _roll_back(self, step: int) -> Action:
         if self.rollback_step is not None:
             self.failed_recoveries += 1  # diverged again before a steady window
         if self.failed_recoveries >= self.max_recoveries:
-            return Action("stop", "divergence", detail={"failed_recoveries": self.failed_recoveries})
+            failed = self.failed_recoveries
+            seen = (f"Training diverged again after {failed} rollbacks with a lower learning rate each time; it "
+                    f"was stopped at step {step} because it is not recovering.")
+            return Action("stop", "divergence", detail={"failed_recoveries": failed},
+                          finding=Finding("divergence", "critical", seen, evidence={"failed_recoveries": failed}))
         self.rollback_step = step
         return Action("rollback", "divergence", detail={
             "to_step": self.snapshot_step, "failed_recoveries": self.failed_recoveries,
@@ -130,6 +151,12 @@ class RecoveryPolicy:
         if self.rollback_step is None or not self.rewarmup_steps:
             return None
         return step - self.rollback_step
+
+    def rewarmup_factor(self, step: int) -> float:
+        """The LR multiplier of the linear re-warmup at optimizer step ``step``: in (0, 1] while
+        one runs after a rollback, else 1."""
+        done = self.rewarmup_progress(step)
+        return 1.0 if done is None else warmup_factor("linear", done, self.rewarmup_steps)
 
     def state_dict(self) -> dict[str, Any]:
         return {"snapshot_step": self.snapshot_step, "rollback_step": self.rollback_step,

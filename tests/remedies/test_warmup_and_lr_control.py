@@ -130,3 +130,12 @@ def test_lr_control_acts_once_when_a_subclass_calls_super_step():
     assert optimizer.seen == 0.5 and param.item() == 0.5  # applied once, not 0.25
     assert optimizer.param_groups[0]["lr"] == 1.0 and steps == [1]  # restored; counted once
     control.detach()
+
+
+def test_led_by_first_spreads_the_first_optimizers_multipliers():
+    from lightning_convergence.remedies.lr_factors import LRFactors
+
+    def optimizer(groups):
+        return torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))]} for _ in range(groups)], lr=0.1)
+
+    assert LRFactors.led_by_first([optimizer(2), optimizer(3)], [0.5, 0.25]) == {0: [0.5, 0.25], 1: [0.5] * 3}

@@ -155,3 +155,32 @@ def test_a_single_batch_blow_up_then_chance_is_a_collapse_not_no_learning():
     rng = random.Random(1)
     flat = [2.3 + 0.05 * (rng.random() - 0.5) for _ in range(200)]  # a too-low LR: no jump
     assert {k for k, _, _ in feed(flat, window=50, num_classes=10)} == {"no_learning"}
+
+
+def test_a_rollback_returns_to_the_smoothed_loss_of_the_last_mark():
+    rule = LossRegimeRule(RegimeThresholds(initial_steps=2))
+    rule.evaluate(list(range(20)), [2.0 - 0.05 * i for i in range(20)])
+    rule.mark()
+    marked = (rule.ema, rule.slow)
+    rule.evaluate(list(range(20, 40)), [9.0] * 20)
+    assert rule.ema != marked[0]
+    rule.restart_from_mark()
+    assert (rule.ema, rule.slow) == marked
+
+
+def test_a_window_with_a_nan_loss_is_not_steady():
+    rule = LossRegimeRule(RegimeThresholds(initial_steps=2))
+    falling = [2.0 - 0.01 * i for i in range(40)]
+    rule.evaluate(list(range(40)), falling)
+    assert rule.steady
+    rule.evaluate(list(range(40, 60)), [1.5] * 19 + [math.nan])  # one NaN: too few to be divergence
+    assert not rule.steady
+    rule.evaluate(list(range(60, 80)), [1.5] * 20)
+    assert rule.steady
+
+
+@pytest.mark.parametrize("kwargs,error", [({"num_classes": 1}, ValueError), ({"num_classes": 2.5}, TypeError),
+                                          ({"thresholds": {"beta": 0.5}}, TypeError)])
+def test_bad_rule_arguments_raise_naming_them(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        LossRegimeRule(**kwargs)

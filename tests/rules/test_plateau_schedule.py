@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,3 +52,29 @@ def test_state_round_trip():
     restored = PlateauSchedule(patience=1)
     restored.load_state_dict(schedule.state_dict())
     assert restored.step(2.0, [1.0]) == schedule.step(2.0, [1.0]) == [0.1]
+
+
+@pytest.mark.parametrize("acting,severity", [(True, "info"), (False, "warning")])
+def test_check_reports_a_plateau_when_the_schedule_reduces(acting, severity):
+    schedule = PlateauSchedule(patience=1, factor=0.5)
+    results = [schedule.check(v, [0.2, 0.02], "`val_loss`", acting) for v in (3.0, 3.0, 3.0)]
+    assert [f is None for f, _ in results] == [True, True, False]
+    finding, multipliers = results[-1]
+    assert finding.kind == "plateau" and finding.severity == severity
+    assert finding.evidence == {"value": 3.0, "best": 3.0, "patience": 1}
+    assert multipliers == pytest.approx([0.5, 0.5])
+    assert ("multiplied by 0.5" in finding.observation) == acting
+
+
+def test_check_holds_without_progress_but_counts_the_checks():
+    schedule = PlateauSchedule(patience=0)
+    assert schedule.check(3.0, [1.0], "the loss", acting=True) == (None, [])
+    assert schedule.check(3.0, [1.0], "the loss", acting=True, hold=True) == (None, [])
+    assert schedule.bad_checks == 0  # the reduction was due, and its count reset, though nothing is reported
+
+
+def test_check_multiplier_is_one_for_a_group_at_its_floor():
+    schedule = PlateauSchedule(patience=0, factor=0.5, min_lr=0.1)
+    schedule.check(1.0, [1.0, 0.1], "x", acting=True)
+    _, multipliers = schedule.check(1.0, [1.0, 0.1], "x", acting=True)
+    assert multipliers == pytest.approx([0.5, 1.0])

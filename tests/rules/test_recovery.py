@@ -1,0 +1,90 @@
+"""RecoveryPolicy: tables of judged windows and the actions they give, no Trainer."""
+
+import pytest
+
+from lightning_convergence.rules.recovery import RecoveryPolicy
+
+# Each row: the policy's settings, then a sequence of (kinds found, steady, step) windows and the
+# (kind, reason) actions expected after each.
+TABLE = [
+    ("a steady run snapshots every steady window", {},
+     [([], True, 50, [("snapshot", "")]), ([], True, 100, [("snapshot", "")])]),
+    ("snapshots at most every n steps", {"snapshot_every_n_steps": 120},
+     [([], True, 50, []), ([], True, 100, []), ([], True, 150, [("snapshot", "")])]),
+    ("divergence cuts the LR and rolls back", {},
+     [(["divergence"], False, 50, [("lr_scale", "divergence"), ("rollback", "divergence")])]),
+    ("no rollback when asked not to", {"rollback": False},
+     [(["divergence"], False, 50, [("lr_scale", "divergence")]), ([], True, 100, [])]),
+    ("oscillation only cuts the LR", {},
+     [(["oscillation"], False, 50, [("lr_scale", "oscillation")])]),
+    ("a steady window after a rollback resets the failures", {"max_recoveries": 2},
+     [(["divergence"], False, 50, [("lr_scale", "divergence"), ("rollback", "divergence")]),
+      ([], True, 100, [("snapshot", "")]),
+      (["divergence"], False, 150, [("lr_scale", "divergence"), ("rollback", "divergence")]),
+      (["divergence"], False, 200, [("lr_scale", "divergence"), ("rollback", "divergence")]),
+      (["divergence"], False, 250, [("lr_scale", "divergence"), ("stop", "divergence")])]),
+    ("no learning raises the LR once, only when asked", {"raise_lr_on_no_learning": True},
+     [(["no_learning"], True, 50, [("snapshot", ""), ("lr_scale", "no_learning")]),
+      (["no_learning"], True, 100, [("snapshot", "")])]),
+    ("no learning is only reported by default", {},
+     [(["no_learning"], False, 50, [])]),
+]
+
+
+@pytest.mark.parametrize("name,settings,windows", TABLE, ids=[row[0] for row in TABLE])
+def test_actions_follow_the_table(name, settings, windows):
+    policy = RecoveryPolicy(**settings)
+    assert [a.kind for a in policy.start(step=0)] == (["snapshot"] if settings.get("rollback", True) else [])
+    for kinds, steady, step, expected in windows:
+        actions = policy.on_window(kinds, steady, step)
+        assert [(a.kind, a.reason) for a in actions] == expected, (name, step)
+
+
+def test_the_stop_says_why_with_the_count():
+    policy = RecoveryPolicy(max_recoveries=1)
+    policy.start(step=0)
+    policy.on_window(["divergence"], steady=False, step=50)
+    stop = policy.on_window(["divergence"], steady=False, step=100)[-1]
+    assert stop.kind == "stop" and stop.detail == {"failed_recoveries": 1}
+    assert stop.finding.kind == "divergence" and stop.finding.severity == "critical"
+    assert "after 1 rollbacks" in stop.finding.observation and "step 100" in stop.finding.observation
+
+
+def test_a_rewarmup_ramps_the_lr_from_the_rollback_and_ends():
+    policy = RecoveryPolicy(rewarmup_steps=10)
+    policy.start(step=0)
+    assert policy.rewarmup_factor(40) == 1.0  # no rollback yet
+    policy.on_window(["divergence"], steady=False, step=50)
+    factors = [policy.rewarmup_factor(step) for step in range(50, 62)]
+    assert factors[0] < factors[5] < factors[9] <= 1.0
+    assert all(0 < f <= 1 for f in factors)
+    policy.on_window([], steady=True, step=60)  # steady after the ramp: it is over
+    assert policy.rewarmup_factor(61) == 1.0
+
+
+@pytest.mark.parametrize("stop_on_overfit,expected", [(False, []), (True, [("stop", "overfitting")])])
+def test_overfitting_stops_only_when_asked(stop_on_overfit, expected):
+    policy = RecoveryPolicy(stop_on_overfit=stop_on_overfit)
+    assert [(a.kind, a.reason) for a in policy.on_validation(["overfitting"])] == expected
+    assert policy.on_validation(["plateau"]) == []
+
+
+def test_state_round_trip_keeps_the_counters_but_not_the_snapshot():
+    policy = RecoveryPolicy(max_recoveries=3, raise_lr_on_no_learning=True)
+    policy.start(step=0)
+    policy.on_window(["divergence"], steady=False, step=50)
+    policy.on_window(["divergence", "no_learning"], steady=False, step=100)
+    restored = RecoveryPolicy(max_recoveries=3, raise_lr_on_no_learning=True)
+    restored.load_state_dict(policy.state_dict())
+    assert (restored.failed_recoveries, restored.rollback_step, restored.raised_lr) == (1, 100, True)
+    assert restored.snapshot_step is None  # snapshots live in host memory only
+
+
+@pytest.mark.parametrize("kwargs,error,named", [
+    ({"divergence_factor": 1.0}, ValueError, "divergence_factor"), ({"max_recoveries": 0}, ValueError, "max_recoveries"),
+    ({"rewarmup_steps": -1}, ValueError, "rewarmup_steps"), ({"rollback": 1}, TypeError, "rollback"),
+    ({"stop_on_overfit": "yes"}, TypeError, "stop_on_overfit"),
+])
+def test_bad_settings_raise_naming_the_argument(kwargs, error, named):
+    with pytest.raises(error, match=named):
+        RecoveryPolicy(**kwargs)
