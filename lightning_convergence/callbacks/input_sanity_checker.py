@@ -2,8 +2,9 @@
 
 NaN/Inf are counted on every batch; scale and labels are looked at on the first
 ``first_batches`` batches and then one optimizer step in ``sample_every_n_steps``. The device
-keeps the sums; the host reads them once per logging step (and once after the first batches, so
-that a raw-pixel pipeline is named at once).
+keeps the sums, as slots of one declared window named after each batch part; the host reads the
+window in one transfer once per logging step (and once after the first batches, so that a
+raw-pixel pipeline is named at once).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.input_health import InputHealthRule, InputThresholds, PartSummary
 from lightning_convergence.stats.batch_tensors import batch_tensors
 from lightning_convergence.stats.input_moments import InputMoments, NonfiniteCounter
+from lightning_convergence.stats.window import DeviceWindow
 from lightning_convergence.validation import check_positive_int
 
 _TARGET_NAME = re.compile(r"label|target|(^|[^a-z])y($|[^a-z])|class", re.IGNORECASE)
@@ -76,6 +78,8 @@ class InputSanityChecker(ConvergenceCallback):
         >>> trainer = L.Trainer(callbacks=[InputSanityChecker(num_classes=10)], logger=False)
     """
 
+    state_key_fields = ("num_classes",)
+
     def __init__(
         self,
         first_batches: int = 3,
@@ -100,6 +104,7 @@ class InputSanityChecker(ConvergenceCallback):
         self.log_every_n_steps = log_every_n_steps
         self.num_classes = num_classes
         self.thresholds = thresholds or InputThresholds()
+        self._window = DeviceWindow()  # every part's sums, declared by name as parts are found
         self._parts: dict[str, InputMoments] = {}
         self._nonfinite: dict[str, NonfiniteCounter] = {}
         self._targets: set[str] = set()
@@ -108,11 +113,6 @@ class InputSanityChecker(ConvergenceCallback):
         self._step_nonfinite: Tensor | None = None  # NaN/Inf count of this step's batches (acting)
         self._said: set[str] = set()
         self._rule = InputHealthRule(self.thresholds, num_classes)
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return self._generate_state_key(num_classes=self.num_classes)
 
     def _say_once(self, key: str, text: str) -> None:
         if key not in self._said:
@@ -141,11 +141,15 @@ class InputSanityChecker(ConvergenceCallback):
         for index, (path, tensor) in enumerate(found):
             if tensor.is_floating_point() and tensor.layout == torch.strided:
                 # Every batch: one reduction, kept on the device.
-                count = self._nonfinite.setdefault(path, NonfiniteCounter()).update(tensor, trainer.global_step)
+                if path not in self._nonfinite:
+                    self._nonfinite[path] = NonfiniteCounter(self._window, path)
+                count = self._nonfinite[path].update(tensor, trainer.global_step)
                 if acting:
                     self._step_nonfinite = count if self._step_nonfinite is None else self._step_nonfinite + count
             if sampled:
-                self._parts.setdefault(path, InputMoments()).update(tensor)
+                if path not in self._parts:
+                    self._parts[path] = InputMoments(self._window, path)
+                self._parts[path].update(tensor)
                 if looks_like_target(path, index, len(found)):
                     self._targets.add(path)
 
@@ -173,40 +177,19 @@ class InputSanityChecker(ConvergenceCallback):
         self._evaluate(trainer, max(step - 1, 0))
 
     def _read(self) -> list[PartSummary]:
-        """Every part's numbers in one host transfer."""
-        pieces, layout = [], []
-        paths = list(dict.fromkeys([*self._nonfinite, *self._parts]))
-        for path in paths:
-            part = self._parts.get(path)
-            counter = self._nonfinite.get(path)
-            channels = None
+        """Every part's numbers, from one host transfer of the window."""
+        values = self._window.read()  # the one host read
+        summaries = []
+        for path in dict.fromkeys([*self._nonfinite, *self._parts]):
+            part, counter = self._parts.get(path), self._nonfinite.get(path)
+            summary = PartSummary(path, counter is not None, part.batches if part is not None else 0,
+                                  is_target=path in self._targets)
             if counter is not None:
-                pieces.append(counter.read().double())
+                summary.nonfinite, summary.first_nonfinite_step = counter.counts(values)
             if part is not None and part.batches and part.floating:
-                mean, rms = part.summary()
-                pieces += [mean.double(), rms.double()]
-                channels = len(mean)
+                summary.means, summary.rms = part.moments(values)
             elif part is not None and part.batches:
-                low, high = part.value_range()
-                pieces.append(torch.stack([low, high]).double())
-            layout.append((path, part, counter is not None, channels))
-        if not pieces:
-            return []
-        device = pieces[0].device
-        values = torch.cat([p.to(device) for p in pieces]).tolist()  # one host transfer
-        summaries, at = [], 0
-        for path, part, counted, channels in layout:
-            summary = PartSummary(path, counted, part.batches if part is not None else 0)
-            if counted:
-                summary.nonfinite, summary.first_nonfinite_step = int(values[at]), int(values[at + 1])
-                at += 2
-            if channels is not None:
-                summary.means, summary.rms = values[at:at + channels], values[at + channels:at + 2 * channels]
-                at += 2 * channels
-            elif part is not None and part.batches and not part.floating:
-                summary.low, summary.high = values[at], values[at + 1]
-                at += 2
-            summary.is_target = path in self._targets
+                summary.low, summary.high = part.value_range_of(values)
             summaries.append(summary)
         return summaries
 
@@ -225,10 +208,9 @@ class InputSanityChecker(ConvergenceCallback):
                                       "`num_classes=` (or set `num_classes` on the LightningModule).")
         for finding in self._rule.evaluate(summaries):
             self.record(trainer, finding, step=step)
+        self._window.reset()
         for part in self._parts.values():
             part.reset()
-        for counter in self._nonfinite.values():
-            counter.reset()
 
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:

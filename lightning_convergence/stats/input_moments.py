@@ -4,13 +4,21 @@ For floating tensors, on sampled batches: per-channel sums of values and squares
 dimension 1 of 2-d and higher tensors: images ``[N, C, H, W]``, sequences ``[N, C, L]``, tables
 ``[N, F]``; 1-d and 0-d tensors are one channel); on every batch (:class:`NonfiniteCounter`): the
 number of NaN/Inf values and the first step that had any. For integer tensors: the smallest and
-largest value. Nothing is read on the host here.
+largest value. Each part keeps its sums as declared slots of a
+:class:`~lightning_convergence.stats.window.DeviceWindow` named after the part, so that every
+part of every batch is read in one transfer (``window.read()``), and the numbers of one part are
+found in that read by name. Nothing is read on the host here.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
+
+from lightning_convergence.stats.window import DeviceWindow, Value
 
 
 def channel_dim(x: Tensor) -> int | None:
@@ -24,29 +32,42 @@ def channel_dim(x: Tensor) -> int | None:
 
 
 class InputMoments:
-    """Accumulates one batch part over sampled batches.
+    """Accumulates one batch part over sampled batches, in slots ``{name}/sum`` and
+    ``{name}/sumsq`` (floating, shape ``(channels,)``) or ``{name}/min`` and ``{name}/max``
+    (integer) of ``window``.
+
+    Args:
+        window: the window to declare the slots in (shared by the parts of a batch); a new one
+            when ``None``.
+        name: the part's name, the prefix of its slots.
 
     Example:
         >>> acc = InputMoments()
         >>> acc.update(torch.tensor([[0.0, 255.0], [2.0, 255.0]]))
         >>> mean, rms = acc.summary()
         >>> mean.tolist(), rms.tolist()
-        ([1.0, 255.0], [1.4142135381698608, 255.0])
+        ([1.0, 255.0], [1.4142135623730951, 255.0])
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: DeviceWindow | None = None, name: str = "part") -> None:
+        self.window = DeviceWindow() if window is None else window
+        self.name = name
         self.floating: bool | None = None
         self.channels: int | None = None
         self.count = 0  # values per channel (host-side, from shapes)
         self.batches = 0
-        self._sum: Tensor | None = None
-        self._sumsq: Tensor | None = None
-        self._min: Tensor | None = None
-        self._max: Tensor | None = None
+
+    def _declare(self) -> None:
+        if self.floating:
+            self.window.declare(f"{self.name}/sum", (self.channels,), "sum")
+            self.window.declare(f"{self.name}/sumsq", (self.channels,), "sum")
+        else:
+            self.window.declare(f"{self.name}/min", (), "min")
+            self.window.declare(f"{self.name}/max", (), "max")
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
-        """Add one batch part (two reductions for floating parts, two for integer ones)."""
+        """Add one batch part (two reductions, one merge into the window)."""
         x = x.detach()
         if x.layout != torch.strided or x.is_complex():
             return
@@ -55,69 +76,75 @@ class InputMoments:
         channels = x.shape[dim] if dim is not None else 1
         if self.floating is None:
             self.floating, self.channels = floating, channels
+            self._declare()
         if floating != self.floating or channels != self.channels or x.numel() == 0:
             return  # a batch part whose layout changed between batches: not comparable
         self.batches += 1
         if not floating:
-            low, high = (x.min(), x.max()) if x.numel() else (None, None)
-            self._min = low if self._min is None else torch.minimum(self._min, low)
-            self._max = high if self._max is None else torch.maximum(self._max, high)
+            self.window.update(**{f"{self.name}/min": x.min(), f"{self.name}/max": x.max()})
             return
         dims = tuple(d for d in range(x.dim()) if d != dim)
         values = x.float()
-        total = (values.sum(dim=dims) if dims else values).reshape(-1)  # [channels]
-        squares = ((values * values).sum(dim=dims) if dims else values * values).reshape(-1)
-        self._sum = total if self._sum is None else self._sum.add_(total)
-        self._sumsq = squares if self._sumsq is None else self._sumsq.add_(squares)
+        total = values.sum(dim=dims) if dims else values  # [channels]
+        squares = (values * values).sum(dim=dims) if dims else values * values
+        self.window.update(**{f"{self.name}/sum": total, f"{self.name}/sumsq": squares})
         self.count += x.numel() // channels
 
+    def moments(self, values: Mapping[str, Value]) -> tuple[list[float], list[float]]:
+        """Per-channel mean and root mean square from a ``window.read()`` (floating parts)."""
+        count = max(self.count, 1)
+        means = [v / count for v in values[f"{self.name}/sum"]]
+        rms = [math.sqrt(v / count) if v >= 0 else math.nan for v in values[f"{self.name}/sumsq"]]
+        return means, rms
+
+    def value_range_of(self, values: Mapping[str, Value]) -> tuple[float, float]:
+        """Smallest and largest value from a ``window.read()`` (integer parts)."""
+        return values[f"{self.name}/min"], values[f"{self.name}/max"]
+
     def summary(self) -> tuple[Tensor, Tensor]:
-        """Per-channel mean and root mean square (floating parts)."""
-        mean = self._sum / max(self.count, 1)
-        rms = (self._sumsq / max(self.count, 1)).sqrt()
-        return mean, rms
+        """Per-channel mean and root mean square (floating parts), on the device."""
+        count = max(self.count, 1)
+        return self.window[f"{self.name}/sum"] / count, (self.window[f"{self.name}/sumsq"] / count).sqrt()
 
     def value_range(self) -> tuple[Tensor, Tensor]:
-        """Smallest and largest value (integer parts)."""
-        return self._min, self._max
+        """Smallest and largest value (integer parts), on the device."""
+        return self.window[f"{self.name}/min"], self.window[f"{self.name}/max"]
 
     def reset(self) -> None:
-        floating, channels = self.floating, self.channels
-        self.__init__()
-        self.floating, self.channels = floating, channels
+        """Start a new window of batches (the layout is kept; the owner resets the window's
+        slots with ``window.reset()``)."""
+        self.count = self.batches = 0
 
 
 class NonfiniteCounter:
-    """NaN/Inf values in one floating batch part on every batch, and the first step with any.
+    """NaN/Inf values in one floating batch part on every batch, and the first step with any, in
+    slots ``{name}/nonfinite`` (sum) and ``{name}/first_nonfinite`` (min; +inf while none) of
+    ``window``.
 
     Example:
         >>> counter = NonfiniteCounter()
         >>> _ = counter.update(torch.ones(3), step=0)
         >>> _ = counter.update(torch.tensor([1.0, float("nan")]), step=4)
-        >>> [int(v) for v in counter.read()]
-        [1, 4]
+        >>> counter.counts(counter.window.read())
+        (1, 4)
     """
 
-    def __init__(self) -> None:
-        self._count: Tensor | None = None
-        self._first: Tensor | None = None
+    def __init__(self, window: DeviceWindow | None = None, name: str = "part") -> None:
+        self.window = DeviceWindow() if window is None else window
+        self.name = name
+        self.window.declare(f"{name}/nonfinite", (), "sum")
+        self.window.declare(f"{name}/first_nonfinite", (), "min")
 
     @torch.no_grad()
     def update(self, x: Tensor, step: int) -> Tensor:
-        """Count this batch's NaN/Inf (one reduction, no host read); returns the count."""
+        """Count this batch's NaN/Inf (one reduction, no host read); returns the count (0-d)."""
         count = x.numel() - torch.isfinite(x.detach()).sum()
-        if self._count is None:
-            self._count = torch.zeros_like(count)
-            self._first = torch.full_like(count, -1)
-        self._first = torch.where((self._first < 0) & (count > 0), torch.full_like(count, step), self._first)
-        self._count = self._count + count
+        # float64, as the window: a step number stays exact
+        first = torch.full((), math.inf, dtype=torch.float64, device=count.device).masked_fill(count > 0, step)
+        self.window.update(**{f"{self.name}/nonfinite": count, f"{self.name}/first_nonfinite": first})
         return count
 
-    def read(self) -> Tensor:
-        """``[count, first step or -1]`` (device)."""
-        if self._count is None:
-            return torch.tensor([0, -1])
-        return torch.stack([self._count, self._first])
-
-    def reset(self) -> None:
-        self._count = self._first = None
+    def counts(self, values: Mapping[str, Value]) -> tuple[int, int]:
+        """``(count, first step or -1)`` from a ``window.read()``."""
+        first = values[f"{self.name}/first_nonfinite"]
+        return int(values[f"{self.name}/nonfinite"]), int(first) if math.isfinite(first) else -1

@@ -4,12 +4,14 @@ import math
 from collections import namedtuple
 from dataclasses import dataclass
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_convergence.stats.batch_tensors import batch_tensors
 from lightning_convergence.stats.input_moments import InputMoments, NonfiniteCounter, channel_dim
+from lightning_convergence.stats.window import DeviceWindow
 
 
 def test_batch_shapes_are_walked_and_named():
@@ -51,6 +53,7 @@ def test_integer_parts_keep_their_range_and_reset_keeps_layout():
     acc.update(torch.tensor([0, 9]))
     low, high = acc.value_range()
     assert (int(low), int(high)) == (0, 9)
+    assert acc.value_range_of(acc.window.read()) == (0.0, 9.0)
     acc.reset()
     assert acc.batches == 0 and acc.floating is False
 
@@ -60,6 +63,23 @@ def test_nonfinite_counter_counts_every_batch_and_the_first_step():
     counter.update(torch.ones(4), 0)
     counter.update(torch.tensor([math.nan, math.inf, 1.0]), 7)
     counter.update(torch.tensor([math.nan]), 9)
-    assert counter.read().tolist() == [3, 7]
-    counter.reset()
-    assert counter.read().tolist() == [0, -1]
+    assert counter.counts(counter.window.read()) == (3, 7)
+    counter.window.reset()
+    assert counter.counts(counter.window.read()) == (0, -1)
+
+
+def test_parts_sharing_a_window_are_read_in_one_transfer_by_name():
+    window = DeviceWindow()
+    image, label = InputMoments(window, "batch[0]"), InputMoments(window, "batch[1]")
+    counter = NonfiniteCounter(window, "batch[0]")
+    x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
+    for step in range(3):
+        image.update(x)
+        counter.update(x if step < 2 else x * math.nan, step)
+        label.update(torch.tensor([step, 5]))
+    values = window.read()
+    means, rms = image.moments(values)
+    assert means == pytest.approx([2.0, 20.0]) and rms == pytest.approx([math.sqrt(5), math.sqrt(500)])
+    assert label.value_range_of(values) == (0.0, 5.0)
+    assert counter.counts(values) == (4, 2)
+    assert image.moments(values) == tuple(t.tolist() for t in image.summary())  # device and host agree
