@@ -15,6 +15,7 @@ from lightning_convergence import GradientNormMonitor, default_callbacks
 from lightning_convergence.recorder import REPORT_FILENAME
 from lightning_convergence.rules import GradientThresholds
 from tests.helpers.models import DigitsMLP, trainer_kwargs
+from tests.helpers.no_action import assert_no_action, final_weights
 from tests.helpers.tensorboard import load_events, scalar_steps, scalar_tags
 
 
@@ -112,9 +113,22 @@ def test_frozen_and_unused_parameters_are_skipped(tmp_path):
     assert _report(trainer)["summary"]["healthy"] is True
 
 
-def test_fast_dev_run_and_no_validation(tmp_path):
-    _fit(tmp_path, callbacks=default_callbacks(auto_remediate=True), fast_dev_run=True)
-    _fit(tmp_path, model=DigitsMLP(val=False), callbacks=default_callbacks(), logger=False)
+def test_fast_dev_run_takes_no_action_where_a_real_run_would(tmp_path):
+    # A NaN batch at step 1: a real run skips that step (the control), fast_dev_run must not.
+    def make_model():
+        return DigitsMLP(nan_at_step=1)
+
+    def make_callbacks():
+        return [GradientNormMonitor(auto_remediate=True)]
+
+    _, acted = final_weights(make_model, make_callbacks(), max_steps=4, logger=False, default_root_dir=tmp_path)
+    assert [(i["action"], i["step"]) for i in acted] == [("skip_step", 1)]
+    assert_no_action(make_model, make_callbacks, fast_dev_run=4, default_root_dir=tmp_path)
+
+
+def test_no_validation_loop_runs(tmp_path):
+    trainer, _ = _fit(tmp_path, model=DigitsMLP(val=False), callbacks=default_callbacks(), logger=False)
+    assert trainer.global_step == 16
 
 
 def test_pickle_and_deepcopy_before_and_after_fit(tmp_path):
