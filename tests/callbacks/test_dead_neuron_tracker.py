@@ -11,6 +11,7 @@ from lightning_convergence import DeadNeuronTracker
 from lightning_convergence.recorder.console import ConvergenceWarning
 from tests.helpers.loggers import MemoryLogger
 from tests.helpers.models import DigitsMLP, digits_tensors, trainer_kwargs
+from tests.helpers.no_action import assert_no_action, final_weights
 
 
 class PlantedCNN(DigitsMLP):
@@ -258,15 +259,21 @@ def test_include_tracks_a_named_module_and_unknown_names_raise(tmp_path):
         fit(tmp_path, Model(), [DeadNeuronTracker(include=["nope"])], limit_train_batches=1)
 
 
-def test_no_remedy_in_fast_dev_run(tmp_path):
-    model = DigitsMLP()
-    with torch.no_grad():
-        model.net[0].bias.fill_(-1000.0)
-    tracker = DeadNeuronTracker(sample_every_n_steps=1, min_batches=1, auto_remediate=True)
-    trainer = L.Trainer(fast_dev_run=3, accelerator="cpu", callbacks=[tracker], enable_progress_bar=False,
-                        log_every_n_steps=1)
-    trainer.fit(model)
-    assert tracker._records_state(trainer)["interventions"] == []
+def test_fast_dev_run_takes_no_action_where_a_real_run_would(tmp_path):
+    # A layer dead from the start: a real run revives it with ReDo (the control), fast_dev_run
+    # must not touch the weights.
+    def make_model():
+        model = DigitsMLP()
+        with torch.no_grad():
+            model.net[0].bias.fill_(-1000.0)
+        return model
+
+    def make_callbacks():
+        return [DeadNeuronTracker(sample_every_n_steps=1, min_batches=1, auto_remediate=True, log_every_n_steps=1)]
+
+    _, acted = final_weights(make_model, make_callbacks(), max_steps=3, logger=False, default_root_dir=tmp_path)
+    assert [i["action"] for i in acted][:1] == ["reinit_units"]
+    assert_no_action(make_model, make_callbacks, fast_dev_run=3, default_root_dir=tmp_path)
 
 
 @pytest.mark.parametrize("kwargs,error,named", [

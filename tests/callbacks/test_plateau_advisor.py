@@ -11,6 +11,7 @@ from torch import nn
 from lightning_convergence import PlateauAdvisor
 from lightning_convergence.recorder.console import ConvergenceWarning
 from tests.helpers.models import DigitsMLP, trainer_kwargs
+from tests.helpers.no_action import assert_no_action, final_weights
 
 
 class ConstantVal(DigitsMLP):
@@ -133,11 +134,23 @@ def test_missing_metric_strict_raises_listing_metrics_and_lenient_warns_once(tmp
     assert len([w for w in record if "val_nope" in str(w.message)]) == 1
 
 
-def test_no_validation_loop_and_fast_dev_run_do_not_crash(tmp_path):
-    fit(tmp_path, DigitsMLP(val=False), [PlateauAdvisor(auto_remediate=True)], max_epochs=2)
-    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", callbacks=[PlateauAdvisor(auto_remediate=True)],
-                        enable_progress_bar=False)
-    trainer.fit(DigitsMLP())
+def test_no_validation_loop_runs(tmp_path):
+    trainer = fit(tmp_path, DigitsMLP(val=False), [PlateauAdvisor(auto_remediate=True)], max_epochs=2)
+    assert trainer.current_epoch == 2
+
+
+def test_fast_dev_run_takes_no_action_where_a_real_run_would(tmp_path):
+    # NaN inputs from step 2 on: the loss goes NaN, a divergence; a real run cuts the LR and
+    # rolls back (the control), fast_dev_run must not.
+    def make_model():
+        return DigitsMLP(nan_at_step=2, nan_steps=100)
+
+    def make_callbacks():  # a window of 5: a divergence needs 5 NaN losses
+        return [PlateauAdvisor(auto_remediate=True, log_every_n_steps=5)]
+
+    _, acted = final_weights(make_model, make_callbacks(), max_steps=10, logger=False, default_root_dir=tmp_path)
+    assert {i["action"] for i in acted} >= {"lr_scale", "rollback"}
+    assert_no_action(make_model, make_callbacks, fast_dev_run=10, default_root_dir=tmp_path)
 
 
 def test_watching_changes_nothing(tmp_path):

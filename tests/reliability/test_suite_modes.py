@@ -14,6 +14,8 @@ from lightning.pytorch.plugins import MixedPrecision
 from lightning_convergence import default_callbacks
 from lightning_convergence.recorder import REPORT_FILENAME
 from tests.helpers.models import DigitsMLP, SparseEmbedding, TwoOptimizers, trainer_kwargs
+from tests.helpers.no_action import assert_no_action, final_weights
+from tests.helpers.tensorboard import load_events
 
 ACT = dict(auto_remediate=True, log_every_n_steps=4)
 
@@ -141,11 +143,35 @@ def test_every_logger_setup_runs_and_writes_the_report(tmp_path, loggers):
     assert os.path.exists(os.path.join(directory, REPORT_FILENAME))
 
 
-def test_fast_dev_run_sanity_check_and_no_validation_loop_take_no_action(tmp_path):
+def test_fast_dev_run_takes_no_action_where_a_real_run_would(tmp_path):
+    def make_model():
+        return DigitsMLP(nan_at_step=1)
+
+    def make_callbacks():
+        return default_callbacks(**ACT)
+
+    _, acted = final_weights(make_model, make_callbacks(), max_steps=4, logger=False, default_root_dir=tmp_path)
+    assert ("skip_step", 1) in [(i["action"], i["step"]) for i in acted]  # the control: a real run acts
+    assert_no_action(make_model, make_callbacks, fast_dev_run=4, default_root_dir=tmp_path)
+
+
+def test_the_sanity_check_takes_no_action_and_judges_nothing(tmp_path):
+    # No training batch at all: whatever the suite records or logs comes from the sanity check.
     callbacks = default_callbacks(**ACT)
-    trainer = L.Trainer(fast_dev_run=4, accelerator="cpu", callbacks=list(callbacks), enable_progress_bar=False)
-    trainer.fit(DigitsMLP(nan_at_step=1))
-    assert not [i for c in callbacks for i in c._records_state(trainer)["interventions"]]
+    L.seed_everything(0, verbose=False)
+    model = DigitsMLP()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = L.Trainer(callbacks=list(callbacks), **trainer_kwargs(tmp_path, num_sanity_val_steps=2,
+                                                                    limit_train_batches=0))
+    trainer.fit(model)
+    assert trainer.sanity_checking is False and trainer.global_step == 0
+    assert [r for c in callbacks for r in (*c.records()["diagnoses"], *c.records()["interventions"])] == []
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    judged = [t for t in load_events(trainer.log_dir).Tags()["scalars"] if t.startswith("convergence/")]
+    assert judged == []
+
+
+def test_no_validation_loop_takes_no_action_beyond_warmup(tmp_path):
     callbacks = default_callbacks(**ACT)
-    trainer, _ = fit(tmp_path, DigitsMLP(val=False), callbacks, num_sanity_val_steps=2, logger=False)
-    assert not [i for c in callbacks for i in c._records_state(trainer)["interventions"] if i["action"] != "warmup"]
+    fit(tmp_path, DigitsMLP(val=False), callbacks, num_sanity_val_steps=2, logger=False)
+    assert not [i for c in callbacks for i in c.records()["interventions"] if i["action"] != "warmup"]
