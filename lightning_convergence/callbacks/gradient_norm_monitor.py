@@ -37,10 +37,27 @@ _HISTOGRAM_SAMPLES = 4096  # values per layer histogram
 _UPDATE_SAMPLES = 4096  # values per weight tensor kept to estimate the update/weight ratio
 
 
-def _strided(tensor: Tensor, count: int) -> Tensor:
-    """At most about ``count`` evenly strided values of ``tensor`` (no RNG), as a flat view."""
+def _sample_index(param: Tensor, count: int, seed: int) -> Tensor | None:
+    """``count`` positions drawn uniformly, with replacement and a fixed seed, from the flat
+    ``param`` (sorted, on its device); ``None`` when it has at most ``count`` values (all kept).
+
+    Random rather than strided: a stride aliases with the tensor's layout. A stride of 4 over
+    rows of 64 input features keeps the same 16 features of every row (on 8x8 digits, border
+    pixels that are always 0, whose weights never move), which put the update/weight ratio of
+    the digits MLP's first layer 15% (median) to 29% (worst) off the exact one. A uniform
+    sample is unbiased: ``python benchmarks/update_ratio_error.py`` measures a relative error
+    of 0.7% median, 2.3% worst with Adam, and 2.0% median, 6.2% worst with SGD.
+    """
+    if param.numel() <= count:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(param.numel(), (count,), generator=generator).sort().values.to(param.device)
+
+
+def _sample(tensor: Tensor, index: Tensor | None) -> Tensor:
+    """The values of ``tensor`` at the flat positions ``index`` (all of them for ``None``), as a new tensor."""
     flat = tensor.reshape(-1)
-    return flat[:: max(1, math.ceil(flat.numel() / count))]
+    return flat.clone() if index is None else flat[index]
 
 
 @dataclass
@@ -55,6 +72,7 @@ class _Track:
     rule: GradientHealthRule
     consecutive_skips: int = 0
     snapshot: list[Tensor] | None = None  # sampled weights before a logging step's update
+    sample_index: list[Tensor | None] | None = None  # per parameter, the positions sampled (drawn once)
     snapshot_step: int = -1
     snapshot_pending: bool = False
 
@@ -76,8 +94,9 @@ class GradientNormMonitor(ConvergenceCallback):
         histogram_every_n_steps: cadence of per-layer gradient histograms (TensorBoard only);
             ``None`` turns them off.
         track_updates: log weight norms (exact) and the update-to-weight ratio on logging steps,
-            the ratio estimated on an evenly strided sample of at most 4096 values per tensor
-            (about 16 KB per tensor held between a logging step and the next batch).
+            the ratio estimated on a fixed uniform random sample of 4096 values per tensor
+            (positions drawn once: 32 KB per tensor; the sampled values, 16 KB per tensor, are
+            held between a logging step and the next batch).
         spike_factor: a total norm above this multiple of its recent median is a spike.
         spike_history: how many recent finite total norms the median is taken over.
         min_history: no spike is flagged before this many finite norms were seen.
@@ -298,20 +317,22 @@ class GradientNormMonitor(ConvergenceCallback):
         write_histograms(trainer, tensors, step)
 
     def _take_snapshot(self, track: _Track, step: int) -> None:
-        """Keep an evenly strided sample of each weight tensor (at most ``_UPDATE_SAMPLES``
-        values) from before a logging step's update.
+        """Keep a sample of each weight tensor (``_UPDATE_SAMPLES`` values at fixed random
+        positions) from before a logging step's update.
 
         A sample, not a copy: a full copy of the weights cost as much memory as the model's
         parameters. The update/weight ratio is estimated from the sampled values, each tensor's
         sums scaled up by its numel over its sample size; the weight norm itself is exact.
         """
-        track.snapshot = [_strided(p.detach(), _UPDATE_SAMPLES).clone() for p in track.params]
+        if track.sample_index is None:
+            track.sample_index = [_sample_index(p, _UPDATE_SAMPLES, seed) for seed, p in enumerate(track.params)]
+        track.snapshot = [_sample(p.detach(), index) for p, index in zip(track.params, track.sample_index)]
         track.snapshot_step = step
         track.snapshot_pending = True
 
     def _log_updates(self, trainer: Trainer, track: _Track) -> None:
         track.snapshot_pending = False
-        now = [_strided(p.detach(), _UPDATE_SAMPLES) for p in track.params]
+        now = [_sample(p.detach(), index) for p, index in zip(track.params, track.sample_index)]
         scale = torch.tensor([p.numel() / max(s.numel(), 1) for p, s in zip(track.params, now)],
                              dtype=torch.float64, device=track.group_index.device)  # [params]
         before_sq = sum_of_squares(track.snapshot, self.backend).double() * scale

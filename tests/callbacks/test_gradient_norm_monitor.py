@@ -187,27 +187,21 @@ def test_thresholds_are_public_config():
     assert monitor.thresholds.vanishing_patience == 5
 
 
+# The worst relative error of the sampled ratio measured by ``python benchmarks/update_ratio_error.py``
+# on the digits MLP's first layer, 5 seeds x 9 logging steps each: 2.33% with Adam (median 0.72%),
+# 6.19% with SGD (median 1.99%). The strided sample used before was biased by about 20% with Adam.
+UPDATE_RATIO_WORST_ERROR = {"adam": 0.0233, "sgd": 0.0619}
+
+
 def test_sampled_update_ratio_is_close_to_the_exact_one(tmp_path):
+    from benchmarks.update_ratio_error import ExactRatio
     from tests.helpers.loggers import MemoryLogger
 
-    exact = {}
-
-    class Exact(L.Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            if (trainer.global_step + 1) % 5 == 0:
-                self.before = pl_module.net[0].weight.detach().clone()
-
-        def on_train_batch_end(self, trainer, pl_module, *args):
-            if trainer.global_step % 5 == 0 and hasattr(self, "before"):
-                after = pl_module.net[0].weight.detach()
-                exact[trainer.global_step - 1] = float((after - self.before).norm() / self.before.norm())
-                del self.before
-
-    logger = MemoryLogger(str(tmp_path))
-    model = DigitsMLP(hidden=256)  # net.0's weight: 16384 values, sampled 1 in 4
-    L.Trainer(callbacks=[GradientNormMonitor(log_every_n_steps=5), Exact()],
+    logger, exact = MemoryLogger(str(tmp_path)), ExactRatio()
+    model = DigitsMLP(hidden=256, optimizer="adam", lr=1e-3)  # net.0: 16,640 values, 4096 of them sampled
+    L.Trainer(callbacks=[GradientNormMonitor(log_every_n_steps=5), exact],
               **trainer_kwargs(tmp_path, logger=logger, max_epochs=1)).fit(model)
     logged = dict(logger.series("convergence/update_ratio/net.0"))
-    assert set(exact) <= set(logged) and len(exact) >= 2
-    for step, value in exact.items():
-        assert logged[step] == pytest.approx(value, rel=0.15)
+    assert set(exact.exact) <= set(logged) and len(exact.exact) >= 2
+    for step, value in exact.exact.items():
+        assert logged[step] == pytest.approx(value, rel=1.5 * UPDATE_RATIO_WORST_ERROR["adam"]), step
