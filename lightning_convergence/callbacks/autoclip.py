@@ -101,7 +101,8 @@ class AutoClip(ConvergenceCallback):
         backend: Backend = "auto",
         report_window_steps: int = 500,
     ) -> None:
-        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
+        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps,
+                         log_every_n_steps=log_every_n_steps)
         if mode not in _DEFAULT_WARMUP:
             raise ValueError(f"`mode` must be one of {tuple(_DEFAULT_WARMUP)}, got {mode!r}.")
         check_positive_float("percentile", percentile)
@@ -124,7 +125,6 @@ class AutoClip(ConvergenceCallback):
             raise TypeError(f"`clip_warmup_steps` must be an int or None, got {clip_warmup_steps!r}.")
         if clip_warmup_steps is not None and clip_warmup_steps < 0:
             raise ValueError(f"`clip_warmup_steps` must be >= 0, got {clip_warmup_steps!r}.")
-        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
         self.mode = mode
         self.percentile = float(percentile)
         self.window = window
@@ -136,7 +136,6 @@ class AutoClip(ConvergenceCallback):
         self.eps = float(eps)
         self.exclude_final_layer = exclude_final_layer
         self.clip_warmup_steps = _DEFAULT_WARMUP[mode] if clip_warmup_steps is None else clip_warmup_steps
-        self.log_every_n_steps = log_every_n_steps
         self.backend = validate_backend(backend)
         self._rule = self._make_rule()
         self._steps = 0  # optimizer steps seen (host-side count: no read needed)

@@ -12,7 +12,6 @@ from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.data_wait import DataWaitRule, DataWaitThresholds
-from lightning_convergence.validation import check_positive_int
 
 
 class DataLoadingMonitor(ConvergenceCallback):
@@ -42,11 +41,10 @@ class DataLoadingMonitor(ConvergenceCallback):
 
     def __init__(self, log_every_n_steps: int | None = None, thresholds: DataWaitThresholds | None = None,
                  report_window_steps: int = 500) -> None:
-        super().__init__(auto_remediate=False, report_window_steps=report_window_steps)
-        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
+        super().__init__(auto_remediate=False, report_window_steps=report_window_steps,
+                         log_every_n_steps=log_every_n_steps)
         if thresholds is not None and not isinstance(thresholds, DataWaitThresholds):
             raise TypeError(f"`thresholds` must be a DataWaitThresholds, got {thresholds!r}.")
-        self.log_every_n_steps = log_every_n_steps
         self.thresholds = thresholds or DataWaitThresholds()
         self._rule = DataWaitRule(self.thresholds)
         self._last_end: float | None = None

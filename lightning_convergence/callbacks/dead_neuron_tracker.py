@@ -97,9 +97,9 @@ class DeadNeuronTracker(ConvergenceCallback):
         seed: int = 0,
         report_window_steps: int = 500,
     ) -> None:
-        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
+        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps,
+                         log_every_n_steps=log_every_n_steps)
         check_positive_int("sample_every_n_steps", sample_every_n_steps)
-        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
         check_positive_int("min_batches", min_batches)
         check_positive_float("dormant_tau", dormant_tau)
         if dormant_tau >= 1:
@@ -114,7 +114,6 @@ class DeadNeuronTracker(ConvergenceCallback):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"`seed` must be an int, got {seed!r}.")
         self.sample_every_n_steps = sample_every_n_steps
-        self.log_every_n_steps = log_every_n_steps
         self.min_batches = min_batches
         self.dormant_tau = float(dormant_tau)
         self.saturation_eps = self._sites.eps

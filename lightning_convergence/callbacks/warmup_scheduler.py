@@ -60,14 +60,13 @@ class WarmupScheduler(ConvergenceCallback):
 
     def __init__(self, warmup_steps: WarmupSteps = "untuned", shape: Shape = "linear",
                  log_every_n_steps: int | None = None, report_window_steps: int = 500) -> None:
-        super().__init__(auto_remediate=True, report_window_steps=report_window_steps)
+        super().__init__(auto_remediate=True, report_window_steps=report_window_steps,
+                         log_every_n_steps=log_every_n_steps)
         _check_warmup_steps(warmup_steps)
         if shape not in SHAPES:
             raise ValueError(f"`shape` must be one of {SHAPES}, got {shape!r}.")
-        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
         self.warmup_steps = warmup_steps
         self.shape = shape
-        self.log_every_n_steps = log_every_n_steps
         self._steps: dict[int, int] = {}  # optimizer index -> optimizer steps taken
         self._periods: dict[int, list[int]] = {}  # optimizer index -> warmup length per group
         self._rewarmup: dict[int, tuple[int, int]] = {}  # optimizer index -> (start step, length)
