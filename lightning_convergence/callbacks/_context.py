@@ -1,4 +1,5 @@
-"""What the suite's callbacks in one Trainer share: the run's log and one gradient pass per step.
+"""What the suite's callbacks in one Trainer share: the run's log, the evidence board and one
+gradient pass per step.
 
 The context lives beside the Trainer (a weak map, so nothing leaks when the Trainer goes) from
 ``setup("fit")`` until ``teardown("fit")``.
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from lightning_convergence.remedies.lr_control import LRControl
 from lightning_convergence.recorder.run_log import ConvergenceLog
+from lightning_convergence.rules.causes import Evidence
 from lightning_convergence.stats import sum_of_squares, tensor_stats
 
 
@@ -27,12 +29,15 @@ class _GradientPass:
 
 @dataclass
 class RunContext:
-    """Shared state of one fit: the convergence log and the cached gradient statistics."""
+    """Shared state of one fit: the convergence log, the evidence every callback posts for the
+    ranking of causes, and the cached gradient statistics."""
 
     log: ConvergenceLog
+    evidence: Evidence = field(default_factory=Evidence)
     layout_written: bool = False
     finished: bool = False
     report_written_by: set[str] = field(default_factory=set)
+    said: set[str] = field(default_factory=set)  # one-time notices already given in this fit
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
     _lr_controls: dict[int, LRControl] = field(default_factory=dict)

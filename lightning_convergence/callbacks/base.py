@@ -24,6 +24,7 @@ from lightning_convergence.callbacks._context import (
 )
 from lightning_convergence.recorder.console import ConvergenceWarning, print_diagnosis
 from lightning_convergence.remedies.skip_step import drop_gradients
+from lightning_convergence.rules.causes import explain
 from lightning_convergence.recorder.records import Diagnosis, Finding, Intervention
 from lightning_convergence.recorder.tensorboard import write_diagnosis_text, write_layout
 from lightning_convergence.validation import check_bool, check_positive_int
@@ -101,13 +102,46 @@ class StepClock:
         self.last_window_end = int(state.get("last_window_end", -1))
 
 
-def batch_loss(trainer: Trainer, outputs: Any) -> Tensor | None:
-    """The batch's training loss from ``training_step``'s outputs (0-d, detached, on the device),
-    with Lightning's division by ``accumulate_grad_batches`` undone; ``None`` if there is none."""
+LOSS_KEYS = ("train_loss", "loss")
+"""The keys a module usually logs its training loss under, tried in this order when
+``training_step`` returns no loss (manual optimisation)."""
+
+
+def batch_loss(trainer: Trainer, outputs: Any, keys: tuple[str, ...] = LOSS_KEYS) -> Tensor | None:
+    """The batch's training loss (0-d, detached, float32, on the device; no host read).
+
+    From ``training_step``'s outputs, with Lightning's division by ``accumulate_grad_batches``
+    undone; when they hold none (manual optimisation returns nothing), the first of ``keys`` that
+    the module logged this step (``self.log("train_loss", loss)``); else ``None``.
+    """
     loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-    if not isinstance(loss, Tensor) or loss.numel() != 1:
-        return None
-    return loss.detach().reshape(()).float() * trainer.accumulate_grad_batches
+    if isinstance(loss, Tensor) and loss.numel() == 1:
+        return loss.detach().reshape(()).float() * trainer.accumulate_grad_batches
+    for key in keys:
+        logged = trainer.callback_metrics.get(key)
+        if isinstance(logged, Tensor) and logged.numel() == 1:
+            return logged.detach().reshape(()).float()
+    return None
+
+
+def module_num_classes(pl_module: LightningModule) -> int | None:
+    """The number of classes the LightningModule declares (``num_classes``, or
+    ``hparams.num_classes``), when it is an int of at least 2; else ``None``."""
+    hparams = getattr(pl_module, "hparams", None)
+    declared = getattr(pl_module, "num_classes", None)
+    if declared is None and hparams is not None and hasattr(hparams, "get"):
+        declared = hparams.get("num_classes")
+    valid = isinstance(declared, int) and not isinstance(declared, bool) and declared >= 2
+    return declared if valid else None
+
+
+def current_learning_rate(trainer: Trainer) -> float | None:
+    """The smallest learning rate of the first optimizer's parameter groups, as the optimizer
+    holds it now (a host value, no sync); ``None`` without an optimizer."""
+    optimizers = trainer.optimizers if trainer.state.fn == "fit" else []
+    lrs = [g.get("lr") for g in optimizers[0].param_groups] if optimizers else []
+    lrs = [float(lr) for lr in lrs if isinstance(lr, (int, float))]
+    return min(lrs) if lrs else None
 
 
 def over_ranks(trainer: Trainer, value: Tensor, op: str) -> Tensor:
@@ -187,7 +221,10 @@ class ConvergenceCallback(Callback):
         return not isinstance(trainer.logger, DummyLogger)
 
     def record(self, trainer: Trainer, finding: Finding, step: int | None = None) -> Diagnosis | None:
-        """Add a finding to the run's log; show it if it was not rate-limited."""
+        """Add a finding to the run's log, its causes ranked from the evidence every callback of
+        the suite posted (and the learning rate now); show it if it was not rate-limited."""
+        evidence = self.context(trainer).evidence.snapshot(learning_rate=current_learning_rate(trainer))
+        finding = explain(finding, evidence)
         at = trainer.global_step if step is None else step
         diagnosis = Diagnosis.from_finding(finding, at, trainer.current_epoch, self.source)
         if not self.context(trainer).log.add_diagnosis(diagnosis):
@@ -209,6 +246,19 @@ class ConvergenceCallback(Callback):
         if finding is not None:
             rank_zero_warn(f"{self.source}: {finding.observation}", category=ConvergenceWarning)
             self.record(trainer, finding, step=step)
+
+    def training_loss(self, trainer: Trainer, outputs: Any) -> Tensor | None:
+        """:func:`batch_loss` of this batch; when there is none, the suite says so once per fit
+        (the loss regimes cannot be judged without it)."""
+        loss = batch_loss(trainer, outputs)
+        said = self.context(trainer).said
+        if loss is None and "no_loss" not in said:
+            said.add("no_loss")
+            rank_zero_warn(f"{self.source}: no training loss found: `training_step` returned none and the module "
+                           f"logged none of {list(LOSS_KEYS)} this step, so the loss regimes (divergence, "
+                           "plateau, no learning) are not judged. Log it with self.log(\"train_loss\", loss).",
+                           category=ConvergenceWarning)
+        return loss
 
     def records(self) -> dict[str, list[dict]]:
         """What this callback recorded in the current (or last) fit: ``{"diagnoses": [...],

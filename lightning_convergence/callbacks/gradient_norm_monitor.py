@@ -7,6 +7,7 @@ across DDP ranks and not yet clipped by Lightning's ``gradient_clip_val``.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,10 @@ from lightning_convergence.validation import check_positive_float, check_positiv
 
 _HISTOGRAM_SAMPLES = 4096  # values per layer histogram
 _UPDATE_SAMPLES = 4096  # values per weight tensor kept to estimate the update/weight ratio
+# Update/weight ratios are also measured on these first optimizer steps, before the first logging
+# step: a learning rate far too high shows in the first updates, and the run may be ruined by the
+# first logging step.
+_EARLY_UPDATE_STEPS = frozenset({0, 1, 3, 7, 15, 31})
 
 
 def _sample_index(param: Tensor, count: int, seed: int) -> Tensor | None:
@@ -132,10 +137,10 @@ class GradientNormMonitor(ConvergenceCallback):
         backend: Backend = "auto",
         report_window_steps: int = 500,
     ) -> None:
-        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
+        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps,
+                         log_every_n_steps=log_every_n_steps)
         if group_by not in ("module", "parameter"):
             raise ValueError(f"`group_by` must be 'module' or 'parameter', got {group_by!r}.")
-        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
         check_positive_int("histogram_every_n_steps", histogram_every_n_steps, allow_none=True)
         if not isinstance(track_updates, bool):
             raise TypeError(f"`track_updates` must be a bool, got {track_updates!r}.")
@@ -148,7 +153,6 @@ class GradientNormMonitor(ConvergenceCallback):
             raise TypeError(f"`thresholds` must be a GradientThresholds, got {thresholds!r}.")
         check_positive_int("max_consecutive_skips", max_consecutive_skips)
         self.group_by = group_by
-        self.log_every_n_steps = log_every_n_steps
         self.histogram_every_n_steps = histogram_every_n_steps
         self.track_updates = track_updates
         self.spike_factor = float(spike_factor)
@@ -223,6 +227,8 @@ class GradientNormMonitor(ConvergenceCallback):
         track.window.update(step, total_norm, spike, median, layer_sumsq.sqrt(), ~torch.isfinite(layer_sumsq))
         if logging:  # before a skip drops the gradients, so a bad step's values are still counted
             self._log_window(trainer, pl_module, track, step, full, layer_sumsq)
+        elif self.track_updates and step in _EARLY_UPDATE_STEPS and not track.snapshot_pending:
+            self._take_snapshot(track, step)
         if self.is_acting(trainer) and _scaler(trainer) is None:
             self._skip_if_nonfinite(trainer, track, total_norm, step)
 
@@ -252,10 +258,10 @@ class GradientNormMonitor(ConvergenceCallback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss = self.training_loss(trainer, outputs)
         track = self._tracks.get(0)
         step = self._clock.batch_step(trainer.global_step)
-        if track is not None and isinstance(loss, Tensor):
+        if track is not None and loss is not None:
             track.window.update_loss(step, loss)
         for track in self._tracks.values():
             if track.snapshot_pending and trainer.global_step > track.snapshot_step:
@@ -285,6 +291,10 @@ class GradientNormMonitor(ConvergenceCallback):
         if summary.total_norm_trace:
             metrics[tags.GRAD_NORM_TOTAL] = summary.total_norm_trace[-1][1]
         log_scalars(trainer, metrics, step)
+        first_grad, first_loss = summary.first_nonfinite_grad_step, summary.first_nonfinite_loss_step
+        if track is self._tracks.get(0) and first_grad is not None and (first_loss is None or first_loss > first_grad):
+            # NaN/Inf gradients from a loss that was still finite at that step.
+            self.context(trainer).evidence.post(nonfinite_gradients_with_finite_loss=first_grad)
         self._evaluate(trainer, track, summary)
         if self.histogram_every_n_steps and (step + 1) % self.histogram_every_n_steps == 0:
             self._write_histograms(trainer, track, step)
@@ -342,11 +352,26 @@ class GradientNormMonitor(ConvergenceCallback):
         exact_sq, sampled_sq, change_sq = sum_by_group(rows, track.group_index, len(track.layers)).tolist()
         track.snapshot = None
         metrics: dict[str, float] = {}
+        ratios = []
         for name, w, b, u in zip(track.layers, exact_sq, sampled_sq, change_sq):
             metrics[tags.weight_norm(name)] = math.sqrt(w)
             if b > 0:
                 metrics[tags.update_ratio(name)] = math.sqrt(u / b)
+                ratios.append(math.sqrt(u / b))
         log_scalars(trainer, metrics, track.snapshot_step)
+        if ratios and track is self._tracks.get(0):
+            self._post_update_ratios(trainer, sorted(ratios), track.snapshot_step)
+
+    def _post_update_ratios(self, trainer: Trainer, ratios: list[float], step: int) -> None:
+        """The ratios' median and maximum over layers, on the evidence board, and the highest
+        median measured so far (the first steps' ratios name a learning rate far too high even
+        after the run has collapsed)."""
+        median = statistics.median(ratios)
+        evidence = self.context(trainer).evidence
+        peak = evidence.snapshot().get("update_ratio_peak")
+        evidence.post(update_ratio_median=median, update_ratio_max=ratios[-1], update_ratio_step=step)
+        if math.isfinite(median) and (peak is None or median > peak):
+            evidence.post(update_ratio_peak=median, update_ratio_peak_step=step)
 
     # ----------------------------------------------------------------- end of fit and state
 

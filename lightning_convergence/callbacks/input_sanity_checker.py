@@ -18,10 +18,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import ConvergenceCallback
+from lightning_convergence.callbacks.base import ConvergenceCallback, module_num_classes
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
-from lightning_convergence.rules.input_health import InputHealthRule, InputThresholds, PartSummary
+from lightning_convergence.rules.input_health import (InputHealthRule, InputThresholds, LabelOrder, PartSummary,
+                                                      input_evidence)
 from lightning_convergence.stats.batch_tensors import batch_tensors
 from lightning_convergence.stats.input_moments import InputMoments, NonfiniteCounter
 from lightning_convergence.stats.window import DeviceWindow
@@ -90,10 +91,10 @@ class InputSanityChecker(ConvergenceCallback):
         auto_remediate: bool = False,
         report_window_steps: int = 500,
     ) -> None:
-        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps)
+        super().__init__(auto_remediate=auto_remediate, report_window_steps=report_window_steps,
+                         log_every_n_steps=log_every_n_steps)
         check_positive_int("first_batches", first_batches)
         check_positive_int("sample_every_n_steps", sample_every_n_steps)
-        check_positive_int("log_every_n_steps", log_every_n_steps, allow_none=True)
         check_positive_int("num_classes", num_classes, allow_none=True)
         if num_classes is not None and num_classes < 2:
             raise ValueError(f"`num_classes` must be >= 2, got {num_classes!r}.")
@@ -101,7 +102,6 @@ class InputSanityChecker(ConvergenceCallback):
             raise TypeError(f"`thresholds` must be an InputThresholds, got {thresholds!r}.")
         self.first_batches = first_batches
         self.sample_every_n_steps = sample_every_n_steps
-        self.log_every_n_steps = log_every_n_steps
         self.num_classes = num_classes
         self.thresholds = thresholds or InputThresholds()
         self._window = DeviceWindow()  # every part's sums, declared by name as parts are found
@@ -113,6 +113,7 @@ class InputSanityChecker(ConvergenceCallback):
         self._step_nonfinite: Tensor | None = None  # NaN/Inf count of this step's batches (acting)
         self._said: set[str] = set()
         self._rule = InputHealthRule(self.thresholds, num_classes)
+        self._label_order = LabelOrder()  # the labels over the whole run, for telling sorted data
 
     def _say_once(self, key: str, text: str) -> None:
         if key not in self._said:
@@ -122,11 +123,10 @@ class InputSanityChecker(ConvergenceCallback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        if self._window.allocated:  # restored on the CPU: the batches' device from here on
+            self._window.allocate(pl_module.device)
         if self._rule.num_classes is None:
-            inferred = getattr(pl_module, "num_classes", None) or getattr(getattr(pl_module, "hparams", {}),
-                                                                         "get", lambda _k: None)("num_classes")
-            if isinstance(inferred, int) and not isinstance(inferred, bool) and inferred >= 2:
-                self._rule.num_classes = inferred
+            self._rule.num_classes = module_num_classes(pl_module)
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
@@ -182,7 +182,8 @@ class InputSanityChecker(ConvergenceCallback):
         summaries = []
         for path in dict.fromkeys([*self._nonfinite, *self._parts]):
             part, counter = self._parts.get(path), self._nonfinite.get(path)
-            summary = PartSummary(path, counter is not None, part.batches if part is not None else 0,
+            floating = part.floating if part is not None and part.floating is not None else counter is not None
+            summary = PartSummary(path, floating, part.batches if part is not None else 0,
                                   is_target=path in self._targets)
             if counter is not None:
                 summary.nonfinite, summary.first_nonfinite_step = counter.counts(values)
@@ -190,6 +191,7 @@ class InputSanityChecker(ConvergenceCallback):
                 summary.means, summary.rms = part.moments(values)
             elif part is not None and part.batches:
                 summary.low, summary.high = part.value_range_of(values)
+                summary.mean_batch_span = part.mean_batch_span_of(values)
             summaries.append(summary)
         return summaries
 
@@ -206,6 +208,10 @@ class InputSanityChecker(ConvergenceCallback):
         if self._rule.num_classes is None and any(s.path in self._targets for s in summaries):
             self._say_once("classes", "the number of classes is unknown, so label ranges are not checked; pass "
                                       "`num_classes=` (or set `num_classes` on the LightningModule).")
+        label = max((s for s in summaries if s.is_target and not s.floating), key=lambda s: s.batches, default=None)
+        if label is not None:
+            self._label_order.add(label)
+        self.context(trainer).evidence.post(**input_evidence(summaries, self._label_order))
         for finding in self._rule.evaluate(summaries):
             self.record(trainer, finding, step=step)
         self._window.reset()
@@ -215,9 +221,22 @@ class InputSanityChecker(ConvergenceCallback):
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
         self._batches_seen = int(state_dict.get("batches_seen", 0))
+        self._label_order.load_state_dict(state_dict.get("label_order", {}))
+        # The window in progress: its parts (declared again, by name) and its sums.
+        for path in state_dict.get("counted", []):
+            self._nonfinite[path] = NonfiniteCounter(self._window, path)
+        for path, part_state in state_dict.get("parts", {}).items():
+            self._parts[path] = InputMoments(self._window, path)
+            self._parts[path].load_state_dict(part_state)
+        self._targets = set(state_dict.get("targets", []))
+        self._window.load_state_dict(state_dict.get("window", {}))
 
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["batches_seen"] = self._batches_seen
+        state["label_order"] = self._label_order.state_dict()
+        state["counted"], state["targets"] = list(self._nonfinite), sorted(self._targets)
+        state["parts"] = {path: part.state_dict() for path, part in self._parts.items()}
+        state["window"] = self._window.state_dict()
         return state

@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_convergence import tags
-from lightning_convergence.callbacks.base import ConvergenceCallback, batch_loss, logged_metric, over_ranks
+from lightning_convergence.callbacks.base import ConvergenceCallback, logged_metric, module_num_classes, over_ranks
 from lightning_convergence.recorder.console import ConvergenceWarning
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
@@ -133,6 +133,7 @@ class PlateauAdvisor(ConvergenceCallback):
                            "on, so the LR is not reduced twice (divergence and oscillation remedies still act).",
                            category=ConvergenceWarning)
         self._losses.to(pl_module.device)  # restored on the CPU
+        self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
         if self.is_acting(trainer):
             self.own_lr(trainer, self.factor_of)
             self._apply(trainer, pl_module, self._policy.start(trainer.global_step), trainer.global_step)
@@ -141,7 +142,7 @@ class PlateauAdvisor(ConvergenceCallback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        loss, step = batch_loss(trainer, outputs), self._clock.batch_step(trainer.global_step)
+        loss, step = self.training_loss(trainer, outputs), self._clock.batch_step(trainer.global_step)
         if loss is not None:
             self._losses.append(step, loss)  # on the device: no host read
         if self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer)) and self._losses:

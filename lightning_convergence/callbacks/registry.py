@@ -70,11 +70,13 @@ CALLBACKS: tuple[Registered, ...] = (
                second_instance={"group_by": "parameter"}),
     Registered("DeadNeuronTracker", "lightning_convergence.callbacks.dead_neuron_tracker", _MONITOR,
                second_instance={"dormant_tau": 0.2}),
-    Registered("PlateauAdvisor", "lightning_convergence.callbacks.plateau_advisor", _MONITOR,
-               second_instance={"monitor": "train_loss"}),
     Registered("InputSanityChecker", "lightning_convergence.callbacks.input_sanity_checker", _MONITOR,
                second_instance={"num_classes": 10}),
     Registered("InitializationAudit", "lightning_convergence.callbacks.initialization_audit", _MONITOR),
+    # After the input checks: at a window end they post their evidence (input and target scale,
+    # label order) in the same hook before the advisor judges the loss and ranks its causes.
+    Registered("PlateauAdvisor", "lightning_convergence.callbacks.plateau_advisor", _MONITOR,
+               second_instance={"monitor": "train_loss"}),
     Registered("DataLoadingMonitor", "lightning_convergence.callbacks.data_loading_monitor", _MONITOR),
     # Preventive, not a reaction: only when asked for (warmup_steps=... or WarmupScheduler={...}).
     Registered("WarmupScheduler", "lightning_convergence.callbacks.warmup_scheduler", frozenset({"warmup"}),

@@ -205,6 +205,25 @@ REMEDIES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+CAUSE_REMEDIES: dict[str, tuple[str, ...]] = {
+    "learning_rate_too_high": ("lower the learning rate about tenfold (a range test finds the edge: "
+                               "Tuner.lr_find)",),
+    "learning_rate_too_low": ("check the learning-rate scheduler: it reaches 0 or a tiny value too early "
+                              "(total steps against epochs, `interval` of the scheduler config)",
+                              "raise the learning rate (a range test finds a good one: Tuner.lr_find)"),
+    "non_differentiable_operation": ("find the operation whose gradient is not finite at its input (sqrt, "
+                                     "log, norm or a division of exact zeros, e.g. on padded positions) and "
+                                     "add an eps inside it or mask before it",
+                                     "torch.autograd.set_detect_anomaly(True) for a few steps names it"),
+    "nonfinite_data": ("find the samples with NaN/Inf and fix or drop them",),
+    "unnormalized_inputs": ("scale the inputs to about unit range (pixels: divide by 255), or standardise "
+                            "them",),
+    "unnormalized_targets": ("standardise the regression target (subtract its mean, divide by its std) and "
+                             "invert that on the predictions; keep the learning rate",),
+    "unshuffled_data": ("shuffle the training data (DataLoader(shuffle=True) or a shuffling sampler)",),
+}
+"""Per cause, what to do about it: the first steps of the advice when the evidence names the cause."""
+
 
 def cause_words(cause: str) -> str:
     """The words a person reads for the cause name ``cause``."""

@@ -36,6 +36,7 @@ class PartSummary:
     first_nonfinite_step: int = -1
     low: float | None = None
     high: float | None = None
+    mean_batch_span: float | None = None  # integer parts: the mean of each batch's largest - smallest
     is_target: bool = False
 
 
@@ -129,3 +130,74 @@ class InputHealthRule:
         causes = (Cause("invalid_targets", 0.8, {"min": low, "max": high, "num_classes": k}),
                   Cause("labels_mismatched", 0.2))
         return Finding("invalid_targets", "critical", seen, layer=part.path, evidence=evidence, causes=causes)
+
+
+@dataclass
+class LabelOrder:
+    """The integer labels of the sampled batches over the whole run (a window samples too few
+    batches to tell sorted data): the span of all labels seen, and each batch's own span.
+
+    Example:
+        >>> order = LabelOrder()
+        >>> for low in range(0, 10, 2):  # data sorted by class: each batch holds two classes
+        ...     order.add(PartSummary("batch[1]", False, 1, low=low, high=low + 1, mean_batch_span=1.0))
+        >>> order.span, order.batch_share
+        (10.0, 0.2)
+    """
+
+    low: float = math.inf
+    high: float = -math.inf
+    span_sum: float = 0.0
+    batches: int = 0
+
+    def add(self, part: PartSummary) -> None:
+        if part.low is None or part.high is None or part.mean_batch_span is None or not part.batches:
+            return
+        self.low, self.high = min(self.low, part.low), max(self.high, part.high)
+        self.span_sum += part.mean_batch_span * part.batches
+        self.batches += part.batches
+
+    @property
+    def span(self) -> float | None:
+        """Largest - smallest + 1 of every label seen."""
+        return float(self.high - self.low + 1) if self.batches else None
+
+    @property
+    def batch_share(self) -> float | None:
+        """A batch's own span (mean over batches, + 1) over the span of every label seen."""
+        return (self.span_sum / self.batches + 1) / self.span if self.batches else None
+
+    def state_dict(self) -> dict:
+        return {"low": self.low, "high": self.high, "span_sum": self.span_sum, "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.low, self.high = float(state.get("low", math.inf)), float(state.get("high", -math.inf))
+        self.span_sum, self.batches = float(state.get("span_sum", 0.0)), int(state.get("batches", 0))
+
+
+def input_evidence(parts: list[PartSummary], labels: LabelOrder) -> dict[str, float | None]:
+    """What a window of batch parts, and the run's labels so far, tell the ranking of causes
+    (keys of :data:`lightning_convergence.rules.causes.EVIDENCE_KEYS`; ``None``: not measured).
+
+    Example:
+        >>> labels = PartSummary("batch[1]", False, 10, low=0, high=9, mean_batch_span=0.5, is_target=True)
+        >>> pixels = PartSummary("batch[0]", True, 10, means=[110.0], rms=[130.0])
+        >>> order = LabelOrder()
+        >>> order.add(labels)
+        >>> input_evidence([pixels, labels], order)["batch_label_share"]
+        0.15
+    """
+    def largest_rms(part: PartSummary) -> float | None:
+        finite = [r for r in part.rms if math.isfinite(r)]
+        return max(finite) if finite else None
+
+    inputs = [r for p in parts if p.floating and not p.is_target and (r := largest_rms(p)) is not None]
+    targets = [r for p in parts if p.floating and p.is_target and (r := largest_rms(p)) is not None]
+    return {
+        "input_scale": max(inputs, default=None),
+        "target_scale": max(targets, default=None),
+        "nonfinite_inputs": sum(p.nonfinite for p in parts) or None,
+        "batch_label_share": labels.batch_share,
+        "label_span": labels.span,
+    }
+

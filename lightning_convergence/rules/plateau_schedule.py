@@ -73,6 +73,10 @@ class PlateauSchedule:
         A NaN is a check without improvement (as for torch). When every group is already at its
         floor (the change would be below ``eps``) nothing is returned, though the counters reset.
         """
+        return self._reduced(lrs) if self._due(value) else None
+
+    def _due(self, value: float) -> bool:
+        """Count one check; ``True`` when a reduction is due (the counters then start over)."""
         if self.is_better(value, self.best):
             self.best = value
             self.bad_checks = 0
@@ -82,9 +86,13 @@ class PlateauSchedule:
             self.cooldown_counter -= 1
             self.bad_checks = 0
         if self.bad_checks <= self.patience:
-            return None
+            return False
         self.cooldown_counter = self.cooldown
         self.bad_checks = 0
+        return True
+
+    def _reduced(self, lrs: list[float]) -> list[float] | None:
+        """The reduced LRs, or ``None`` when every group is at its floor."""
         floors = self.min_lr if isinstance(self.min_lr, list) else [self.min_lr] * len(lrs)
         new = [max(lr * self.factor, floor) for lr, floor in zip(lrs, floors)]
         changed = [n if lr - n > self.eps else lr for lr, n in zip(lrs, new)]
@@ -94,9 +102,12 @@ class PlateauSchedule:
               hold: bool = False) -> tuple[Finding | None, list[float]]:
         """One check of the metric ``value`` (named ``what`` in the message), as a finding.
 
-        Returns ``(None, [])`` while no reduction is due, or when ``hold`` (no progress was made
-        yet: that is ``no_learning``, not a plateau). Else a ``plateau`` finding, ``info`` when
-        ``acting`` (the LR is reduced) and ``warning`` when not, and the multiplier of each of
+        Returns ``(None, [])`` while no reduction is due, when ``hold`` (no progress was made
+        yet: that is ``no_learning``, not a plateau), or when ``value`` is NaN/Inf (a non-finite
+        metric is one event, reported as such by the loss rules, not also a plateau; the
+        check still counts as one without improvement, as for torch). Else a ``plateau``
+        finding, ``info`` when ``acting`` (the LR is reduced) and ``warning`` when not (or when
+        every group is at its floor, where nothing can be reduced), and the multiplier of each of
         ``lrs``.
 
         Example:
@@ -107,15 +118,19 @@ class PlateauSchedule:
             >>> finding.severity, multipliers
             ('info', [0.5])
         """
-        new = self.step(value, lrs)
-        if new is None or hold:
+        if not self._due(value) or hold or not math.isfinite(value):
             return None, []
+        new = self._reduced(lrs)
         seen = (f"{what} has not improved on its best {self.best:.4g} for more than {self.patience} checks "
                 f"(now {value:.4g}).")
+        evidence = {"value": value, "best": self.best, "patience": self.patience}
+        if new is None:  # nothing left to reduce: a plateau no schedule step can answer
+            seen += f" The learning rate is already at its floor ({min(lrs, default=0.0):.3g}), so it is not reduced."
+            finding = Finding("plateau", "warning", seen, evidence={**evidence, "lr": min(lrs, default=0.0)})
+            return finding, [1.0] * len(lrs)
         if acting:
             seen += f" The learning rate is multiplied by {self.factor}."
-        finding = Finding("plateau", "info" if acting else "warning", seen,
-                          evidence={"value": value, "best": self.best, "patience": self.patience})
+        finding = Finding("plateau", "info" if acting else "warning", seen, evidence=evidence)
         return finding, [n / o if o else 1.0 for n, o in zip(new, lrs)]
 
     @property

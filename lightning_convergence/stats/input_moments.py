@@ -3,8 +3,10 @@
 For floating tensors, on sampled batches: per-channel sums of values and squares (the channel is
 dimension 1 of 2-d and higher tensors: images ``[N, C, H, W]``, sequences ``[N, C, L]``, tables
 ``[N, F]``; 1-d and 0-d tensors are one channel); on every batch (:class:`NonfiniteCounter`): the
-number of NaN/Inf values and the first step that had any. For integer tensors: the smallest and
-largest value. Each part keeps its sums as declared slots of a
+number of NaN/Inf values and the first step that had any. ``uint8`` tensors are taken as values
+(image pixels) and get the moments too. For other integer tensors: the smallest and largest
+value, and the sum over batches of each batch's own span (largest - smallest: labels sorted by
+class give batches of one or two classes, against most of the classes in a shuffled batch). Each part keeps its sums as declared slots of a
 :class:`~lightning_convergence.stats.window.DeviceWindow` named after the part, so that every
 part of every batch is read in one transfer (``window.read()``), and the numbers of one part are
 found in that read by name. Nothing is read on the host here.
@@ -33,8 +35,8 @@ def channel_dim(x: Tensor) -> int | None:
 
 class InputMoments:
     """Accumulates one batch part over sampled batches, in slots ``{name}/sum`` and
-    ``{name}/sumsq`` (floating, shape ``(channels,)``) or ``{name}/min`` and ``{name}/max``
-    (integer) of ``window``.
+    ``{name}/sumsq`` (floating and ``uint8``, shape ``(channels,)``) or ``{name}/min``,
+    ``{name}/max`` and ``{name}/batch_span_sum`` (other integers) of ``window``.
 
     Args:
         window: the window to declare the slots in (shared by the parts of a batch); a new one
@@ -52,7 +54,7 @@ class InputMoments:
     def __init__(self, window: DeviceWindow | None = None, name: str = "part") -> None:
         self.window = DeviceWindow() if window is None else window
         self.name = name
-        self.floating: bool | None = None
+        self.floating: bool | None = None  # floating or uint8: values with moments
         self.channels: int | None = None
         self.count = 0  # values per channel (host-side, from shapes)
         self.batches = 0
@@ -64,6 +66,7 @@ class InputMoments:
         else:
             self.window.declare(f"{self.name}/min", (), "min")
             self.window.declare(f"{self.name}/max", (), "max")
+            self.window.declare(f"{self.name}/batch_span_sum", (), "sum")
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
@@ -71,7 +74,7 @@ class InputMoments:
         x = x.detach()
         if x.layout != torch.strided or x.is_complex():
             return
-        floating = x.is_floating_point()
+        floating = x.is_floating_point() or x.dtype == torch.uint8  # uint8: pixels, judged as values
         dim = channel_dim(x)
         channels = x.shape[dim] if dim is not None else 1
         if self.floating is None:
@@ -81,7 +84,9 @@ class InputMoments:
             return  # a batch part whose layout changed between batches: not comparable
         self.batches += 1
         if not floating:
-            self.window.update(**{f"{self.name}/min": x.min(), f"{self.name}/max": x.max()})
+            low, high = x.min(), x.max()
+            self.window.update(**{f"{self.name}/min": low, f"{self.name}/max": high,
+                                  f"{self.name}/batch_span_sum": high - low})
             return
         dims = tuple(d for d in range(x.dim()) if d != dim)
         values = x.float()
@@ -101,6 +106,11 @@ class InputMoments:
         """Smallest and largest value from a ``window.read()`` (integer parts)."""
         return values[f"{self.name}/min"], values[f"{self.name}/max"]
 
+    def mean_batch_span_of(self, values: Mapping[str, Value]) -> float:
+        """The mean over batches of each batch's largest - smallest value, from a
+        ``window.read()`` (integer parts)."""
+        return values[f"{self.name}/batch_span_sum"] / max(self.batches, 1)
+
     def summary(self) -> tuple[Tensor, Tensor]:
         """Per-channel mean and root mean square (floating parts), on the device."""
         count = max(self.count, 1)
@@ -114,6 +124,16 @@ class InputMoments:
         """Start a new window of batches (the layout is kept; the owner resets the window's
         slots with ``window.reset()``)."""
         self.count = self.batches = 0
+
+    def state_dict(self) -> dict:
+        """The host-side part (the sums are the window's, checkpointed with it)."""
+        return {"floating": self.floating, "channels": self.channels, "count": self.count, "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.floating, self.channels = state.get("floating"), state.get("channels")
+        self.count, self.batches = int(state.get("count", 0)), int(state.get("batches", 0))
+        if self.floating is not None:
+            self._declare()
 
 
 class NonfiniteCounter:

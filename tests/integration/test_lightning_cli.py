@@ -105,7 +105,8 @@ def test_yaml_builds_each_callback_with_exactly_its_arguments(tmp_path):
     monitor, tracker = ours[0], ours[1]
     assert monitor.thresholds == GradientThresholds(vanishing_patience=3, spike_warning_steps=3)
     assert tracker.thresholds.dead_warning == 0.3 and tracker.auto_remediate is True
-    assert ours[-1].mode == "zscore" and ours[2].num_classes == 10 and ours[2].monitor == "val_loss"
+    advisor = next(c for c in ours if type(c).__name__ == "PlateauAdvisor")
+    assert ours[-1].mode == "zscore" and advisor.num_classes == 10 and advisor.monitor == "val_loss"
     assert cli.model.hparams.lr == 0.05 and cli.datamodule.batch_size == 32
 
 

@@ -78,3 +78,19 @@ def test_check_multiplier_is_one_for_a_group_at_its_floor():
     schedule.check(1.0, [1.0, 0.1], "x", acting=True)
     _, multipliers = schedule.check(1.0, [1.0, 0.1], "x", acting=True)
     assert multipliers == pytest.approx([0.5, 1.0])
+
+
+def test_a_nan_metric_is_not_reported_as_a_plateau_but_counts_as_a_bad_check():
+    schedule = PlateauSchedule(patience=1)
+    assert schedule.check(1.0, [1.0], "x", acting=True) == (None, [])
+    assert schedule.check(math.nan, [1.0], "x", acting=True) == (None, [])
+    assert schedule.bad_checks == 1
+    assert schedule.check(math.nan, [1.0], "x", acting=True) == (None, [])  # due, but not a plateau
+
+
+def test_a_plateau_at_the_lr_floor_is_a_warning_that_reduces_nothing():
+    schedule = PlateauSchedule(patience=0, min_lr=0.0)
+    schedule.check(1.0, [0.0], "x", acting=True)
+    finding, multipliers = schedule.check(1.0, [0.0], "x", acting=True)
+    assert finding.severity == "warning" and "already at its floor (0)" in finding.observation
+    assert multipliers == [1.0] and finding.evidence["lr"] == 0.0
