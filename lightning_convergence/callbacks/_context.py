@@ -17,6 +17,7 @@ from torch import Tensor
 from lightning_convergence.remedies.lr_control import LRControl
 from lightning_convergence.recorder.run_log import ConvergenceLog
 from lightning_convergence.rules.causes import Evidence
+from lightning_convergence.rules.consequence import ConsequenceJudge
 from lightning_convergence.stats import sum_of_squares, tensor_stats
 
 
@@ -34,6 +35,7 @@ class RunContext:
 
     log: ConvergenceLog
     evidence: Evidence = field(default_factory=Evidence)
+    consequence: ConsequenceJudge = field(default_factory=ConsequenceJudge)
     layout_written: bool = False
     finished: bool = False
     report_written_by: set[str] = field(default_factory=set)

@@ -25,6 +25,7 @@ from lightning_convergence.callbacks._context import (
 from lightning_convergence.recorder.console import ConvergenceWarning, print_diagnosis
 from lightning_convergence.remedies.skip_step import drop_gradients
 from lightning_convergence.rules.causes import explain
+from lightning_convergence.rules.consequence import ConsequenceJudge
 from lightning_convergence.recorder.records import Diagnosis, Finding, Intervention
 from lightning_convergence.recorder.tensorboard import write_diagnosis_text, write_layout
 from lightning_convergence.validation import check_bool, check_positive_int
@@ -197,6 +198,10 @@ class ConvergenceCallback(Callback):
         Trainer's; with the Trainer's logging off (0) the rules still need windows, so 50."""
         return self.log_every_n_steps or trainer.log_every_n_steps or DEFAULT_CADENCE
 
+    #: Whether this callback judges the training loss window by window, so that anomalies of the
+    #: statistics can wait for its verdict before they are called warnings (``rules.consequence``).
+    judges_loss: ClassVar[bool] = False
+
     #: The settings that tell two instances of a class apart: their values key the callback's
     #: state in a checkpoint (Lightning's ``state_key``), so two instances restore their own.
     state_key_fields: ClassVar[tuple[str, ...]] = ()
@@ -220,13 +225,23 @@ class ConvergenceCallback(Callback):
             return False
         return not isinstance(trainer.logger, DummyLogger)
 
-    def record(self, trainer: Trainer, finding: Finding, step: int | None = None) -> Diagnosis | None:
+    def record(self, trainer: Trainer, finding: Finding, step: int | None = None,
+               source: str | None = None) -> Diagnosis | None:
         """Add a finding to the run's log, its causes ranked from the evidence every callback of
-        the suite posted (and the learning rate now); show it if it was not rate-limited."""
-        evidence = self.context(trainer).evidence.snapshot(learning_rate=current_learning_rate(trainer))
-        finding = explain(finding, evidence)
+        the suite posted (and the learning rate now); show it if it was not rate-limited.
+
+        A warning of a statistical anomaly (``rules.consequence``) is recorded as ``info`` and
+        judged at the next window of the loss, when a callback of the fit judges the loss
+        (``judges_loss``): it is recorded again as a warning only if the loss then got worse.
+        """
+        context = self.context(trainer)
+        finding = explain(finding, context.evidence.snapshot(learning_rate=current_learning_rate(trainer)))
         at = trainer.global_step if step is None else step
-        diagnosis = Diagnosis.from_finding(finding, at, trainer.current_epoch, self.source)
+        source = source or self.source
+        if ConsequenceJudge.holds(finding) and any(getattr(c, "judges_loss", False) for c in trainer.callbacks):
+            at = finding.step if finding.step is not None else at
+            finding = context.consequence.hold(finding, at, context.evidence.snapshot().get("loss_ema"), source)
+        diagnosis = Diagnosis.from_finding(finding, at, trainer.current_epoch, source)
         if not self.context(trainer).log.add_diagnosis(diagnosis):
             return None
         print_diagnosis(diagnosis)
@@ -246,6 +261,20 @@ class ConvergenceCallback(Callback):
         if finding is not None:
             rank_zero_warn(f"{self.source}: {finding.observation}", category=ConvergenceWarning)
             self.record(trainer, finding, step=step)
+
+    def judge_consequences(self, trainer: Trainer, loss_now: float | None, kinds: list[str],
+                           loss_start: float | None = None) -> None:
+        """At a window of the loss: post the smoothed loss, and record as warnings the held
+        anomalies that the loss shows did harm (``rules.consequence``; ``loss_start``: the loss
+        at the start, for anomalies found before the first window)."""
+        context = self.context(trainer)
+        context.evidence.post(loss_ema=loss_now)
+        for finding, step, source in context.consequence.judge(loss_now, kinds, loss_start):
+            self.record(trainer, finding, step=step, source=source)
+
+    def warn(self, text: str) -> None:
+        """Say ``text`` on the console (rank zero), as a ``ConvergenceWarning`` from this callback."""
+        rank_zero_warn(f"{self.source}: {text}", category=ConvergenceWarning)
 
     def training_loss(self, trainer: Trainer, outputs: Any) -> Tensor | None:
         """:func:`batch_loss` of this batch; when there is none, the suite says so once per fit

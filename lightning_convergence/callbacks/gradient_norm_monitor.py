@@ -20,6 +20,7 @@ from lightning_convergence.callbacks._layers import ForwardOrderRecorder, GroupB
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence import tags
 from lightning_convergence.rules.findings import Finding
+from lightning_convergence.rules.gradient_health import is_rising, norm_trend
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
 from lightning_convergence.stats import (
@@ -291,6 +292,9 @@ class GradientNormMonitor(ConvergenceCallback):
         if summary.total_norm_trace:
             metrics[tags.GRAD_NORM_TOTAL] = summary.total_norm_trace[-1][1]
         log_scalars(trainer, metrics, step)
+        trend = norm_trend([norm for _, norm in summary.total_norm_trace])
+        if track is self._tracks.get(0) and trend["grad_norm_rising_share"] is not None and is_rising(trend):
+            self.context(trainer).evidence.post(**trend)  # kept: later windows of a ruined run may fall
         first_grad, first_loss = summary.first_nonfinite_grad_step, summary.first_nonfinite_loss_step
         if track is self._tracks.get(0) and first_grad is not None and (first_loss is None or first_loss > first_grad):
             # NaN/Inf gradients from a loss that was still finite at that step.

@@ -6,13 +6,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_convergence import tags
 from lightning_convergence.callbacks.base import ConvergenceCallback, logged_metric, module_num_classes, over_ranks
-from lightning_convergence.recorder.console import ConvergenceWarning
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
@@ -65,6 +63,7 @@ class PlateauAdvisor(ConvergenceCallback):
     """
 
     state_key_fields = ("monitor", "mode")
+    judges_loss = True  # the anomalies the suite finds wait for its verdict on the loss
 
     def __init__(
         self,
@@ -129,9 +128,8 @@ class PlateauAdvisor(ConvergenceCallback):
         super().on_train_start(trainer, pl_module)
         self._user_plateau = any(isinstance(c.scheduler, ReduceLROnPlateau) for c in trainer.lr_scheduler_configs)
         if self._user_plateau and self.auto_remediate:
-            rank_zero_warn("PlateauAdvisor: a ReduceLROnPlateau is configured already; plateaus are advised, not acted "
-                           "on, so the LR is not reduced twice (divergence and oscillation remedies still act).",
-                           category=ConvergenceWarning)
+            self.warn("a ReduceLROnPlateau is configured already; plateaus are advised, not acted on, so the LR "
+                      "is not reduced twice (divergence and oscillation remedies still act).")
         self._losses.to(pl_module.device)  # restored on the CPU
         self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
         if self.is_acting(trainer):
@@ -158,6 +156,7 @@ class PlateauAdvisor(ConvergenceCallback):
         for finding in findings:
             self.record(trainer, finding, step=step)  # or at the finding's own step, when it has one
         kinds = [f.kind for f in findings]
+        self.judge_consequences(trainer, self._regime.ema, kinds, loss_start=self._regime.initial)
         if self.is_acting(trainer):
             self._apply(trainer, pl_module, self._policy.on_window(kinds, self._regime.steady, step), step)
         if self._use_train_loss and self._regime.ema is not None and not {"divergence", "oscillation"} & set(kinds):
@@ -194,7 +193,10 @@ class PlateauAdvisor(ConvergenceCallback):
             return
         log_scalars(trainer, {tags.loss(self.monitor): current}, step)
         self._plateau_check(trainer, current, step, f"`{self.monitor}`")
-        finding = self._overfit.update(current, self._regime.ema, step)
+        # The training loss of this moment (not of the last window's end): validation may run
+        # far more often than the loss windows close. Under DDP one collective, on every rank.
+        _, pending = self._losses.peek(lambda values: over_ranks(trainer, values, "mean"))
+        finding = self._overfit.update(current, self._regime.smoothed_through(pending), step)
         if finding is not None:
             self.record(trainer, finding, step=step)
             if self.is_acting(trainer):
@@ -204,9 +206,8 @@ class PlateauAdvisor(ConvergenceCallback):
         if self.strict:
             raise RuntimeError(f"PlateauAdvisor: `monitor={self.monitor!r}` was not logged; logged metrics: "
                                f"{available}. Log it, choose another, or pass strict=False.")
-        rank_zero_warn(f"PlateauAdvisor: `monitor={self.monitor!r}` was not logged (logged: {available}); judging "
-                       "plateaus on the smoothed training loss instead, and overfitting cannot be judged.",
-                       category=ConvergenceWarning)
+        self.warn(f"`monitor={self.monitor!r}` was not logged (logged: {available}); judging plateaus on the "
+                  "smoothed training loss instead, and overfitting cannot be judged.")
         self._use_train_loss = True
 
     def _plateau_check(self, trainer: Trainer, value: float, step: int, what: str) -> None:

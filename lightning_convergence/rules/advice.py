@@ -221,6 +221,8 @@ CAUSE_REMEDIES: dict[str, tuple[str, ...]] = {
     "unnormalized_targets": ("standardise the regression target (subtract its mean, divide by its std) and "
                              "invert that on the predictions; keep the learning rate",),
     "unshuffled_data": ("shuffle the training data (DataLoader(shuffle=True) or a shuffling sampler)",),
+    "stale_gradients": ("zero the gradients before each backward pass (optimizer.zero_grad() in manual "
+                        "optimisation)",),
 }
 """Per cause, what to do about it: the first steps of the advice when the evidence names the cause."""
 
@@ -236,9 +238,12 @@ def _either(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + ", or " + items[-1]
 
 
-def render_message(observation: str, causes: Sequence[str], remedies: Sequence[str]) -> str:
+def render_message(observation: str, causes: Sequence[str], remedies: Sequence[str],
+                   told_apart: bool = True) -> str:
     """One paragraph: ``observation``, then the likely ``causes`` (names, most likely first) and the
-    numbered ``remedies``. Either list may be empty; its sentence is then left out.
+    numbered ``remedies``. Either list may be empty; its sentence is then left out. With
+    ``told_apart=False`` (no measurement supports one cause over another) the causes are given as
+    what to check, in order.
 
     Example:
         >>> render_message("The loss swings.", ["learning_rate_too_high", "batch_size_too_small"],
@@ -248,6 +253,8 @@ def render_message(observation: str, causes: Sequence[str], remedies: Sequence[s
     parts = [observation.strip()]
     if causes:
         parts.append(f"Likely causes: {_either([cause_words(c) for c in causes])}.")
+        if not told_apart and len(causes) > 1:
+            parts.append("Nothing measured tells these apart: check them in this order.")
     if remedies:
         parts.append("Try: " + "; ".join(f"{i}) {step}" for i, step in enumerate(remedies, start=1)) + ".")
     return " ".join(p for p in parts if p)

@@ -43,6 +43,10 @@ EVIDENCE_KEYS: dict[str, str] = {
     "nonfinite_gradients_with_finite_loss": "the first optimizer step whose gradients held NaN/Inf while its loss "
                                             "was finite",
     "nonfinite_inputs": "NaN/Inf values seen in the training batches",
+    "grad_norm_rising_share": "the share of steps whose total gradient norm rose over the step before, in the "
+                              "last window where it rose steadily (a norm that only ever rises)",
+    "grad_norm_growth": "the total gradient norm at the end of that window over the one at its start",
+    "loss_ema": "the training loss smoothed per step (PlateauAdvisor's) at the end of its last window",
     "input_scale": "the largest per-channel RMS of a floating input, or the largest |value| of an integer input",
     "target_scale": "the RMS of a floating (regression) target",
     "batch_label_share": "the span of labels in one sampled batch (mean over batches, largest - smallest + 1) "
@@ -105,12 +109,15 @@ class Evidence:
 class Signature:
     """The evidence that names one cause: ``test(evidence)`` returns ``(confidence, numbers,
     sentence)`` when it fires, else ``None``; ``explains`` are the kinds it can explain;
-    ``contradicted(evidence)`` says when the evidence speaks against the cause."""
+    ``contradicted(evidence)`` says when the evidence speaks against the cause; ``yields_to``
+    are causes that, when they fire too, explain this one's evidence (gradients never zeroed
+    make the updates large: the update ratios then do not mean the learning rate is too high)."""
 
     cause: str
     explains: frozenset[str]
     test: Callable[[Mapping[str, Any]], tuple[float, dict[str, Any], str] | None]
     contradicted: Callable[[Mapping[str, Any]], bool] = lambda evidence: False
+    yields_to: tuple[str, ...] = ()
 
 
 def _finite(value: Any) -> bool:
@@ -199,9 +206,28 @@ def _unshuffled(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
     return None
 
 
+# Gradients never zeroed add up step after step: the total norm rises on (nearly) every step. A
+# healthy run's norm goes up and down from one step to the next.
+RISING_SHARE = 0.9
+RISING_GROWTH = 1.2
+
+
+def _stale(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
+    share, growth = e.get("grad_norm_rising_share"), e.get("grad_norm_growth")
+    if _finite(share) and share >= RISING_SHARE and _finite(growth) and growth >= RISING_GROWTH:
+        # 0.8 for a 1.2x rise, 0.95 for 10x and more in one window: the large updates and the
+        # dying units that follow are its consequences, so it outranks what they suggest.
+        confidence = min(0.95, 0.8 + 0.15 * math.log10(growth / RISING_GROWTH) / math.log10(10 / RISING_GROWTH))
+        return confidence, {"grad_norm_rising_share": share, "grad_norm_growth": growth}, (
+            f"the gradient norm rose on {share:.0%} of the steps of a window, {growth:.3g}x in all: gradients that "
+            f"add up because they are never zeroed (manual optimisation without optimizer.zero_grad())")
+    return None
+
+
 SIGNATURES: tuple[Signature, ...] = (
     Signature("learning_rate_too_low", _LOSS_SYMPTOMS | {"vanishing_gradients"}, _lr_low),
-    Signature("learning_rate_too_high", _LOSS_SYMPTOMS | _GRADIENT_SYMPTOMS, _lr_high, _lr_high_contradicted),
+    Signature("learning_rate_too_high", _LOSS_SYMPTOMS | _GRADIENT_SYMPTOMS, _lr_high, _lr_high_contradicted,
+              yields_to=("stale_gradients",)),
     Signature("non_differentiable_operation", frozenset({"nonfinite_gradients", "nonfinite_loss", "divergence"}),
               _non_differentiable),
     Signature("nonfinite_data", frozenset({"nonfinite_loss", "nonfinite_gradients", "divergence"}), _nonfinite_data),
@@ -209,6 +235,7 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("unnormalized_inputs", _LOSS_SYMPTOMS | {"exploding_gradients", "saturated_units", "dead_units"},
               _unnormalized_inputs),
     Signature("unshuffled_data", _LOSS_SYMPTOMS, _unshuffled),
+    Signature("stale_gradients", _LOSS_SYMPTOMS | _GRADIENT_SYMPTOMS, _stale),
 )
 """Every cause the evidence can name, with the kinds it can explain."""
 
@@ -242,6 +269,10 @@ def rank_causes(kind: str, evidence: Mapping[str, Any]) -> tuple[tuple[Cause, ..
         if signature.cause not in supported or supported[signature.cause].confidence < confidence:
             supported[signature.cause] = Cause(signature.cause, confidence, numbers)
             why[signature.cause] = sentence
+    for signature in SIGNATURES:  # a cause whose evidence another supported cause explains
+        named = supported.get(signature.cause)
+        if named is not None and any(other in supported for other in signature.yields_to):
+            supported[signature.cause] = Cause(named.cause, named.confidence * UNSUPPORTED_WEIGHT, named.evidence)
     ranked = list(supported.values())
     for prior in default_causes(kind):
         if prior.cause in supported:

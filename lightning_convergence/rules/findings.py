@@ -205,8 +205,10 @@ class Finding:
 
     @property
     def message(self) -> str:
-        """Plain words: the observation, the likely causes, what to try."""
-        return advice.render_message(self.observation, [c.cause for c in self.causes], self.remedies)
+        """Plain words: the observation, the likely causes, what to try. A warning or critical
+        finding whose causes no measurement supports says so."""
+        told_apart = self.severity == "info" or any(c.evidence for c in self.causes)
+        return advice.render_message(self.observation, [c.cause for c in self.causes], self.remedies, told_apart)
 
     @property
     def top_cause(self) -> Cause | None:

@@ -237,3 +237,29 @@ class GradientHealthRule:
         history = state.get("layer_history")
         if history is not None and len(history) == len(self.layer_names):
             self._layer_history = [list(map(float, h)) for h in history]
+
+
+def norm_trend(norms: list[float]) -> dict[str, float | None]:
+    """How a window's total gradient norms moved, for the ranking of causes: the share of steps
+    whose norm rose over the step before, and the last norm over the first (``None`` for a
+    window of fewer than 8 finite norms).
+
+    Example:
+        >>> norm_trend([float(n) for n in range(1, 11)])  # gradients that add up, step after step
+        {'grad_norm_rising_share': 1.0, 'grad_norm_growth': 10.0}
+        >>> norm_trend([1.0, 2.0, 1.5])["grad_norm_growth"] is None
+        True
+    """
+    finite = [n for n in norms if math.isfinite(n)]
+    if len(finite) < 8 or finite[0] <= 0:
+        return {"grad_norm_rising_share": None, "grad_norm_growth": None}
+    rising = sum(b > a for a, b in zip(finite, finite[1:])) / (len(finite) - 1)
+    return {"grad_norm_rising_share": rising, "grad_norm_growth": finite[-1] / finite[0]}
+
+
+def is_rising(trend: dict[str, float | None]) -> bool:
+    """Whether a :func:`norm_trend` is a norm that rose steadily: on 90% of the steps, by 1.2x or
+    more in the window (gradients that add up because they are never zeroed)."""
+    share, growth = trend.get("grad_norm_rising_share"), trend.get("grad_norm_growth")
+    return share is not None and growth is not None and share >= 0.9 and growth >= 1.2
+

@@ -259,6 +259,22 @@ class LossRegimeRule:
                 seen += f" That is chance level for {self.num_classes} classes (log {self.num_classes} = {chance:.3g})."
         return Finding("no_learning", "warning", seen, evidence=evidence)
 
+    def smoothed_through(self, losses: list[float]) -> float | None:
+        """The smoothed loss as it stands after ``losses`` (steps not yet judged), without judging
+        them or changing any state: to compare with a metric measured between two windows.
+
+        Example:
+            >>> rule = LossRegimeRule(RegimeThresholds(beta=0.5))
+            >>> _ = rule.evaluate([0], [4.0])
+            >>> rule.smoothed_through([2.0, float("nan"), 1.0]), rule.ema
+            (2.0, 4.0)
+        """
+        ema, beta = self.ema, self.thresholds.beta
+        for value in losses:
+            if math.isfinite(value):
+                ema = value if ema is None else beta * ema + (1 - beta) * value
+        return ema
+
     def mark(self) -> None:
         """Remember the smoothed loss now (a snapshot is taken): :meth:`restart_from_mark`
         returns to it after a rollback to that snapshot. Not checkpointed, like the snapshot."""

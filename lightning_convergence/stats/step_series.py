@@ -47,13 +47,18 @@ class StepSeries:
             reduce: applied to the stacked values (shape ``(n,)``) before the read, e.g. a mean
                 across ranks; it must return the same shape.
         """
+        steps, values = self.peek(reduce)
+        self._values, self._steps = [], []
+        return steps, values
+
+    def peek(self, reduce: Callable[[Tensor], Tensor] | None = None) -> tuple[list[int], list[float]]:
+        """As :meth:`take`, without clearing (one host read, and ``reduce``'s collective if any)."""
         if not self._values:
             return [], []
         values = torch.stack(self._values)  # (n,)
         if reduce is not None:
             values = reduce(values)
-        steps, self._values, self._steps = self._steps, [], []
-        return steps, values.tolist()  # the one host read
+        return list(self._steps), values.tolist()  # the one host read
 
     def to(self, device: torch.device) -> None:
         """Move the kept values (restored from a checkpoint on the CPU) to ``device``."""

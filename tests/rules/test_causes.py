@@ -92,3 +92,20 @@ def test_the_board_refuses_unknown_keys_and_forgets_none():
     with pytest.raises(KeyError, match="unknown evidence key 'loss'"):
         board.post(loss=1.0)
     assert set(board.snapshot(learning_rate=1.0)) <= set(EVIDENCE_KEYS)
+
+
+@pytest.mark.parametrize("evidence,stale", [
+    ({"grad_norm_rising_share": 1.0, "grad_norm_growth": 3.0}, True),
+    ({"grad_norm_rising_share": 0.95, "grad_norm_growth": 1.25}, True),
+    ({"grad_norm_rising_share": 0.6, "grad_norm_growth": 3.0}, False),  # up and down: not stale
+    ({"grad_norm_rising_share": 1.0, "grad_norm_growth": 1.05}, False),  # barely moving
+])
+def test_gradients_that_only_ever_rise_are_stale(evidence, stale):
+    causes, _ = rank_causes("exploding_gradients", evidence)
+    assert (causes[0].cause == "stale_gradients") == stale
+
+
+def test_large_updates_from_gradients_never_zeroed_do_not_name_the_learning_rate():
+    evidence = {"update_ratio_median": 0.5, "grad_norm_rising_share": 1.0, "grad_norm_growth": 1.3}
+    causes, _ = rank_causes("plateau", evidence)
+    assert [c.cause for c in causes[:2]] == ["stale_gradients", "learning_rate_too_high"]

@@ -143,3 +143,12 @@ def test_diagnosis_renders_its_message_from_its_parts_when_none_is_given():
                   causes=[{"cause": "learning_rate_too_low", "confidence": 0.5, "evidence": {}}],
                   remedies=["raise the LR"])
     assert d.message == advice.render_message("Flat.", ["learning_rate_too_low"], ["raise the LR"])
+
+
+def test_causes_no_measurement_tells_apart_are_given_as_an_order_to_check():
+    flat = Finding("no_learning", "warning", "Flat.")
+    assert "Nothing measured tells these apart: check them in this order." in flat.message
+    named = Finding("no_learning", "warning", "Flat.", causes=(Cause("learning_rate_too_low", 0.9, {"lr": 0.0}),
+                                                                Cause("labels_mismatched", 0.1)))
+    assert "Nothing measured" not in named.message
+    assert "Nothing measured" not in Finding("plateau", "info", "Flat.").message

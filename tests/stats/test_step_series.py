@@ -51,3 +51,10 @@ def test_weights_only_round_trip():
     empty = StepSeries()
     empty.load_state_dict(StepSeries().state_dict())
     assert len(empty) == 0
+
+
+def test_peek_reads_without_clearing():
+    series = StepSeries()
+    series.append(0, torch.tensor(2.0))
+    assert series.peek() == ([0], [2.0]) and len(series) == 1
+    assert series.take() == ([0], [2.0]) and len(series) == 0
