@@ -36,6 +36,9 @@ class RunContext:
     log: ConvergenceLog
     evidence: Evidence = field(default_factory=Evidence)
     consequence: ConsequenceJudge = field(default_factory=ConsequenceJudge)
+    # Callables ``source(trainer)`` that post what a callback holds now on the evidence board,
+    # called before a warning is ranked (a finding of another callback may come first in a step).
+    evidence_sources: list = field(default_factory=list)
     layout_written: bool = False
     finished: bool = False
     report_written_by: set[str] = field(default_factory=set)

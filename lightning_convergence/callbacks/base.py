@@ -235,6 +235,9 @@ class ConvergenceCallback(Callback):
         (``judges_loss``): it is recorded again as a warning only if the loss then got worse.
         """
         context = self.context(trainer)
+        if finding.severity != "info":
+            for post_now in context.evidence_sources:
+                post_now(trainer)
         finding = explain(finding, context.evidence.snapshot(learning_rate=current_learning_rate(trainer)))
         at = trainer.global_step if step is None else step
         source = source or self.source

@@ -9,6 +9,7 @@ raw-pixel pipeline is named at once).
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -125,6 +126,7 @@ class InputSanityChecker(ConvergenceCallback):
         super().on_train_start(trainer, pl_module)
         if self._window.allocated:  # restored on the CPU: the batches' device from here on
             self._window.allocate(pl_module.device)
+        self.context(trainer).evidence_sources.append(self._post_evidence)
         if self._rule.num_classes is None:
             self._rule.num_classes = module_num_classes(pl_module)
 
@@ -195,6 +197,21 @@ class InputSanityChecker(ConvergenceCallback):
             summaries.append(summary)
         return summaries
 
+    def _post_evidence(self, trainer: Trainer, summaries: list[PartSummary] | None = None,
+                       commit: bool = False) -> None:
+        """Post the window so far on the evidence board (a host read when ``summaries`` is not
+        given: a warning of another callback is about to be ranked). ``commit``: the window is
+        complete, and its labels join the run's label order."""
+        if summaries is None:
+            if not (self._parts or self._nonfinite):
+                return
+            summaries = self._read()
+        order = self._label_order if commit else copy.copy(self._label_order)
+        label = max((s for s in summaries if s.is_target and not s.floating), key=lambda s: s.batches, default=None)
+        if label is not None:
+            order.add(label)
+        self.context(trainer).evidence.post(**input_evidence(summaries, order))
+
     def _evaluate(self, trainer: Trainer, step: int) -> None:
         summaries = self._read()
         metrics: dict[str, float] = {}
@@ -208,10 +225,7 @@ class InputSanityChecker(ConvergenceCallback):
         if self._rule.num_classes is None and any(s.path in self._targets for s in summaries):
             self._say_once("classes", "the number of classes is unknown, so label ranges are not checked; pass "
                                       "`num_classes=` (or set `num_classes` on the LightningModule).")
-        label = max((s for s in summaries if s.is_target and not s.floating), key=lambda s: s.batches, default=None)
-        if label is not None:
-            self._label_order.add(label)
-        self.context(trainer).evidence.post(**input_evidence(summaries, self._label_order))
+        self._post_evidence(trainer, summaries, commit=True)
         for finding in self._rule.evaluate(summaries):
             self.record(trainer, finding, step=step)
         self._window.reset()

@@ -55,11 +55,11 @@ EVIDENCE_KEYS: dict[str, str] = {
 }
 """The evidence a signature may read, by key, with what each number is."""
 
-# The healthy scale of an update/weight ratio per step is about 1e-3; these bounds are a factor of
-# about 30 either side of it, where the practitioners' signatures speak of "order 1e-1 to 1" and
-# "1e-6 and under".
+# The healthy scale of an update/weight ratio per step is about 1e-3 (the digits MLP at its tuned
+# SGD rate: 1e-3 to 1e-2; it scales with the LR: 5e-5 to 8e-5 at 100x too low). The bounds sit 30x
+# above and 10x below that scale.
 UPDATE_RATIO_HIGH = 3e-2
-UPDATE_RATIO_LOW = 1e-5
+UPDATE_RATIO_LOW = 1e-4
 INPUT_SCALE_HIGH = 20.0
 TARGET_SCALE_HIGH = 1e3
 TARGET_SCALE_LOW = 1e-3
@@ -136,9 +136,6 @@ def _lr_zero(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
 
 
 def _lr_low(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
-    zero = _lr_zero(e)
-    if zero is not None:
-        return zero
     ratio = e.get("update_ratio_median")
     if _finite(ratio) and 0 < ratio < UPDATE_RATIO_LOW:
         return 0.7, {"update_ratio_median": ratio}, (f"the weights move by {ratio:.1e} of their norm per step "
@@ -225,7 +222,10 @@ def _stale(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
 
 
 SIGNATURES: tuple[Signature, ...] = (
-    Signature("learning_rate_too_low", _LOSS_SYMPTOMS | {"vanishing_gradients"}, _lr_low),
+    # A learning rate of 0 explains vanishing updates too; small ratios alone do not (vanishing
+    # gradients make them small), and they follow from a collapse after updates far too large.
+    Signature("learning_rate_too_low", _LOSS_SYMPTOMS | {"vanishing_gradients"}, _lr_zero),
+    Signature("learning_rate_too_low", _LOSS_SYMPTOMS, _lr_low, yields_to=("learning_rate_too_high",)),
     Signature("learning_rate_too_high", _LOSS_SYMPTOMS | _GRADIENT_SYMPTOMS, _lr_high, _lr_high_contradicted,
               yields_to=("stale_gradients",)),
     Signature("non_differentiable_operation", frozenset({"nonfinite_gradients", "nonfinite_loss", "divergence"}),

@@ -11,6 +11,11 @@ TABLE = [
     ("plateau", {"learning_rate": 0.0}, "learning_rate_too_low"),
     ("plateau", {"update_ratio_median": 0.0, "update_ratio_max": 0.0}, "learning_rate_too_low"),
     ("no_learning", {"update_ratio_median": 2e-7, "update_ratio_max": 1e-6}, "learning_rate_too_low"),
+    ("no_learning", {"update_ratio_median": 7e-5, "update_ratio_max": 9e-5}, "learning_rate_too_low"),
+    # small updates in a vanishing-gradient net are the symptom, not a low learning rate
+    ("vanishing_gradients", {"update_ratio_median": 1e-7, "update_ratio_max": 1e-6}, "saturating_activations"),
+    # small updates after a collapse that updates far too large caused
+    ("divergence", {"update_ratio_median": 1e-7, "update_ratio_peak": 0.5}, "learning_rate_too_high"),
     ("vanishing_gradients", {"update_ratio_median": 0.4, "update_ratio_step": 0}, "learning_rate_too_high"),
     ("vanishing_gradients", {"update_ratio_median": 1e-6, "update_ratio_peak": 0.5, "update_ratio_peak_step": 1},
      "learning_rate_too_high"),
