@@ -81,6 +81,10 @@ def _headline(s: Scores) -> tuple[list[str], str]:
     rhits, rtotal = s.recall(variant="remediate")
     rows.append(["detection recall, remediated runs", _ratio(rhits, rtotal), _ratio(*s.recall(False, "remediate")),
                  _ratio(*s.recall(True, "remediate")), "-", "-"])
+    right, named = s.right_causes()
+    rows.append(["right top cause: the first warning+ diagnosis names a planted cause first (observe runs of "
+                 "faults that plant one)", _ratio(right, named), _ratio(*s.right_causes(False)),
+                 _ratio(*s.right_causes(True)), "-", "-"])
     alarms, runs = s.false_alarm_runs()
     rows.append(["healthy-control runs with any warning+ diagnosis (observe)", f"{alarms}/{runs}",
                  f"{s.false_alarm_runs(False)[0]}/{s.false_alarm_runs(False)[1]}",

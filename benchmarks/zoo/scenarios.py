@@ -58,6 +58,9 @@ class Scenario:
     quick: bool = False
     prompt: bool = False  # a one-step event (NaN, Inf, explosion): to be detected within one step of onset
     cost: float = 1.0  # rough seconds per run, to start the long runs first
+    # The causes the fault plants (names of the package's CAUSES), fixed with the scenario: the
+    # top cause of the run's first warning is scored against them. Empty: no single cause.
+    causes: tuple[str, ...] = ()
     note: str = ""  # how the scenario was designed, what was measured to choose it
     variants: tuple[str, ...] = ()  # empty: observe and remediate (references: observe)
     trainer: dict[str, Any] = field(default_factory=dict)  # further Trainer arguments
@@ -121,21 +124,22 @@ SCENARIO_LIST: list[Scenario] = [
     Scenario("lr_high", "fault", "CNN, SGD (momentum 0.9) at lr 0.5, 10x the tuned 0.05",
              lambda: CNN(lr=0.5), _digits(), epochs=4, onset=0,
              expect=("divergence", "oscillation", "exploding_gradients", "nonfinite_loss", "nonfinite_gradients"),
-             reference="healthy_cnn_sgd", remediable=True, quick=True, cost=2,
+             reference="healthy_cnn_sgd", remediable=True, quick=True, cost=2, causes=("learning_rate_too_high",),
              note="The demo's `lr_high` fault. Expected kinds: those whose advice starts with the LR or clipping."),
     Scenario("lr_low", "fault", "ReLU MLP, SGD (momentum 0.9) at lr 5e-4, 100x below the tuned 0.05",
              lambda: MLP(lr=5e-4), _flat(), epochs=8, onset=0, expect=("no_learning", "plateau"),
              remedy={"PlateauAdvisor": {"raise_lr_on_no_learning": True}}, reference="ref_mlp_sgd",
-             remediable=True, cost=3,
+             remediable=True, cost=3, causes=("learning_rate_too_low",),
              note="The opt-in raises the LR tenfold once, so the run stays 10x below the tuned LR afterwards."),
     Scenario("symmetric_init", "fault", "ReLU MLP whose hidden weights all start at 0.01: every unit identical",
              lambda: MLP(lr=0.05, weight_const=0.01), _flat(), epochs=8, onset=0,
-             expect=("poor_initialization",), reference="ref_mlp_sgd", cost=3,
+             expect=("poor_initialization",), reference="ref_mlp_sgd", cost=3, causes=("bad_initialization",),
              note="The output layer keeps torch's random init, so the symmetry is broken from the top down: the "
                   "run learns, slowly. The suite has no remedy for it (advice only)."),
     Scenario("vanishing_sigmoid", "fault", "10-layer sigmoid MLP (width 64), SGD (momentum 0.9) lr 0.05",
              lambda: MLP(lr=0.05, depth=10, hidden=64, activation="sigmoid"), _flat(), epochs=8, onset=0,
-             expect=("vanishing_gradients", "saturated_units"), reference="ref_mlp_sgd", cost=4),
+             expect=("vanishing_gradients", "saturated_units"), reference="ref_mlp_sgd", cost=4,
+             causes=("saturating_activations",)),
     Scenario("rnn_exploding", "fault",
              f"ReLU RNN (identity init), Adam 2e-3, on the adding problem of length {ADDING_LENGTH}; at steps 60 "
              "and 120 a batch of 50-step sequences: the gradient explodes through the recurrence",
@@ -147,16 +151,16 @@ SCENARIO_LIST: list[Scenario] = [
                   "0.167); the two long batches take the gradient norm to 1e6-1e8x its median and the run to 0.146."),
     Scenario("dead_relu", "fault", "ReLU MLP whose hidden biases start at -3: every unit starts dead",
              lambda: MLP(lr=0.05, bias_init=-3.0), _flat(), epochs=8, onset=0, expect=("dead_units",),
-             reference="ref_mlp_sgd", remediable=True, cost=3),
+             reference="ref_mlp_sgd", remediable=True, cost=3, causes=("dead_relu_units", "bad_initialization")),
     Scenario("unnormalized_inputs", "fault", "CNN, SGD (momentum 0.9) lr 0.05, on raw 0-255 pixels (the digits x255)",
              lambda: CNN(lr=0.05), _digits(pixel_scale=255.0), epochs=4, onset=0,
-             expect=("unnormalized_inputs",), reference="healthy_cnn_sgd", cost=2.5,
+             expect=("unnormalized_inputs",), reference="healthy_cnn_sgd", cost=2.5, causes=("unnormalized_inputs",),
              note="No automatic normalisation in the suite (advice only), but the divergence remedies act on the "
                   "consequence."),
     Scenario("nan_batch", "fault", "CNN, SGD (momentum 0.9) lr 0.05; one sample of the batch at step 30 is NaN",
              lambda: CNN(lr=0.05), _digits(step_faults={30: nan_pixels}), epochs=4, onset=30,
              expect=("nonfinite_inputs", "nonfinite_gradients", "nonfinite_loss"), reference="healthy_cnn_sgd",
-             remediable=True, quick=True, prompt=True, cost=2.5),
+             remediable=True, quick=True, prompt=True, cost=2.5, causes=("nonfinite_data",)),
     Scenario("inf_loss", "fault",
              "ReLU MLP with a hand-written -log(softmax) loss, SGD (momentum 0.9) lr 0.05; the batch at step 43 "
              "is scaled x1000: a probability underflows to 0 and the loss is inf",
@@ -168,6 +172,7 @@ SCENARIO_LIST: list[Scenario] = [
              lambda: MLP(lr=1e-3, optimizer="adam", hidden=512, depth=3), _flat(train_size=750, label_noise=0.5),
              epochs=20, onset=0, expect=("overfitting", "no_learning"),
              remedy={"PlateauAdvisor": {"stop_on_overfit": True}}, reference="ref_mlp_750", cost=10,
+             causes=("label_noise",),
              note="Chosen from runs without the suite on seed 0's split: with all 1500 samples and 60% noise the MLP did not memorise "
                   "within 20 epochs (val loss flat near 0.9, no rise: nothing to call overfitting); on 750 samples "
                   "with 50% noise the val loss fell to 0.79 by epoch 7 and rose to 1.4 by epoch 25, while the "
@@ -176,6 +181,7 @@ SCENARIO_LIST: list[Scenario] = [
              "wide ReLU MLP (512), SGD (momentum 0.9) lr 0.05, on 64 training samples, batch 16, 40 epochs",
              lambda: MLP(lr=0.05, hidden=512), _flat(train_size=64, batch_size=16), epochs=40, onset=0,
              expect=("overfitting",), remedy={"PlateauAdvisor": {"stop_on_overfit": True}}, cost=3,
+             causes=("too_little_data", "too_much_capacity"),
              note="The demo's `overfit` fault. No fault-free twin: early stopping limits the damage, it cannot "
                   "add data."),
     Scenario("needs_warmup", "fault",
@@ -183,6 +189,7 @@ SCENARIO_LIST: list[Scenario] = [
              _transformer(6e-3), _flat(), epochs=TRANSFORMER_EPOCHS, onset=0,
              expect=("divergence", "oscillation", "exploding_gradients", "nonfinite_loss", "no_learning"),
              remedy={"warmup_steps": 99}, reference="healthy_transformer_adam", remediable=True, cost=10,
+             causes=("missing_warmup",),
              note="Warmup is preventive, so the remediated run is given `warmup_steps=99` (the untuned rule "
                   "2 / (1 - 0.98)) from the start: its recovery shows what warmup does, not a reaction to a "
                   "diagnosis."),
@@ -198,7 +205,7 @@ SCENARIO_LIST: list[Scenario] = [
     Scenario("slow_data_loading", "fault",
              "ReLU MLP, SGD lr 0.05; the dataset's __getitem__ sleeps 1 ms (32 ms per batch, num_workers=0)",
              lambda: MLP(lr=0.05), _flat(sleep_s=0.001), epochs=2, limit_train_batches=30, onset=0,
-             expect=("slow_data_loading",), cost=3),
+             expect=("slow_data_loading",), cost=3, causes=("data_loader_bottleneck",)),
     # ---------------------------------------------------------------- healthy controls
     Scenario("healthy_mlp_adam", "healthy", "ReLU MLP (2 x 128), Adam lr 1e-3",
              lambda: MLP(lr=1e-3, optimizer="adam"), _flat(), epochs=4, quick=True, cost=2),

@@ -136,6 +136,18 @@ class Scores:
         hits = [f for f in rows if (f.hit if variant == "observe" else f.remediate_hit) is not None]
         return len(hits), len(rows)
 
+    def right_causes(self, held_out: bool | None = None) -> tuple[int, int]:
+        """Observe runs of faults that plant a cause whose first warning-or-worse diagnosis names
+        one of those causes first (a run with no warning counts as wrong)."""
+        rows = [f for f in self.faults if f.scenario.causes and (held_out is None or f.held_out == held_out)]
+        right = 0
+        for f in rows:
+            warned = [d for d, _ in severe(f.observe)]
+            first = min(warned, key=lambda d: d["step"]) if warned else None
+            causes = first.get("causes") if first else None
+            right += bool(causes) and causes[0]["cause"] in f.scenario.causes
+        return right, len(rows)
+
     def false_alarm_runs(self, held_out: bool | None = None) -> tuple[int, int]:
         rows = [c for c in self.controls if held_out is None or c.held_out == held_out]
         return sum(1 for c in rows if c.alarms), len(rows)
