@@ -99,8 +99,10 @@ class GradientNormMonitor(ConvergenceCallback):
         log_every_n_steps: logging cadence in optimizer steps; ``None`` uses the Trainer's.
         histogram_every_n_steps: cadence of per-layer gradient histograms (TensorBoard only);
             ``None`` turns them off.
-        track_updates: log weight norms (exact) and the update-to-weight ratio on logging steps,
-            the ratio estimated on a fixed uniform random sample of 4096 values per tensor
+        track_updates: log weight norms (exact) and the update-to-weight ratio on logging steps
+            and on optimizer steps 0, 1, 3, 7, 15 and 31 (their median over layers is evidence
+            for the ranking of causes), the ratio estimated on a fixed uniform random sample of
+            4096 values per tensor
             (positions drawn once: 32 KB per tensor; the sampled values, 16 KB per tensor, are
             held between a logging step and the next batch).
         spike_factor: a total norm above this multiple of its recent median is a spike.
