@@ -232,7 +232,8 @@ class ConvergenceCallback(Callback):
 
         A warning of a statistical anomaly (``rules.consequence``) is recorded as ``info`` and
         judged at the next window of the loss, when a callback of the fit judges the loss
-        (``judges_loss``): it is recorded again as a warning only if the loss then got worse.
+        (``judges_loss``): it is recorded again as a warning only if the loss did not keep
+        improving, or a harmful loss kind was found.
         """
         context = self.context(trainer)
         if finding.severity != "info":
