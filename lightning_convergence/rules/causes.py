@@ -301,7 +301,8 @@ def explain(finding: Finding, evidence: Mapping[str, Any]) -> Finding:
         return finding  # the rule's own evidence outranks what the board says
     top = ranked[0]
     remedies = list(advice.CAUSE_REMEDIES.get(top.cause, ()) if top.cause in why else ())
-    remedies += [r for r in finding.remedies if r not in remedies]
+    # The kind's own advice follows, less what the cause's remedy already says.
+    remedies += [r for r in finding.remedies if not any(c.startswith(r) or r.startswith(c) for c in remedies)]
     observation = finding.observation
     if top.cause in why:
         observation = f"{observation.rstrip()} Evidence: {why[top.cause]}."

@@ -114,3 +114,10 @@ def test_large_updates_from_gradients_never_zeroed_do_not_name_the_learning_rate
     evidence = {"update_ratio_median": 0.5, "grad_norm_rising_share": 1.0, "grad_norm_growth": 1.3}
     causes, _ = rank_causes("plateau", evidence)
     assert [c.cause for c in causes[:2]] == ["stale_gradients", "learning_rate_too_high"]
+
+
+def test_the_kinds_advice_does_not_repeat_the_causes_remedy():
+    finding = Finding("divergence", "critical", "The loss climbed.")
+    ranked = explain(finding, {"update_ratio_median": 0.3})
+    assert ranked.remedies[0].startswith("lower the learning rate about tenfold (a range test")
+    assert "lower the learning rate about tenfold" not in ranked.remedies[1:]
