@@ -309,12 +309,13 @@ class GradientNormMonitor(ConvergenceCallback):
 
     def _evaluate(self, trainer: Trainer, track: _Track, summary) -> None:
         scaler = _scaler(trainer)
-        first_bad = next((n for n, c in zip(track.layers, summary.layer_nonfinite_steps) if c > 0), None)
+        bad = [n for n, c in zip(track.layers, summary.layer_nonfinite_steps) if c > 0]  # forward order
         findings = track.rule.evaluate(
             summary,
             amp_scaler=scaler is not None,
             amp_scale=float(scaler.get_scale()) if scaler is not None else None,
-            first_nonfinite_layer=first_bad,
+            first_nonfinite_layer=bad[0] if bad else None,
+            last_nonfinite_layer=bad[-1] if bad else None,
         )
         for finding in findings:
             self.record(trainer, finding)

@@ -88,13 +88,17 @@ class GradientHealthRule:
         amp_scaler: bool = False,
         amp_scale: float | None = None,
         first_nonfinite_layer: str | None = None,
+        last_nonfinite_layer: str | None = None,
     ) -> list[Finding]:
-        """All findings for one window (empty when healthy)."""
+        """All findings for one window (empty when healthy). ``first_nonfinite_layer`` and
+        ``last_nonfinite_layer``: the first and the last layer, in forward order, whose gradients
+        held NaN/Inf (the last is the first in backward order: where the NaN entered the
+        backward pass)."""
         if summary.steps == 0 and summary.loss_steps == 0:
             return []
         findings: list[Finding] = []
         findings += self._nonfinite_loss(summary)
-        findings += self._nonfinite(summary, amp_scaler, amp_scale, first_nonfinite_layer)
+        findings += self._nonfinite(summary, amp_scaler, amp_scale, first_nonfinite_layer, last_nonfinite_layer)
         findings += self._spike(summary)
         findings += self._layer_growth(summary)
         findings += self._vanishing(summary)
@@ -112,12 +116,16 @@ class GradientHealthRule:
                         step=s.first_nonfinite_loss_step)]
 
     def _nonfinite(self, s: WindowSummary, amp_scaler: bool, amp_scale: float | None,
-                   layer: str | None) -> list[Finding]:
+                   layer: str | None, entry: str | None = None) -> list[Finding]:
         if s.nonfinite_grad_steps == 0:
             return []
         t = self.thresholds
         evidence = {"nonfinite_steps": s.nonfinite_grad_steps, "steps": s.steps}
         where = f" (first layer in forward order: {layer})" if layer else ""
+        if entry and entry != layer:  # the NaN entered the backward pass there, and flowed on
+            where = (f" (first layer in backward order, where the NaN entered the backward pass: {entry}; "
+                     f"in forward order: {layer})")
+            evidence["first_layer_backward"] = entry
         if amp_scaler:
             fraction = s.nonfinite_grad_steps / max(s.steps, 1)
             if amp_scale is not None:

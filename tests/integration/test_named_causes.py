@@ -66,6 +66,9 @@ def test_c_nan_gradients_from_a_finite_loss_name_a_non_differentiable_operation(
 
     diagnoses = fit(tmp_path, lambda: SqrtOfZeros(), max_epochs=1)
     assert_named(diagnoses, "non_differentiable_operation", kinds={"nonfinite_gradients"})
+    nan = next(d for d in diagnoses if d["kind"] == "nonfinite_gradients")
+    # The NaN enters the backward pass at the output layer and flows down to the first.
+    assert "first layer in backward order, where the NaN entered the backward pass: net.4" in nan["message"]
 
 
 class RegressionOnDigits(L.LightningModule):
