@@ -382,6 +382,11 @@ class ConvergenceCallback(Callback):
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._flush(trainer, pl_module)
+        context = self.context(trainer)
+        if self.judges_loss and "loss_ema" not in context.evidence.snapshot():
+            # No window of the loss was ever judged (no loss found): what waited for it is said now.
+            for finding, step, source in context.consequence.release_unjudged():
+                self.record(trainer, finding, step=step, source=source)
         self._remove_hooks()
 
     @override

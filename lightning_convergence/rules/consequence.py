@@ -65,6 +65,22 @@ class ConsequenceJudge:
         seen = f"{finding.observation.rstrip()} No harm seen yet: it becomes a warning if the loss gets worse."
         return dataclasses.replace(finding, severity="info", observation=seen)
 
+    def release_unjudged(self) -> list[tuple[Finding, int, str]]:
+        """At the end of a fit in which no loss was ever judged: every held anomaly, as a warning
+        that says its harm could not be judged (an anomaly is not hidden for want of a loss).
+
+        Example:
+            >>> judge = ConsequenceJudge()
+            >>> _ = judge.hold(Finding("dead_units", "warning", "30% silent."), 9, None, "DeadNeuronTracker")
+            >>> [(f.severity, f.evidence["loss_after"]) for f, _, _ in judge.release_unjudged()]
+            [('warning', None)]
+        """
+        held, self._held = self._held, []
+        note = " The training loss was never seen, so whether it did harm could not be judged."
+        return [(dataclasses.replace(item.finding, observation=item.finding.observation.rstrip() + note,
+                                     evidence={**item.finding.evidence, "loss_after": None}), item.step, item.source)
+                for item in held]
+
     def judge(self, loss_now: float | None, kinds: list[str],
               loss_start: float | None = None) -> list[tuple[Finding, int, str]]:
         """At a window of the loss (smoothed loss ``loss_now``, loss findings ``kinds``): the held

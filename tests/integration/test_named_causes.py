@@ -229,7 +229,9 @@ def test_g_a_gradient_anomaly_in_a_run_whose_loss_falls_is_info(tmp_path):
     assert float(losses) < 0.4  # it learned (chance is 0.69)
     anomalies = [d for d in diagnoses if d["kind"] in {"exploding_gradients", "dead_units", "vanishing_gradients"}]
     assert all(d["severity"] == "info" for d in anomalies), [(d["kind"], d["severity"], d["step"]) for d in anomalies]
-    assert not [d for d in diagnoses if d["severity"] != "info"]
+    # (timing-based kinds left out: slow_data_loading depends on how busy the machine is)
+    timing = {"slow_data_loading", "slow_training"}
+    assert not [d for d in diagnoses if d["severity"] != "info" and d["kind"] not in timing]
 
 
 def test_a_gradients_never_zeroed_are_named_stale(tmp_path):
@@ -269,3 +271,17 @@ def test_h_overfitting_is_judged_against_the_training_loss_of_the_same_moment(tm
     diagnoses = fit(tmp_path, lambda: NoisyLabelsWide(), max_epochs=80, log_every_n_steps=50)
     overfit = [d for d in diagnoses if d["kind"] == "overfitting"]
     assert overfit and overfit[0]["severity"] == "warning", ranked(diagnoses)
+
+
+def test_anomalies_are_not_hidden_when_no_loss_is_ever_seen(tmp_path):
+    class NeverZeroedUnlogged(ManualNoReturn):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            self.manual_backward(nn.functional.cross_entropy(self(x), y))  # no zero_grad, nothing logged
+            self.optimizers().step()
+
+    with pytest.warns(UserWarning, match="no training loss found"):
+        diagnoses = fit(tmp_path, lambda: NeverZeroedUnlogged(log_loss=False), max_epochs=4)
+    anomalies = [d for d in diagnoses if d["kind"] == "exploding_gradients"]
+    assert anomalies and anomalies[-1]["severity"] == "warning", [(d["kind"], d["severity"]) for d in diagnoses]
+    assert "loss was never seen" in anomalies[-1]["message"]
