@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_convergence.callbacks._trainer_reads import (LOSS_KEYS, batch_loss, current_learning_rate, over_ranks,
+                                                           report_directory)
+from lightning_convergence.callbacks.step_clock import StepClock
 from lightning_convergence.callbacks._context import (
     RunContext,
     finish_run_context,
@@ -33,136 +33,6 @@ from lightning_convergence.validation import check_bool, check_positive_int
 
 STATE_SCHEMA = 1
 DEFAULT_CADENCE = 50
-
-
-def report_directory(trainer: Trainer) -> str:
-    """``trainer.log_dir`` as rank 0 sees it, without its broadcast.
-
-    ``Trainer.log_dir`` broadcasts from rank 0, a collective: called on rank 0 alone (or from
-    ``on_exception`` on the one rank that failed) it would hang. This repeats its rule locally.
-    """
-    if not trainer.loggers:
-        return os.fspath(trainer.default_root_dir)
-    logger = trainer.loggers[0]
-    if isinstance(logger, (TensorBoardLogger, CSVLogger)):
-        return os.fspath(logger.log_dir)
-    return os.fspath(logger.save_dir or trainer.default_root_dir)
-
-
-@dataclass
-class StepClock:
-    """Where the current batch stands in optimizer steps: the one convention of the suite.
-
-    Optimizer step ``k`` (0-based, ``trainer.global_step`` before it is taken) closes a logging
-    window when ``(k + 1) % cadence == 0``. A batch's step is the optimizer step it fed: under
-    ``accumulate_grad_batches`` the batches before the step belong to it too. Each window is
-    closed once, however many hooks or batches ask.
-
-    Example:
-        >>> clock = StepClock()
-        >>> closes = []
-        >>> for global_step in range(6):  # one batch per optimizer step
-        ...     clock.start_batch()
-        ...     clock.stepped()
-        ...     closes.append(clock.window_ends(global_step + 1, cadence=3))
-        >>> closes
-        [False, False, True, False, False, True]
-    """
-
-    optimizer_stepped: bool = False
-    last_window_end: int = -1
-
-    def start_batch(self) -> None:
-        self.optimizer_stepped = False
-
-    def stepped(self) -> None:
-        self.optimizer_stepped = True
-
-    @staticmethod
-    def closes_window(step: int, cadence: int) -> bool:
-        """Does optimizer step ``step`` (0-based) close a window?"""
-        return (step + 1) % cadence == 0
-
-    def batch_step(self, global_step: int) -> int:
-        """The optimizer step of the batch ending now (``global_step`` read at batch end)."""
-        return global_step - 1 if self.optimizer_stepped else global_step
-
-    def window_ends(self, global_step: int, cadence: int) -> bool:
-        """At batch end: did this batch's optimizer step close a window not closed yet?"""
-        if not self.optimizer_stepped or not self.closes_window(global_step - 1, cadence):
-            return False
-        if global_step == self.last_window_end:
-            return False
-        self.last_window_end = global_step
-        return True
-
-    def state_dict(self) -> dict[str, int]:
-        return {"last_window_end": self.last_window_end}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_window_end = int(state.get("last_window_end", -1))
-
-
-LOSS_KEYS = ("train_loss", "loss")
-"""The keys a module usually logs its training loss under, tried in this order when
-``training_step`` returns no loss (manual optimisation)."""
-
-
-def batch_loss(trainer: Trainer, outputs: Any, keys: tuple[str, ...] = LOSS_KEYS) -> Tensor | None:
-    """The batch's training loss (0-d, detached, float32, on the device; no host read).
-
-    From ``training_step``'s outputs, with Lightning's division by ``accumulate_grad_batches``
-    undone; when they hold none (manual optimisation returns nothing), the first of ``keys`` that
-    the module logged this step (``self.log("train_loss", loss)``); else ``None``.
-    """
-    loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-    if isinstance(loss, Tensor) and loss.numel() == 1:
-        return loss.detach().reshape(()).float() * trainer.accumulate_grad_batches
-    for key in keys:
-        logged = trainer.callback_metrics.get(key)
-        if isinstance(logged, Tensor) and logged.numel() == 1:
-            return logged.detach().reshape(()).float()
-    return None
-
-
-def module_num_classes(pl_module: LightningModule) -> int | None:
-    """The number of classes the LightningModule declares (``num_classes``, or
-    ``hparams.num_classes``), when it is an int of at least 2; else ``None``."""
-    hparams = getattr(pl_module, "hparams", None)
-    declared = getattr(pl_module, "num_classes", None)
-    if declared is None and hparams is not None and hasattr(hparams, "get"):
-        declared = hparams.get("num_classes")
-    valid = isinstance(declared, int) and not isinstance(declared, bool) and declared >= 2
-    return declared if valid else None
-
-
-def current_learning_rate(trainer: Trainer) -> float | None:
-    """The smallest learning rate of the first optimizer's parameter groups, as the optimizer
-    holds it now (a host value, no sync); ``None`` without an optimizer."""
-    optimizers = trainer.optimizers if trainer.state.fn == "fit" else []
-    lrs = [g.get("lr") for g in optimizers[0].param_groups] if optimizers else []
-    lrs = [float(lr) for lr in lrs if isinstance(lr, (int, float))]
-    return min(lrs) if lrs else None
-
-
-def over_ranks(trainer: Trainer, value: Tensor, op: str) -> Tensor:
-    """``value`` reduced over the ranks with ``op`` (``"sum"``, ``"mean"``, ``"max"``, ``"min"``)
-    through the strategy (one collective, every rank must call it at the same point), or
-    ``value`` itself in a single process."""
-    return trainer.strategy.reduce(value, reduce_op=op) if trainer.world_size > 1 else value
-
-
-def logged_metric(trainer: Trainer, name: str) -> float | None:
-    """The metric ``name`` as the module logged it (``trainer.callback_metrics``), averaged over
-    the ranks so that every rank decides from the same number; ``None`` if it was not logged.
-
-    Note: under DDP one collective, so every rank must call it at the same point, and whether
-    ``name`` was logged must be the same on every rank (it is for ``self.log`` in a step method).
-    """
-    value = trainer.callback_metrics.get(name)
-    if value is None:
-        return None
-    return float(over_ranks(trainer, torch.as_tensor(value, dtype=torch.float32).detach().reshape(()), "mean"))
 
 
 class ConvergenceCallback(Callback):

@@ -17,7 +17,8 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_convergence.callbacks._unit_sites import UnitSites
-from lightning_convergence.callbacks.base import ConvergenceCallback, over_ranks
+from lightning_convergence.callbacks._trainer_reads import over_ranks
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies.redo import reinit_units_
 from lightning_convergence.remedies.unit_wiring import UnitWiring
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms

@@ -20,6 +20,7 @@ from lightning_convergence.callbacks._layers import ForwardOrderRecorder, GroupB
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence import tags
 from lightning_convergence.rules.findings import Finding
+from lightning_convergence.stats.weight_sample import sample_positions, values_at
 from lightning_convergence.rules.gradient_health import is_rising, norm_trend
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
@@ -41,29 +42,6 @@ _UPDATE_SAMPLES = 4096  # values per weight tensor kept to estimate the update/w
 # step: a learning rate far too high shows in the first updates, and the run may be ruined by the
 # first logging step.
 _EARLY_UPDATE_STEPS = frozenset({0, 1, 3, 7, 15, 31})
-
-
-def _sample_index(param: Tensor, count: int, seed: int) -> Tensor | None:
-    """``count`` positions drawn uniformly, with replacement and a fixed seed, from the flat
-    ``param`` (sorted, on its device); ``None`` when it has at most ``count`` values (all kept).
-
-    Random rather than strided: a stride aliases with the tensor's layout. A stride of 4 over
-    rows of 64 input features keeps the same 16 features of every row (on 8x8 digits, border
-    pixels that are always 0, whose weights never move), which put the update/weight ratio of
-    the digits MLP's first layer 15% (median) to 29% (worst) off the exact one. A uniform
-    sample is unbiased: ``python benchmarks/update_ratio_error.py`` measures a relative error
-    of 0.7% median, 2.3% worst with Adam, and 2.0% median, 6.2% worst with SGD.
-    """
-    if param.numel() <= count:
-        return None
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(param.numel(), (count,), generator=generator).sort().values.to(param.device)
-
-
-def _sample(tensor: Tensor, index: Tensor | None) -> Tensor:
-    """The values of ``tensor`` at the flat positions ``index`` (all of them for ``None``), as a new tensor."""
-    flat = tensor.reshape(-1)
-    return flat.clone() if index is None else flat[index]
 
 
 @dataclass
@@ -342,14 +320,14 @@ class GradientNormMonitor(ConvergenceCallback):
         sums scaled up by its numel over its sample size; the weight norm itself is exact.
         """
         if track.sample_index is None:
-            track.sample_index = [_sample_index(p, _UPDATE_SAMPLES, seed) for seed, p in enumerate(track.params)]
-        track.snapshot = [_sample(p.detach(), index) for p, index in zip(track.params, track.sample_index)]
+            track.sample_index = [sample_positions(p, _UPDATE_SAMPLES, seed) for seed, p in enumerate(track.params)]
+        track.snapshot = [values_at(p.detach(), index) for p, index in zip(track.params, track.sample_index)]
         track.snapshot_step = step
         track.snapshot_pending = True
 
     def _log_updates(self, trainer: Trainer, track: _Track) -> None:
         track.snapshot_pending = False
-        now = [_sample(p.detach(), index) for p, index in zip(track.params, track.sample_index)]
+        now = [values_at(p.detach(), index) for p, index in zip(track.params, track.sample_index)]
         scale = torch.tensor([p.numel() / max(s.numel(), 1) for p, s in zip(track.params, now)],
                              dtype=torch.float64, device=track.group_index.device)  # [params]
         before_sq = sum_of_squares(track.snapshot, self.backend).double() * scale

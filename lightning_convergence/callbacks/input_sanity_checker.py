@@ -19,7 +19,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_convergence.callbacks.base import ConvergenceCallback, module_num_classes
+from lightning_convergence.callbacks._trainer_reads import module_num_classes
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.input_health import (InputHealthRule, InputThresholds, LabelOrder, PartSummary,

@@ -10,7 +10,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_convergence import tags
-from lightning_convergence.callbacks.base import ConvergenceCallback, logged_metric, module_num_classes, over_ranks
+from lightning_convergence.callbacks._trainer_reads import logged_metric, module_num_classes, over_ranks
+from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
