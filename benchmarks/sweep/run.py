@@ -1,0 +1,108 @@
+"""The outcome-labelled calibration sweep: 7 architectures x 3 optimisers x 6 learning rates x 3
+seeds, plus 6 implementation errors, each run labelled by its outcome and scored against what
+``default_callbacks()`` said (``labels.py``).
+
+Run from the repository root, with the venv active::
+
+    python -m benchmarks.sweep                 # everything (about 420 runs): benchmarks/results/sweep.md
+    python -m benchmarks.sweep --quick         # the CI subset: mlp and regression, SGD+momentum, 3 LRs, seed 0
+    python -m benchmarks.sweep --archs mlp cnn --seeds 0 --out /tmp/sweep
+    python -m benchmarks.sweep --rescore /tmp/sweep/sweep.json   # the tables again from saved records
+
+The split into a tuning half and a held-out half is fixed in ``setups.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from benchmarks.harness import BENCHMARKS, command_line, parser as make_parser
+from benchmarks.sweep.setups import HELD_OUT, LR_GRID, SEEDS, TUNING, Job, jobs
+
+QUICK = {"archs": ("mlp", "regression"), "optimizers": ("sgdm",), "seeds": (0,), "lrs_per_setup": 3}
+COST = {"transformer": 4, "gru": 3, "rescnn": 3, "cnn": 2}  # the costliest start first
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = make_parser(__doc__, prog="python -m benchmarks.sweep")
+    p.add_argument("--quick", action="store_true", help="the CI subset")
+    p.add_argument("--archs", nargs="+", choices=TUNING + HELD_OUT, default=None)
+    p.add_argument("--optimizers", nargs="+", choices=tuple(LR_GRID), default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default {' '.join(map(str, SEEDS))}")
+    p.add_argument("--no-errors", action="store_true", help="leave out the injected implementation errors")
+    p.add_argument("--max-steps", type=int, default=-1, help="cap every run (a smoke test, not a result)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel")
+    p.add_argument("--out", type=Path, default=None, help="folder for sweep.md and sweep.json "
+                                                          "(default: benchmarks/results)")
+    p.add_argument("--rescore", type=Path, default=None, help="re-write the tables from this sweep.json")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
+
+
+def selected(args) -> list[Job]:
+    spec = dict(QUICK) if args.quick else {"archs": TUNING + HELD_OUT, "optimizers": tuple(LR_GRID),
+                                           "seeds": SEEDS, "lrs_per_setup": None}
+    for key in ("archs", "optimizers", "seeds"):
+        if getattr(args, key):
+            spec[key] = tuple(getattr(args, key))
+    return jobs(**spec, errors=not args.no_errors)
+
+
+def run_all(work: list[Job], root: str, n_jobs: int, max_steps: int) -> list[dict]:
+    from benchmarks.sweep.runner import fit_job
+
+    work = sorted(work, key=lambda job: -COST.get(job.arch, 1))
+    records: list[dict] = []
+    if n_jobs == 1:
+        for job in work:
+            records.append(fit_job((job, root, max_steps)))
+            _progress(records[-1], len(records), len(work))
+        return records
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(fit_job, (job, root, max_steps)) for job in work]):
+            records.append(future.result())
+            _progress(records[-1], len(records), len(work))
+    return records
+
+
+def _progress(r: dict, done: int, total: int) -> None:
+    serious = sorted({d["kind"] for d in r["diagnoses"] if d["severity"] != "info"})
+    top = r["summary_causes"][0]["cause"] if r["summary_causes"] else "-"
+    crash = f"  CRASH {r['crash']}" if r["crash"] else ""
+    print(f"[{done:3d}/{total}] {r['arch']:11s} {r['optimizer']:5s} lr {r['lr']:<7g} {r['error'] or '':18s} "
+          f"seed {r['seed']}  outcome {r['outcome']:9.4g}  {r['seconds']:5.1f} s  {', '.join(serious) or '-'}"
+          f"  top: {top}{crash}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.sweep.report import write
+
+    args = parse_args(argv)
+    out = args.out or BENCHMARKS / "results"
+    if args.rescore is not None:
+        payload = json.loads(args.rescore.read_text())
+        print(write(payload["records"], out / "sweep.md", payload["command"], payload["wall_s"]))
+        return 0
+    work = selected(args)
+    began = time.perf_counter()
+    root = tempfile.mkdtemp(prefix="convergence_sweep_")
+    try:
+        records = run_all(work, root, args.jobs, args.max_steps)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    wall = time.perf_counter() - began
+    print(write(records, out / "sweep.md", command_line("-m benchmarks.sweep", args.argv), wall))
+    print(f"wall time {wall:.0f} s; wrote {out / 'sweep.md'} and {out / 'sweep.json'}")
+    return 0
