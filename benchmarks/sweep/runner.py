@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from benchmarks.harness import quiet_lightning
+from benchmarks.harness import RunRecorder, quiet_lightning
 from benchmarks.sweep.data import TARGET_SCALE, SweepData
 from benchmarks.sweep.models import SweepModule
 from benchmarks.sweep.setups import DEFAULT_EPOCHS, EPOCHS, Job
@@ -36,14 +36,16 @@ def fit(job: Job, root: str, max_steps: int = -1) -> dict[str, Any]:
     model = SweepModule(job.arch, job.optimizer, job.lr, job.error, target_scale=scale)
     data = SweepData(job.arch, job.seed, job.error)
     directory = os.path.join(root, job.name.replace("/", "_"))
+    recorder = RunRecorder()  # first: the loss of every step, the validation loss of every check
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=EPOCHS.get(job.arch, DEFAULT_EPOCHS),
                         max_steps=max_steps, logger=False, default_root_dir=directory,
-                        callbacks=default_callbacks(auto_remediate=False), log_every_n_steps=LOG_EVERY_N_STEPS,
+                        callbacks=[recorder, *default_callbacks(auto_remediate=False)], log_every_n_steps=LOG_EVERY_N_STEPS,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     crash = None
     began = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=data)
+        with recorder.observing():
+            trainer.fit(model, datamodule=data)
     except Exception as exc:  # a run that crashes is a result, not a crash of the sweep
         crash = f"{type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - began
@@ -58,7 +60,8 @@ def fit(job: Job, root: str, max_steps: int = -1) -> dict[str, Any]:
             "val_acc": _metric(trainer, "val_acc"), "steps": trainer.global_step, "seconds": round(seconds, 2),
             "diagnoses": [{k: d.get(k) for k in ("kind", "severity", "step", "source", "layer", "causes")}
                           for d in report["diagnoses"]],
-            "summary_causes": report.get("summary", {}).get("causes", []), "crash": crash}
+            "summary_causes": report.get("summary", {}).get("causes", []), "crash": crash,
+            "losses": [round(v, 5) for v in recorder.losses], "val_losses": recorder.val_losses}
 
 
 def fit_job(args: tuple[Job, str, int]) -> dict[str, Any]:

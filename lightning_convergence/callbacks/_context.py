@@ -18,6 +18,7 @@ from lightning_convergence.remedies.lr_control import LRControl
 from lightning_convergence.recorder.run_log import ConvergenceLog
 from lightning_convergence.rules.causes import Evidence
 from lightning_convergence.rules.consequence import ConsequenceJudge
+from lightning_convergence.rules.nonfinite_event import NonfiniteEvents
 from lightning_convergence.stats import sum_of_squares, tensor_stats
 
 
@@ -36,6 +37,7 @@ class RunContext:
     log: ConvergenceLog
     evidence: Evidence = field(default_factory=Evidence)
     consequence: ConsequenceJudge = field(default_factory=ConsequenceJudge)
+    nonfinite: NonfiniteEvents = field(default_factory=NonfiniteEvents)  # one non-finite event, one diagnosis
     # Callables ``source(trainer)`` that post what a callback holds now on the evidence board,
     # called before a warning is ranked (a finding of another callback may come first in a step).
     evidence_sources: list = field(default_factory=list)

@@ -60,6 +60,7 @@ class ConvergenceCallback(Callback):
         self.report_window_steps = report_window_steps
         self.log_every_n_steps = log_every_n_steps
         self._clock = StepClock()
+        self._ending = False  # on_train_end: the last windows are judged, nothing acts any more
         self._pending_records: dict | None = None
         self._trainer_ref: weakref.ref | None = None
 
@@ -90,8 +91,9 @@ class ConvergenceCallback(Callback):
         return run_context(trainer, self.report_window_steps)
 
     def is_acting(self, trainer: Trainer) -> bool:
-        """Remedies act only when asked, and never in the sanity check or ``fast_dev_run``."""
-        if not self.auto_remediate or trainer.sanity_checking or trainer.fast_dev_run:
+        """Remedies act only when asked, never in the sanity check or ``fast_dev_run``, and not
+        once the fit is ending (a last partial window is judged, not acted on)."""
+        if not self.auto_remediate or self._ending or trainer.sanity_checking or trainer.fast_dev_run:
             return False
         return not isinstance(trainer.logger, DummyLogger)
 
@@ -103,7 +105,8 @@ class ConvergenceCallback(Callback):
         A warning of a statistical anomaly (``rules.consequence``) is recorded as ``info`` and
         judged at the next window of the loss, when a callback of the fit judges the loss
         (``judges_loss``): it is recorded again as a warning only if the loss did not keep
-        improving, or a harmful loss kind was found.
+        improving, or a harmful loss kind was found. A non-finite finding that belongs to an
+        event already reported is recorded as ``info`` naming it (``rules.nonfinite_event``).
         """
         context = self.context(trainer)
         if finding.severity != "info":
@@ -111,6 +114,7 @@ class ConvergenceCallback(Callback):
                 post_now(trainer)
         finding = explain(finding, context.evidence.snapshot(learning_rate=current_learning_rate(trainer)))
         at = trainer.global_step if step is None else step
+        finding = context.nonfinite.fold(finding, finding.step if finding.step is not None else at)
         source = source or self.source
         if ConsequenceJudge.holds(finding) and any(getattr(c, "judges_loss", False) for c in trainer.callbacks):
             at = finding.step if finding.step is not None else at
@@ -251,7 +255,9 @@ class ConvergenceCallback(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._ending = True
         self._flush(trainer, pl_module)
+        self._ending = False
         context = self.context(trainer)
         if self.judges_loss and "loss_ema" not in context.evidence.snapshot():
             # No window of the loss was ever judged (no loss found): what waited for it is said now.

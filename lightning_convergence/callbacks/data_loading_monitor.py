@@ -13,6 +13,8 @@ from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.data_wait import DataWaitRule, DataWaitThresholds
 
+MIN_BATCHES = 10  # timed batches a judgement needs
+
 
 class DataLoadingMonitor(ConvergenceCallback):
     """Measures the share of wall time between training batches (waiting for data) and says
@@ -23,7 +25,9 @@ class DataLoadingMonitor(ConvergenceCallback):
     the next batch; the busy time is the time inside a batch. No device sync is added, so on an
     accelerator the busy time is the host's view: while the host runs ahead of the device, a wait
     overlaps device work and is not a stall. The first batch of each epoch (the loader's start,
-    its workers' start-up) is left out. Judged every logging window; advice only.
+    its workers' start-up) is left out. Judged every logging window that holds at least
+    ``MIN_BATCHES`` timed batches (a shorter one carries over into the next), and at the end of
+    fit on the last partial window if it holds as many; advice only.
 
     Args:
         log_every_n_steps: window length in optimizer steps; ``None`` uses the Trainer's.
@@ -76,9 +80,18 @@ class DataLoadingMonitor(ConvergenceCallback):
         now = time.perf_counter()
         if self._start is not None:
             self._busy += now - self._start
-        if self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer)) and self._batches:
+        # A window with few timed batches is not judged alone: one slow fetch would be its whole
+        # story. It carries over into the next window.
+        if (self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer))
+                and self._batches >= MIN_BATCHES):
             self._evaluate(trainer, trainer.global_step - 1)
         self._last_end = time.perf_counter()  # our own work above is not the loader's wait
+
+    @override
+    def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The last partial window, or a run shorter than one window, judged on what it holds.
+        if self._batches >= MIN_BATCHES:
+            self._evaluate(trainer, self._clock.batch_step(trainer.global_step))
 
     def _evaluate(self, trainer: Trainer, last_step: int) -> None:
         total = self._wait + self._busy

@@ -15,7 +15,7 @@ from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
-from lightning_convergence.rules.loss_regime import LossRegimeRule, OverfitRule, RegimeThresholds
+from lightning_convergence.rules.loss_regime import TAIL_MIN_STEPS, LossRegimeRule, OverfitRule, RegimeThresholds
 from lightning_convergence.rules.plateau_schedule import PlateauSchedule
 from lightning_convergence.rules.recovery import Action, RecoveryPolicy
 from lightning_convergence.stats.step_series import StepSeries
@@ -225,6 +225,13 @@ class PlateauAdvisor(ConvergenceCallback):
             self._scale(trainer, LRFactors.led_by_first(trainer.optimizers, ratios), "plateau", step)
 
     # ----------------------------------------------------------------- end of fit and state
+
+    @override
+    def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The last partial window, or a run shorter than one, judged on what it holds (enough
+        # steps for the regime's chunks); not after a fault, whose ranks may not all be here.
+        if not trainer.interrupted and len(self._losses) >= TAIL_MIN_STEPS:
+            self._end_window(trainer, pl_module, self._clock.batch_step(trainer.global_step))
 
     @override
     def _remove_hooks(self) -> None:

@@ -111,7 +111,8 @@ class Signature:
     sentence)`` when it fires, else ``None``; ``explains`` are the kinds it can explain;
     ``contradicted(evidence)`` says when the evidence speaks against the cause; ``yields_to``
     are causes that, when they fire too, explain this one's evidence (gradients never zeroed
-    make the updates large: the update ratios then do not mean the learning rate is too high)."""
+    make the updates large: the update ratios then do not mean the learning rate is too high; NaN in
+    the data makes every later number NaN, whatever the learning rate)."""
 
     cause: str
     explains: frozenset[str]
@@ -227,7 +228,7 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("learning_rate_too_low", _LOSS_SYMPTOMS | {"vanishing_gradients"}, _lr_zero),
     Signature("learning_rate_too_low", _LOSS_SYMPTOMS, _lr_low, yields_to=("learning_rate_too_high",)),
     Signature("learning_rate_too_high", _LOSS_SYMPTOMS | _GRADIENT_SYMPTOMS, _lr_high, _lr_high_contradicted,
-              yields_to=("stale_gradients",)),
+              yields_to=("stale_gradients", "nonfinite_data")),
     Signature("non_differentiable_operation", frozenset({"nonfinite_gradients", "nonfinite_loss", "divergence"}),
               _non_differentiable),
     Signature("nonfinite_data", frozenset({"nonfinite_loss", "nonfinite_gradients", "divergence"}), _nonfinite_data),

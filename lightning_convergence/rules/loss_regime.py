@@ -37,6 +37,7 @@ from lightning_convergence.rules.findings import Finding
 from lightning_convergence.validation import check_fields, check_open_fraction, check_positive_float, check_positive_int
 
 _SLOW_BETA = 0.98
+TAIL_MIN_STEPS = 10  # a last partial window (or a run shorter than one window) is judged from this many losses
 _NOISE_MULTIPLE = 6.0  # a single loss this many typical deviations above the start is a jump
 
 

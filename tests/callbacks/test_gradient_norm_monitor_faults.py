@@ -44,8 +44,10 @@ def test_nan_batch_is_skipped_when_remediating(tmp_path):
     trainer = _fit(tmp_path, model, [GradientNormMonitor(auto_remediate=True)])
     assert torch.isfinite(_weights(model)).all()
     report = _report(tmp_path)
-    assert ("nonfinite_gradients", "critical") in _kinds(report)
-    assert ("nonfinite_loss", "critical") in _kinds(report)
+    # One event (the NaN batch), one diagnosis: the loss is seen first, the gradients are a note naming it.
+    assert {("nonfinite_loss", "critical"), ("nonfinite_gradients", "info")} <= _kinds(report)
+    note = next(d for d in report["diagnoses"] if d["kind"] == "nonfinite_gradients")
+    assert note["evidence"]["event_kind"] == "nonfinite_loss" and note["evidence"]["event_step"] == 7
     skips = [i for i in report["interventions"] if i["action"] == "skip_step"]
     assert [s["step"] for s in skips] == [7] and skips[0]["detail"]["nonfinite_values"] > 0
     assert trainer.global_step == 16  # the run went on
@@ -78,7 +80,7 @@ def test_observe_only_diagnoses_but_does_not_touch_training(tmp_path):
     _fit(tmp_path, model, [GradientNormMonitor()])
     assert not torch.isfinite(_weights(model)).all()  # the NaN went through, as without us
     report = _report(tmp_path)
-    assert ("nonfinite_gradients", "critical") in _kinds(report)
+    assert {("nonfinite_loss", "critical"), ("nonfinite_gradients", "info")} <= _kinds(report)  # one event
     assert report["interventions"] == []
 
 
@@ -175,7 +177,8 @@ def test_exception_in_training_step_writes_report_and_removes_hooks(tmp_path):
         _fit(tmp_path, model, [monitor])
     report = _report(tmp_path)
     assert [i["step"] for i in report["interventions"]] == [2]
-    assert ("nonfinite_gradients", "critical") in _kinds(report)  # flushed from the open window
+    # Flushed from the open window, as a note of the event the loss reported first.
+    assert {("nonfinite_loss", "critical"), ("nonfinite_gradients", "info")} <= _kinds(report)
     assert all(not m._forward_pre_hooks for m in model.modules())
 
 

@@ -285,3 +285,80 @@ def test_anomalies_are_not_hidden_when_no_loss_is_ever_seen(tmp_path):
     anomalies = [d for d in diagnoses if d["kind"] == "exploding_gradients"]
     assert anomalies and anomalies[-1]["severity"] == "warning", [(d["kind"], d["severity"]) for d in diagnoses]
     assert "loss was never seen" in anomalies[-1]["message"]
+
+
+def test_i_one_nonfinite_event_is_one_diagnosis(tmp_path):
+    # One corrupt sample (NaN pixels) in the 6th batch: SGD applies its NaN gradients, and from
+    # then on the weights, every loss, the activations (NaN, which is not "dead") and the
+    # validation metric (NaN, which is not a plateau) are all non-finite. One event: one
+    # warning-or-worse diagnosis, naming the data.
+    class CorruptSample(DigitsMLP):
+        def train_dataloader(self):
+            x, y = digits_tensors(self.n)
+            x[5 * 32 + 7] = float("nan")
+            return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=False)
+
+    diagnoses = fit(tmp_path, lambda: CorruptSample(hidden=64), max_epochs=4)
+    serious = ranked(diagnoses)
+    assert len(serious) == 1, serious
+    kind, top_two = serious[0]
+    assert kind in {"nonfinite_inputs", "nonfinite_gradients", "nonfinite_loss", "divergence"}
+    assert top_two[0] == "nonfinite_data"
+    event = next(d for d in diagnoses if d["severity"] != "info")
+    folded = [d for d in diagnoses if d["evidence"].get("event_kind")]
+    assert len(folded) >= 2  # the other parts of the event are there, as notes naming it
+    assert all(d["severity"] == "info" and d["evidence"]["event_kind"] == event["kind"]
+               and d["evidence"]["event_step"] == event["step"] for d in folded)
+    assert not any(d["kind"] in {"dead_units", "plateau"} and d["severity"] != "info" for d in diagnoses)
+
+
+class SleepyDigits(torch.utils.data.Dataset):
+    """Digits whose every sample takes ``sleep_s`` to load (decoding on the training process)."""
+
+    def __init__(self, n, sleep_s):
+        self.x, self.y = digits_tensors(n)
+        self.sleep_s = sleep_s
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index):
+        import time
+
+        time.sleep(self.sleep_s)
+        return self.x[index], self.y[index]
+
+
+def test_k_a_run_shorter_than_one_window_is_judged_at_its_end(tmp_path):
+    # 20 steps, a logging window of 50: no window ever closes. The loader waits about 30 ms per
+    # batch against well under 1 ms of compute; the end of fit judges the 19 timed batches.
+    class SlowLoader(DigitsMLP):
+        def train_dataloader(self):
+            return DataLoader(SleepyDigits(640, 0.001), batch_size=32, num_workers=0)
+
+    diagnoses = fit(tmp_path, lambda: SlowLoader(), max_epochs=1, log_every_n_steps=50)
+    slow = [d for d in diagnoses if d["kind"] == "slow_data_loading" and d["severity"] != "info"]
+    assert slow and slow[0]["evidence"]["batches"] == 19 and slow[0]["step"] == 19
+
+
+def test_k_the_last_partial_window_of_the_loss_is_judged_and_not_acted_on(tmp_path):
+    # A rate far too high diverges within 40 steps; with a window of 50 only the end of fit sees it.
+    L.seed_everything(0, verbose=False)
+    model = DigitsMLP(lr=10.0)
+    callbacks = default_callbacks(auto_remediate=True, log_every_n_steps=50)
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, logger=False, max_steps=40, max_epochs=4))
+    trainer.fit(model)
+    records = [c.records() for c in callbacks]
+    found = [d for r in records for d in r["diagnoses"] if d["source"] == "PlateauAdvisor" and d["severity"] != "info"]
+    assert found and found[0]["kind"] in {"divergence", "oscillation"} and found[0]["step"] <= 39
+    assert not [i for r in records for i in r["interventions"] if i["source"] == "PlateauAdvisor"]
+
+
+def test_k_a_few_batches_are_not_judged_alone(tmp_path):
+    # Windows of 5 steps (the README's test-suite cadence) and a tail of 5: none is judged alone.
+    class SlowLoader(DigitsMLP):
+        def train_dataloader(self):
+            return DataLoader(SleepyDigits(160, 0.001), batch_size=32, num_workers=0)
+
+    diagnoses = fit(tmp_path, lambda: SlowLoader(), max_epochs=1, log_every_n_steps=5)
+    assert not [d for d in diagnoses if d["kind"] == "slow_data_loading"]  # 4 timed batches in all
