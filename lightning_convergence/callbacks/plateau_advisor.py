@@ -15,7 +15,8 @@ from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
-from lightning_convergence.rules.loss_regime import TAIL_MIN_STEPS, LossRegimeRule, OverfitRule, RegimeThresholds
+from lightning_convergence.rules.loss_regime import TAIL_MIN_STEPS, LossRegimeRule, RegimeThresholds
+from lightning_convergence.rules.overfit import OverfitRule
 from lightning_convergence.rules.plateau_schedule import PlateauSchedule
 from lightning_convergence.rules.recovery import Action, RecoveryPolicy
 from lightning_convergence.stats.step_series import StepSeries
@@ -197,7 +198,7 @@ class PlateauAdvisor(ConvergenceCallback):
         # The training loss of this moment (not of the last window's end): validation may run
         # far more often than the loss windows close. Under DDP one collective, on every rank.
         _, pending = self._losses.peek(lambda values: over_ranks(trainer, values, "mean"))
-        finding = self._overfit.update(current, self._regime.smoothed_through(pending), step)
+        finding = self._overfit.update(current, self._regime.smoothed_through(pending), step, self._regime.initial)
         if finding is not None:
             self.record(trainer, finding, step=step)
             if self.is_acting(trainer):

@@ -6,7 +6,9 @@ of the statistics found at warning is first recorded as ``info``, held, and judg
 window of the loss: unless the smoothed training loss kept improving (fell by more than 1%), or
 if the loss rules found divergence, oscillation, a non-finite loss or no learning, the anomaly is
 recorded again as a warning, with the loss before and after; otherwise it stays ``info`` ("no
-harm seen": the loss kept falling). A critical anomaly is never
+harm seen": the loss kept falling). Once the loss has made most of its progress from the start
+(:func:`most_progress_made`), a flat loss is a settled run, and only a loss that got worse is
+harm. A critical anomaly is never
 held, and neither is anything when no loss is judged in the run (the caller decides).
 """
 
@@ -18,11 +20,27 @@ from dataclasses import dataclass
 
 from lightning_convergence.rules.findings import Finding
 
-ANOMALY_KINDS = frozenset({"exploding_gradients", "vanishing_gradients", "dead_units", "saturated_units"})
+ANOMALY_KINDS = frozenset({"exploding_gradients", "vanishing_gradients", "dead_units", "saturated_units",
+                           "unnormalized_inputs"})
 """Statistical anomalies: the kinds whose severity follows their consequence."""
 HARMFUL_KINDS = frozenset({"divergence", "oscillation", "nonfinite_loss", "no_learning"})
 """Loss findings that mean the run is being hurt."""
 IMPROVING = 0.01  # a smoothed loss that ends more than 1% below where it was kept improving
+MOST_PROGRESS = 0.5  # a value that has moved half of the way to 0 from where it started has made most of its progress
+
+
+def most_progress_made(start: float | None, now: float | None) -> bool:
+    """Whether a loss (or a metric) has made most of the progress it will make: ``now`` is at
+    least ``MOST_PROGRESS`` of the larger magnitude away from ``start``. Past that point a flat
+    loss is a run that has settled, not one being hurt.
+
+    Example:
+        >>> most_progress_made(2.3, 0.4), most_progress_made(2.3, 2.0), most_progress_made(0.1, 0.9)
+        (True, False, True)
+    """
+    if start is None or now is None or not (math.isfinite(start) and math.isfinite(now)):
+        return False
+    return abs(now - start) >= MOST_PROGRESS * max(abs(start), abs(now))
 
 
 @dataclass
@@ -92,13 +110,17 @@ class ConsequenceJudge:
         out = []
         for item in held:
             before = item.loss_before if item.loss_before is not None else loss_start
+            # Before most of the progress is made, a loss that stops improving is hurt; after it
+            # (a settled run, flat near its floor), only a loss that gets worse is.
+            settled = most_progress_made(loss_start, before)
+            margin = IMPROVING * abs(before) if before is not None else 0.0
             stalled = (before is not None and loss_now is not None and math.isfinite(before)
-                       and (not math.isfinite(loss_now) or loss_now > before - IMPROVING * abs(before)))
+                       and (not math.isfinite(loss_now) or loss_now > before + (margin if settled else -margin)))
             if not (stalled or harmful):
                 continue
             if stalled:
-                harm = (f"The training loss then went from {before:.4g} to {loss_now:.4g} instead of improving: "
-                        f"the run is being hurt.")
+                harm = (f"The training loss then went from {before:.4g} to {loss_now:.4g} instead of "
+                        f"{'staying where it had settled' if settled else 'improving'}: the run is being hurt.")
             else:
                 harm = f"The loss rules then found {', '.join(harmful)}: the run is being hurt."
             evidence = {**item.finding.evidence, "loss_before": before, "loss_after": loss_now}

@@ -24,7 +24,8 @@ keeps a few floats of state and returns findings. The loss is smoothed per step 
   reported as ``divergence``.
 
 Plateaus are judged by :class:`~lightning_convergence.rules.plateau_schedule.PlateauSchedule`
-(torch's ``ReduceLROnPlateau`` decisions) and overfitting by :class:`OverfitRule`.
+(torch's ``ReduceLROnPlateau`` decisions) and overfitting by
+:class:`~lightning_convergence.rules.overfit.OverfitRule`.
 """
 
 from __future__ import annotations
@@ -346,53 +347,3 @@ def _quadratic_residuals(values: list[float]) -> list[float]:
 def _det3(m: list[list[float]]) -> float:
     return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
             + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
-
-
-class OverfitRule:
-    """Validation metric moving away from its best while the training loss keeps falling.
-
-    Args:
-        mode: ``"min"`` if a lower validation metric is better.
-        threshold: relative distance from the best that counts as worse.
-        patience: consecutive validation checks that must be worse.
-
-    Example:
-        >>> rule = OverfitRule(patience=2)
-        >>> [bool(rule.update(v, t, step)) for step, (v, t) in enumerate([(1.0, 1.0), (1.2, 0.8), (1.3, 0.6)])]
-        [False, False, True]
-    """
-
-    def __init__(self, mode: str = "min", threshold: float = 0.1, patience: int = 2) -> None:
-        self.mode, self.threshold, self.patience = mode, threshold, patience
-        self.best: float | None = None
-        self.best_step = -1
-        self.train_at_best: float | None = None
-        self.worse_checks = 0
-
-    def update(self, value: float, train_loss: float | None, step: int) -> Finding | None:
-        if not math.isfinite(value):
-            return None
-        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
-        if better:
-            self.best, self.best_step, self.train_at_best, self.worse_checks = value, step, train_loss, 0
-            return None
-        margin = self.threshold * abs(self.best)
-        worse = value > self.best + margin if self.mode == "min" else value < self.best - margin
-        train_falling = (train_loss is not None and self.train_at_best is not None and train_loss < self.train_at_best)
-        self.worse_checks = self.worse_checks + 1 if worse and train_falling else 0
-        if self.worse_checks < self.patience:
-            return None
-        seen = (f"The validation metric moved from its best {self.best:.4g} (step {self.best_step}) to {value:.4g} "
-                f"over {self.worse_checks} validation checks, while the training loss kept falling "
-                f"({self.train_at_best:.4g} -> {train_loss:.4g}).")
-        evidence = {"best": self.best, "best_step": self.best_step, "value": value, "train_loss": train_loss,
-                    "train_at_best": self.train_at_best, "checks": self.worse_checks}
-        return Finding("overfitting", "warning", seen, evidence=evidence)
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "train_at_best": self.train_at_best,
-                "worse_checks": self.worse_checks}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_step = state["best"], int(state["best_step"])
-        self.train_at_best, self.worse_checks = state["train_at_best"], int(state["worse_checks"])

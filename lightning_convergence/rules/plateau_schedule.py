@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from lightning_convergence.rules.consequence import most_progress_made
 from lightning_convergence.rules.findings import Finding
 from lightning_convergence.validation import check_nonnegative_float, check_nonnegative_int, check_open_fraction
 
@@ -55,6 +56,7 @@ class PlateauSchedule:
         self.threshold, self.threshold_mode = threshold, threshold_mode
         self.cooldown, self.min_lr, self.eps = cooldown, min_lr, eps
         self.best = math.inf if mode == "min" else -math.inf
+        self.first: float | None = None  # the first finite value checked
         self.bad_checks = 0
         self.cooldown_counter = 0
 
@@ -106,8 +108,9 @@ class PlateauSchedule:
         yet: that is ``no_learning``, not a plateau), or when ``value`` is NaN/Inf (a non-finite
         metric is one event, reported as such by the loss rules, not also a plateau; the
         check still counts as one without improvement, as for torch). Else a ``plateau``
-        finding, ``info`` when ``acting`` (the LR is reduced) and ``warning`` when not (or when
-        every group is at its floor, where nothing can be reduced), and the multiplier of each of
+        finding, ``info`` when ``acting`` (the LR is reduced) or when the metric had made most of
+        its progress from its first value (a run that may have converged), ``warning`` otherwise
+        (and when every group is at its floor, where nothing can be reduced), and the multiplier of each of
         ``lrs``.
 
         Example:
@@ -118,6 +121,8 @@ class PlateauSchedule:
             >>> finding.severity, multipliers
             ('info', [0.5])
         """
+        if self.first is None and math.isfinite(value):
+            self.first = value
         if not self._due(value) or hold or not math.isfinite(value):
             return None, []
         new = self._reduced(lrs)
@@ -130,7 +135,12 @@ class PlateauSchedule:
             return finding, [1.0] * len(lrs)
         if acting:
             seen += f" The learning rate is multiplied by {self.factor}."
-        finding = Finding("plateau", "info" if acting else "warning", seen, evidence=evidence)
+        settled = most_progress_made(self.first, self.best)
+        if settled and not acting:
+            seen += (f" It had made most of its progress first (from {self.first:.4g}): the run may have converged; "
+                     f"a lower learning rate may still gain a little.")
+        finding = Finding("plateau", "info" if acting or settled else "warning", seen,
+                          evidence={**evidence, "first": self.first})
         return finding, [n / o if o else 1.0 for n, o in zip(new, lrs)]
 
     @property
@@ -138,9 +148,11 @@ class PlateauSchedule:
         return self.cooldown_counter > 0
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "bad_checks": self.bad_checks, "cooldown_counter": self.cooldown_counter}
+        return {"best": self.best, "bad_checks": self.bad_checks, "cooldown_counter": self.cooldown_counter,
+                "first": self.first}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = float(state["best"])
+        self.first = state.get("first")
         self.bad_checks = int(state["bad_checks"])
         self.cooldown_counter = int(state["cooldown_counter"])

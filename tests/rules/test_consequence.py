@@ -50,8 +50,30 @@ def test_which_findings_wait(finding, held):
     assert ConsequenceJudge.holds(finding) == held
 
 
-def test_the_anomaly_kinds_are_statistics_not_events():
-    assert ANOMALY_KINDS == {"exploding_gradients", "vanishing_gradients", "dead_units", "saturated_units"}
+def test_the_anomaly_kinds_are_unusual_numbers_not_events():
+    # An input scale far from 1 is a number too: a BatchNorm right after the input makes it harmless.
+    assert ANOMALY_KINDS == {"exploding_gradients", "vanishing_gradients", "dead_units", "saturated_units",
+                             "unnormalized_inputs"}
+
+
+# loss at the start, when found, at the next window: once most progress is made, only worse is harm
+SETTLED = [
+    (2.30, 0.40, 0.40, False),  # settled near its floor, flat: no harm
+    (2.30, 0.40, 0.399, False),
+    (2.30, 0.40, 0.45, True),  # settled, then worse
+    (2.30, 2.00, 2.00, True),  # little progress made: flat is harm
+    (2.30, 2.00, 1.90, False),
+]
+
+
+@pytest.mark.parametrize("start,before,after,warned", SETTLED)
+def test_a_settled_loss_is_hurt_only_by_getting_worse(start, before, after, warned):
+    judge = ConsequenceJudge()
+    judge.hold(SPIKE, step=150, loss_now=before, source="DeadNeuronTracker")
+    judged = judge.judge(loss_now=after, kinds=[], loss_start=start)
+    assert bool(judged) == warned
+    if warned and before < start / 2:
+        assert "instead of staying where it had settled" in judged[0][0].observation
 
 
 def test_an_anomaly_found_before_any_loss_window_is_judged_against_the_start():

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from lightning_convergence.rules.loss_regime import LossRegimeRule, OverfitRule, RegimeThresholds
+from lightning_convergence.rules.loss_regime import LossRegimeRule, RegimeThresholds
+from lightning_convergence.rules.overfit import OverfitRule
 
 
 def feed(losses, window=20, num_classes=None, **thresholds):

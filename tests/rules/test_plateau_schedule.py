@@ -61,9 +61,21 @@ def test_check_reports_a_plateau_when_the_schedule_reduces(acting, severity):
     assert [f is None for f, _ in results] == [True, True, False]
     finding, multipliers = results[-1]
     assert finding.kind == "plateau" and finding.severity == severity
-    assert finding.evidence == {"value": 3.0, "best": 3.0, "patience": 1}
+    assert finding.evidence == {"value": 3.0, "best": 3.0, "patience": 1, "first": 3.0}
     assert multipliers == pytest.approx([0.5, 0.5])
     assert ("multiplied by 0.5" in finding.observation) == acting
+
+
+@pytest.mark.parametrize("values,severity", [
+    ((2.3, 2.0, 2.0, 2.0), "warning"),  # stuck after little progress: the run is hurt
+    ((2.3, 0.5, 0.5, 0.5), "info"),  # most of the progress made: it may have converged
+    ((0.1, 0.6, 0.6, 0.6), "warning"),  # mode "min": a metric that got worse made no progress
+])
+def test_a_plateau_after_most_of_the_progress_is_info(values, severity):
+    schedule = PlateauSchedule(patience=1)
+    finding = next(f for f, _ in [schedule.check(v, [0.1], "`val_loss`", acting=False) for v in values] if f)
+    assert finding.severity == severity and finding.evidence["first"] == values[0]
+    assert ("may have converged" in finding.observation) == (severity == "info")
 
 
 def test_check_holds_without_progress_but_counts_the_checks():

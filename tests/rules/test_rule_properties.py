@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from lightning_convergence.rules.data_wait import DataWaitRule
 from lightning_convergence.rules.input_health import InputHealthRule, PartSummary
-from lightning_convergence.rules.loss_regime import OverfitRule
+from lightning_convergence.rules.overfit import OverfitRule
 from lightning_convergence.rules.unit_health import LayerUnits, UnitHealthRule, UnitThresholds
 
 anything = st.floats(allow_nan=True, allow_infinity=True)
