@@ -15,6 +15,7 @@ from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.snapshot import Snapshot
+from lightning_convergence.rules.late_progress import LateProgressRule
 from lightning_convergence.rules.loss_regime import TAIL_MIN_STEPS, LossRegimeRule, RegimeThresholds
 from lightning_convergence.rules.overfit import OverfitRule
 from lightning_convergence.rules.plateau_schedule import PlateauSchedule
@@ -111,6 +112,7 @@ class PlateauAdvisor(ConvergenceCallback):
         self.max_recoveries, self.stop_on_overfit = max_recoveries, stop_on_overfit
         self.raise_lr_on_no_learning = raise_lr_on_no_learning
         self._overfit = OverfitRule(mode, patience=2)
+        self._late = LateProgressRule()
         self._factors = LRFactors()
         self._losses = StepSeries()  # the training loss of each batch, on the device
         self._snapshot = Snapshot()
@@ -152,6 +154,7 @@ class PlateauAdvisor(ConvergenceCallback):
         # One collective (every rank is here at the same step): all judge the same averaged losses.
         steps, losses = self._losses.take(lambda values: over_ranks(trainer, values, "mean"))
         findings = self._regime.evaluate(steps, losses)
+        self._late.observe(step, self._regime.ema, self.context(trainer).evidence.snapshot().get("update_ratio_median"))
         metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
                    tags.lr_factor("plateau_advisor"): self.factor_of(0, 0)}
         log_scalars(trainer, {k: v for k, v in metrics.items() if v is not None}, step)
@@ -231,8 +234,14 @@ class PlateauAdvisor(ConvergenceCallback):
     def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The last partial window, or a run shorter than one, judged on what it holds (enough
         # steps for the regime's chunks); not after a fault, whose ranks may not all be here.
-        if not trainer.interrupted and len(self._losses) >= TAIL_MIN_STEPS:
-            self._end_window(trainer, pl_module, self._clock.batch_step(trainer.global_step))
+        if trainer.interrupted:
+            return
+        step = self._clock.batch_step(trainer.global_step)
+        if len(self._losses) >= TAIL_MIN_STEPS:
+            self._end_window(trainer, pl_module, step)
+        finding = self._late.judge(self._regime.initial)  # was it still falling steadily?
+        if finding is not None:
+            self.record(trainer, finding, step=step)
 
     @override
     def _remove_hooks(self) -> None:
@@ -240,7 +249,7 @@ class PlateauAdvisor(ConvergenceCallback):
         self._snapshot.clear()
 
     def _parts(self) -> dict[str, Any]:
-        return {"regime": self._regime, "schedule": self._schedule, "overfit": self._overfit,
+        return {"regime": self._regime, "schedule": self._schedule, "overfit": self._overfit, "late": self._late,
                 "factors": self._factors, "policy": self._policy, "losses": self._losses}
 
     @override
@@ -251,8 +260,8 @@ class PlateauAdvisor(ConvergenceCallback):
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict.get("losses"), dict):  # older: a tensor, "steps" beside it, no policy
-            state_dict = {"policy": {}, **state_dict,
+            state_dict = {"policy": {}, "late": {}, **state_dict,
                           "losses": {"values": state_dict.get("losses"), "steps": state_dict.get("steps", [])}}
         for name, part in self._parts().items():
-            part.load_state_dict(state_dict[name])
+            part.load_state_dict(state_dict.get(name, {}) if name == "late" else state_dict[name])
         self._use_train_loss = bool(state_dict.get("use_train_loss", self.monitor is None))

@@ -55,11 +55,15 @@ EVIDENCE_KEYS: dict[str, str] = {
 }
 """The evidence a signature may read, by key, with what each number is."""
 
-# The healthy scale of an update/weight ratio per step is about 1e-3 (the digits MLP at its tuned
-# SGD rate: 1e-3 to 1e-2; it scales with the LR: 5e-5 to 8e-5 at 100x too low). The bounds sit 30x
-# above and 10x below that scale.
-UPDATE_RATIO_HIGH = 3e-2
-UPDATE_RATIO_LOW = 1e-4
+# The healthy scale of an update/weight ratio per step is about 1e-3 (Karpathy). Calibrated on the
+# tuning half of the sweep (``python -m benchmarks.sweep``): runs that converged had a median
+# ratio of 2.6e-3 or more after their first 32 steps, and at most 0.18 in their first steps
+# (Adam's first step moves every weight by about the LR: 0.15-0.17 at the best Adam rate); runs
+# whose LR was too high mostly peaked above 0.3, or collapsed: a ratio that fell 100x below its
+# peak (the units died, nothing moves any more).
+UPDATE_RATIO_HIGH = 0.3
+UPDATE_RATIO_LOW = 2e-3
+COLLAPSE = 100.0  # a latest ratio this many times below an early peak above HIGH / 10 is a collapse
 INPUT_SCALE_HIGH = 20.0
 TARGET_SCALE_HIGH = 1e3
 TARGET_SCALE_LOW = 1e-3
@@ -140,7 +144,7 @@ def _lr_low(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
     ratio = e.get("update_ratio_median")
     if _finite(ratio) and 0 < ratio < UPDATE_RATIO_LOW:
         return 0.7, {"update_ratio_median": ratio}, (f"the weights move by {ratio:.1e} of their norm per step "
-                                                     f"(healthy: about 1e-3)")
+                                                     f"(runs that converge: {UPDATE_RATIO_LOW:.0e} or more)")
     return None
 
 
@@ -150,19 +154,25 @@ def _lr_high(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
     candidates = [(e.get("update_ratio_median"), e.get("update_ratio_step")),
                   (e.get("update_ratio_peak"), e.get("update_ratio_peak_step"))]
     ratio, step = max(((r, s) for r, s in candidates if _finite(r)), default=(None, None), key=lambda c: c[0])
-    if ratio is None or ratio <= UPDATE_RATIO_HIGH:
+    if ratio is None:
         return None
-    # 0.6 just above the bound, 0.9 at a ratio of 0.3 and more (each step rewrites the weights).
-    confidence = min(0.9, 0.6 + 0.3 * math.log10(ratio / UPDATE_RATIO_HIGH))
     at = f" at step {step}" if isinstance(step, int) else ""
-    return confidence, {"update_ratio_median": ratio, "step": step}, (
-        f"a step moved the weights by {ratio:.2g} of their norm{at} (median over layers; healthy: about 1e-3)")
+    if ratio > UPDATE_RATIO_HIGH:
+        # 0.6 just above the bound, 0.9 at a ratio of 3 and more (each step rewrites the weights).
+        confidence = min(0.9, 0.6 + 0.3 * math.log10(ratio / UPDATE_RATIO_HIGH))
+        return confidence, {"update_ratio_median": ratio, "step": step}, (
+            f"a step moved the weights by {ratio:.2g} of their norm{at} (median over layers; healthy: about 1e-3)")
+    latest = e.get("update_ratio_median")
+    if ratio > UPDATE_RATIO_HIGH / 10 and _finite(latest) and latest * COLLAPSE < ratio:
+        return 0.7, {"update_ratio_median": ratio, "step": step, "update_ratio_latest": latest}, (
+            f"a step moved the weights by {ratio:.2g} of their norm{at}, and now they move by {latest:.2g}: large "
+            f"updates first, then a collapse (units that died pass no gradient)")
+    return None
 
 
 def _lr_high_contradicted(e: Mapping[str, Any]) -> bool:
     ratio = e.get("update_ratio_max")
-    return (_finite(ratio) and ratio < 10 * UPDATE_RATIO_LOW) or (_finite(e.get("learning_rate"))
-                                                                 and e["learning_rate"] == 0)
+    return (_finite(ratio) and ratio < 1e-3) or (_finite(e.get("learning_rate")) and e["learning_rate"] == 0)
 
 
 def _non_differentiable(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
