@@ -344,7 +344,7 @@ class RunRecorder(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss) if loss is not None else math.nan)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

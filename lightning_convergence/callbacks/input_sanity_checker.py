@@ -211,7 +211,9 @@ class InputSanityChecker(ConvergenceCallback):
         label = max((s for s in summaries if s.is_target and not s.floating), key=lambda s: s.batches, default=None)
         if label is not None:
             order.add(label)
-        self.context(trainer).evidence.post(**input_evidence(summaries, order))
+        # A window that has sampled nothing yet knows nothing new: it keeps what the last one posted.
+        known = {key: value for key, value in input_evidence(summaries, order).items() if value is not None}
+        self.context(trainer).evidence.post(**known)
 
     def _evaluate(self, trainer: Trainer, step: int) -> None:
         summaries = self._read()

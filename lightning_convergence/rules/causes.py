@@ -116,7 +116,8 @@ class Signature:
     ``contradicted(evidence)`` says when the evidence speaks against the cause; ``yields_to``
     are causes that, when they fire too, explain this one's evidence (gradients never zeroed
     make the updates large: the update ratios then do not mean the learning rate is too high; NaN in
-    the data makes every later number NaN, whatever the learning rate)."""
+    the data makes every later number NaN, whatever the learning rate; a target or input of scale
+    1e4 makes the gradients, and so the updates, that much larger)."""
 
     cause: str
     explains: frozenset[str]
@@ -238,7 +239,7 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature("learning_rate_too_low", _LOSS_SYMPTOMS | {"vanishing_gradients"}, _lr_zero),
     Signature("learning_rate_too_low", _LOSS_SYMPTOMS, _lr_low, yields_to=("learning_rate_too_high",)),
     Signature("learning_rate_too_high", _LOSS_SYMPTOMS | _GRADIENT_SYMPTOMS, _lr_high, _lr_high_contradicted,
-              yields_to=("stale_gradients", "nonfinite_data")),
+              yields_to=("stale_gradients", "nonfinite_data", "unnormalized_targets", "unnormalized_inputs")),
     Signature("non_differentiable_operation", frozenset({"nonfinite_gradients", "nonfinite_loss", "divergence"}),
               _non_differentiable),
     Signature("nonfinite_data", frozenset({"nonfinite_loss", "nonfinite_gradients", "divergence"}), _nonfinite_data),

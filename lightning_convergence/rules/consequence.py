@@ -7,8 +7,8 @@ window of the loss: unless the smoothed training loss kept improving (fell by mo
 if the loss rules found divergence, oscillation, a non-finite loss or no learning, the anomaly is
 recorded again as a warning, with the loss before and after; otherwise it stays ``info`` ("no
 harm seen": the loss kept falling). Once the loss has made most of its progress from the start
-(:func:`most_progress_made`), a flat loss is a settled run, and only a loss that got worse is
-harm. A critical anomaly is never
+(:func:`most_progress_made`), a flat loss is a settled run, and only a loss that got worse (by
+more than 10%: near its floor the smoothed loss of a healthy run wanders by a few percent) is harm. A critical anomaly is never
 held, and neither is anything when no loss is judged in the run (the caller decides).
 """
 
@@ -26,6 +26,7 @@ ANOMALY_KINDS = frozenset({"exploding_gradients", "vanishing_gradients", "dead_u
 HARMFUL_KINDS = frozenset({"divergence", "oscillation", "nonfinite_loss", "no_learning"})
 """Loss findings that mean the run is being hurt."""
 IMPROVING = 0.01  # a smoothed loss that ends more than 1% below where it was kept improving
+WORSE = 0.1  # a settled loss that ends more than 10% above where it was got worse (minibatch noise is larger near 0)
 MOST_PROGRESS = 0.5  # a value that has moved half of the way to 0 from where it started has made most of its progress
 
 
@@ -113,9 +114,9 @@ class ConsequenceJudge:
             # Before most of the progress is made, a loss that stops improving is hurt; after it
             # (a settled run, flat near its floor), only a loss that gets worse is.
             settled = most_progress_made(loss_start, before)
-            margin = IMPROVING * abs(before) if before is not None else 0.0
+            margin = (WORSE if settled else -IMPROVING) * abs(before) if before is not None else 0.0
             stalled = (before is not None and loss_now is not None and math.isfinite(before)
-                       and (not math.isfinite(loss_now) or loss_now > before + (margin if settled else -margin)))
+                       and (not math.isfinite(loss_now) or loss_now > before + margin))
             if not (stalled or harmful):
                 continue
             if stalled:

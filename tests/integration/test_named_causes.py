@@ -110,6 +110,20 @@ def test_d_an_unscaled_regression_target_is_named_and_not_the_learning_rate(tmp_
         assert top_two[0] == "unnormalized_targets", (kind, top_two)
 
 
+def test_d_the_target_scale_outlives_the_window_it_was_sampled_in(tmp_path):
+    # Only the first 3 batches are sampled: every later window of the input checks holds no
+    # sample, and must not erase what the first one saw when a warning is ranked.
+    L.seed_everything(0, verbose=False)
+    model = RegressionOnDigits(target_scale=1e9)
+    callbacks = default_callbacks(InputSanityChecker={"sample_every_n_steps": 10_000})
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, logger=False, max_epochs=8,
+                                                               log_every_n_steps=10))
+    trainer.fit(model)
+    diagnoses = [d for c in callbacks for d in c.records()["diagnoses"]]
+    found = ranked(diagnoses, {"plateau", "no_learning", "divergence", "oscillation"})
+    assert found and all(top_two[0] == "unnormalized_targets" for _, top_two in found), found
+
+
 def test_e_uint8_images_cast_inside_forward_are_judged_for_scale(tmp_path):
     class RawPixels(DigitsMLP):
         def forward(self, x):

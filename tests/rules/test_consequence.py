@@ -60,6 +60,7 @@ def test_the_anomaly_kinds_are_unusual_numbers_not_events():
 SETTLED = [
     (2.30, 0.40, 0.40, False),  # settled near its floor, flat: no harm
     (2.30, 0.40, 0.399, False),
+    (2.30, 0.40, 0.43, False),  # settled, wandering by a few percent
     (2.30, 0.40, 0.45, True),  # settled, then worse
     (2.30, 2.00, 2.00, True),  # little progress made: flat is harm
     (2.30, 2.00, 1.90, False),
