@@ -85,14 +85,19 @@ def _counts(counter: Counter, fmt) -> str:
     return "; ".join(f"{fmt(k)}: {v}" for k, v in counter.most_common()) or "none"
 
 
-def write(records: list[dict[str, Any]], md: Path, command: str, wall: float) -> str:
-    """Write ``md`` and the records beside it (``.json``); return the headline table."""
+def write(records: list[dict[str, Any]], md: Path, command: str, wall: float,
+          env: dict[str, Any] | None = None) -> str:
+    """Write ``md`` and the records beside it (``.json``); return the headline table. ``env``:
+    the environment the runs were made in (from a records file being rescored), else this one."""
+    rescored = env is None and "--rescore" in command
+    env = env or environment()
     halves = score(records)
     headline = markdown_table(headline_rows(halves))
     crashed = [r for r in records if r.get("crash")]
     lines = [
         f"Command: `{command}` ({len(records)} runs, {wall:.0f} s wall).", "",
-        environment_line(environment()), "",
+        environment_line(env) + (" (the time of scoring: the runs come from a records file)" if rescored else ""),
+        "",
         f"A run **converged** when its final validation loss is at most {CONVERGED_FACTOR}x the median of its "
         f"setup's best learning rate; otherwise it **failed**, by the side of the best LR it lies on (H: too "
         f"high, L: too low) or from its injected error. Labels come from outcomes only.", "",
@@ -111,7 +116,15 @@ def write(records: list[dict[str, Any]], md: Path, command: str, wall: float) ->
     if crashed:
         lines += ["", f"Runs that crashed ({len(crashed)}): " + "; ".join(
             f"{r['arch']}/{r['optimizer']}/lr{r['lr']:g}/{r['error']}/seed{r['seed']}: {r['crash']}" for r in crashed)]
-    payload = {"command": command, "wall_s": wall, "records": records,
+    # Every run's loss curve stays out of the results file (2.8 MB with them); its update ratios,
+    # labels and diagnoses are kept: what the calibration of the rules read.
+    kept = [{**{k: v for k, v in r.items() if k not in ("losses", "val_losses")},
+             "update_ratios": [(step, float(f"{ratio:.3g}")) for step, ratio in r.get("update_ratios", [])],
+             "summary_causes": (r.get("summary_causes") or [])[:3],
+             "diagnoses": [{**d, "causes": [{"cause": c["cause"], "confidence": c["confidence"]}
+                                            for c in (d.get("causes") or [])[:3]]} for d in r["diagnoses"]]}
+            for r in records]
+    payload = {"command": command, "wall_s": wall, "environment": env, "records": kept,
                "scores": {h: {k: v for k, v in vars(s).items() if not isinstance(v, Counter)}
                           for h, s in halves.items()}}
     write_results(md, "Calibration sweep: outcome-labelled runs, both halves", lines, payload)

@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or BENCHMARKS / "results"
     if args.rescore is not None:
         payload = json.loads(args.rescore.read_text())
-        print(write(payload["records"], out / "sweep.md", payload["command"], payload["wall_s"]))
+        command = payload.get("command") if "environment" in payload else f"{payload['command']}; --rescore"
+        print(write(payload["records"], out / "sweep.md", command, payload["wall_s"], payload.get("environment")))
         return 0
     work = selected(args)
     began = time.perf_counter()

@@ -154,7 +154,8 @@ class PlateauAdvisor(ConvergenceCallback):
         # One collective (every rank is here at the same step): all judge the same averaged losses.
         steps, losses = self._losses.take(lambda values: over_ranks(trainer, values, "mean"))
         findings = self._regime.evaluate(steps, losses)
-        self._late.observe(step, self._regime.ema, self.context(trainer).evidence.snapshot().get("update_ratio_median"))
+        ratio = self.context(trainer).evidence.snapshot().get("update_ratio_median")
+        self._late.observe(step, self._regime.ema, ratio)
         metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
                    tags.lr_factor("plateau_advisor"): self.factor_of(0, 0)}
         log_scalars(trainer, {k: v for k, v in metrics.items() if v is not None}, step)
