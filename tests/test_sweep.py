@@ -78,7 +78,7 @@ def test_the_quick_subset_runs_and_its_tables_match_its_records(tmp_path):
     records = payload["records"]
     assert len(records) == len(jobs(("mlp", "regression"), ("sgdm",), (0,), lrs_per_setup=3))
     assert not [r["crash"] for r in records if r["crash"]]
-    assert all(len(r["losses"]) == r["steps"] and r["update_ratios"] for r in records)
+    assert all(r["update_ratios"] and r["steps"] > 0 for r in records)
     rescored = {h: vars(s) for h, s in score(records).items()}
     for half, numbers in payload["scores"].items():
         assert numbers == {k: v for k, v in rescored[half].items() if k in numbers}

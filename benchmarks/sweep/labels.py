@@ -47,7 +47,7 @@ def best_lrs(records: list[Record]) -> dict[tuple[str, str], tuple[float, float]
     """Per setup: (best LR, its median outcome over seeds), from the clean runs."""
     by_lr: dict[tuple[str, str], dict[float, list[float]]] = {}
     for r in records:
-        if r["error"] is None:
+        if r["error"] is None and not r.get("remediate"):
             by_lr.setdefault((r["arch"], r["optimizer"]), {}).setdefault(r["lr"], []).append(_outcome(r))
     return {setup: min(((lr, statistics.median(v)) for lr, v in lrs.items()), key=lambda p: p[1])
             for setup, lrs in by_lr.items()}
@@ -97,7 +97,7 @@ def score(records: list[Record]) -> dict[str, HalfScore]:
     best = best_lrs(records)
     halves = {"tuning": HalfScore(), "held_out": HalfScore()}
     for r in records:
-        if r.get("crash"):
+        if r.get("crash") or r.get("remediate"):
             continue
         s = halves["tuning" if r["arch"] in TUNING else "held_out"]
         lab = label(r, best)
@@ -121,3 +121,46 @@ def score(records: list[Record]) -> dict[str, HalfScore]:
             if not right:
                 s.confusions[(lab.cause, ranking[0] if ranking else "none")] += 1
     return halves
+
+
+HELPED, HARMED = 0.8, 1.1  # remediated outcome over observed: at most 0.8x helped, above 1.1x harmed
+
+
+@dataclass
+class RemedyScore:
+    runs: int = 0
+    acted: int = 0  # runs where the suite did something (an intervention other than a clip)
+    helped: int = 0
+    harmed: int = 0
+    harmed_runs: list = field(default_factory=list)
+    actions: Counter = field(default_factory=Counter)  # (action, reason) over the acted runs
+
+
+def _acted(record: Record) -> list[tuple[str, str | None]]:
+    return [(i["action"], i.get("reason")) for i in record.get("interventions", []) if i["action"] != "clip"]
+
+
+def remedy_scores(records: list[Record]) -> dict[str, RemedyScore]:
+    """Observed against remediated outcome, per label of the observed run (a failed run's cause,
+    or ``converged``): helped (remediated at most 0.8x observed), harmed (above 1.1x)."""
+    best = best_lrs(records)
+    observed = {(r["arch"], r["optimizer"], r["lr"], r["seed"], r["error"]): r for r in records
+                if not r.get("remediate") and not r.get("crash")}
+    scores: dict[str, RemedyScore] = {}
+    for r in records:
+        twin = observed.get((r["arch"], r["optimizer"], r["lr"], r["seed"], r["error"]))
+        if not r.get("remediate") or r.get("crash") or twin is None:
+            continue
+        lab = label(twin, best)
+        s = scores.setdefault(lab.cause or lab.status, RemedyScore())
+        s.runs += 1
+        before, after = _outcome(twin), _outcome(r)
+        acted = _acted(r)
+        s.acted += bool(acted)
+        s.actions.update(set(acted))
+        if after <= HELPED * before and before > 0:
+            s.helped += 1
+        elif after > HARMED * before or (math.isinf(after) and not math.isinf(before)):
+            s.harmed += 1
+            s.harmed_runs.append((r["arch"], r["optimizer"], r["lr"], r["error"], r["seed"], before, after, acted))
+    return scores

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import environment, environment_line, markdown_table, write_results
-from benchmarks.sweep.labels import CONVERGED_FACTOR, HalfScore, alarms, best_lrs, label, named, score
+from benchmarks.sweep.labels import (CONVERGED_FACTOR, HARMED, HELPED, HalfScore, alarms, best_lrs, label, named,
+                                     remedy_scores, score)
 from benchmarks.sweep.setups import ERRORS, HELD_OUT, TUNING
 
 TARGETS = {"false_alarm": 0.02, "recall": 0.95, "top_cause": 0.80}  # on the held-out half
@@ -81,6 +82,15 @@ def error_rows(records: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def remedy_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+    rows = [["observed run", "runs", "the suite acted", f"helped (<= {HELPED}x)", f"harmed (> {HARMED}x)",
+             "what acted (runs)"]]
+    for name, s in sorted(remedy_scores(records).items(), key=lambda kv: -kv[1].runs):
+        acted = ", ".join(f"{a}{f' ({r})' if r else ''}: {n}" for (a, r), n in s.actions.most_common(4)) or "-"
+        rows.append([name, str(s.runs), str(s.acted), str(s.helped), str(s.harmed), acted])
+    return rows
+
+
 def _counts(counter: Counter, fmt) -> str:
     return "; ".join(f"{fmt(k)}: {v}" for k, v in counter.most_common()) or "none"
 
@@ -113,6 +123,15 @@ def write(records: list[dict[str, Any]], md: Path, command: str, wall: float,
         lines += [f"- **{half}**: warnings on converged runs, by kind: {_counts(s.alarm_kinds, str)}.",
                   f"  Wrong top cause (label -> named): {_counts(s.confusions, lambda k: f'{k[0]} -> {k[1]}')}.",
                   f"  Failed runs without a warning, by cause: {_counts(s.missed, str)}."]
+    if any(r.get("remediate") for r in records):
+        harmed = [run for s in remedy_scores(records).values() for run in s.harmed_runs]
+        lines += ["", "## Remedies: the same runs with `auto_remediate=True`", "",
+                  "Each run again with the suite acting, against its observed twin (same setup, seed and data "
+                  "order): final validation loss remediated over observed.", "",
+                  markdown_table(remedy_rows(records)), "",
+                  f"Harmed runs ({len(harmed)}): " + ("; ".join(
+                      f"{a}/{o}/lr{lr:g}/{e}/seed{sd}: {b:.3g} -> {af:.3g} ({', '.join(x for x, _ in acts) or 'nothing'})"
+                      for a, o, lr, e, sd, b, af, acts in harmed) or "none") + "."]
     if crashed:
         lines += ["", f"Runs that crashed ({len(crashed)}): " + "; ".join(
             f"{r['arch']}/{r['optimizer']}/lr{r['lr']:g}/{r['error']}/seed{r['seed']}: {r['crash']}" for r in crashed)]

@@ -7,6 +7,7 @@ Run from the repository root, with the venv active::
     python -m benchmarks.sweep                 # everything (about 420 runs): benchmarks/results/sweep.md
     python -m benchmarks.sweep --quick         # the CI subset: mlp and regression, SGD+momentum, 3 LRs, seed 0
     python -m benchmarks.sweep --archs mlp cnn --seeds 0 --out /tmp/sweep
+    python -m benchmarks.sweep --remediate     # every run again with auto_remediate=True: helped / harmed
     python -m benchmarks.sweep --rescore /tmp/sweep/sweep.json   # the tables again from saved records
 
 The split into a tuning half and a held-out half is fixed in ``setups.py``.
@@ -39,6 +40,8 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--optimizers", nargs="+", choices=tuple(LR_GRID), default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None, help=f"default {' '.join(map(str, SEEDS))}")
     p.add_argument("--no-errors", action="store_true", help="leave out the injected implementation errors")
+    p.add_argument("--remediate", action="store_true",
+                   help="run every run again with the suite acting (auto_remediate=True) and score the remedies")
     p.add_argument("--max-steps", type=int, default=-1, help="cap every run (a smoke test, not a result)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel")
     p.add_argument("--out", type=Path, default=None, help="folder for sweep.md and sweep.json "
@@ -57,7 +60,7 @@ def selected(args) -> list[Job]:
     for key in ("archs", "optimizers", "seeds"):
         if getattr(args, key):
             spec[key] = tuple(getattr(args, key))
-    return jobs(**spec, errors=not args.no_errors)
+    return jobs(**spec, errors=not args.no_errors, remediate=args.remediate)
 
 
 def run_all(work: list[Job], root: str, n_jobs: int, max_steps: int) -> list[dict]:

@@ -1,5 +1,6 @@
 """One run of the sweep: ``default_callbacks()`` observing (``auto_remediate=False``), so the run
-trains as it would without the suite, and its report read back from ``convergence_report.json``."""
+trains as it would without the suite, or acting (``auto_remediate=True``, the ``--remediate``
+runs); its report read back from ``convergence_report.json``."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def fit(job: Job, root: str, max_steps: int = -1) -> dict[str, Any]:
     ratios = UpdateRatios()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=EPOCHS.get(job.arch, DEFAULT_EPOCHS),
                         max_steps=max_steps, logger=ratios, default_root_dir=directory,
-                        callbacks=[recorder, *default_callbacks(auto_remediate=False)], log_every_n_steps=LOG_EVERY_N_STEPS,
+                        callbacks=[recorder, *default_callbacks(auto_remediate=job.remediate)],
+                        log_every_n_steps=LOG_EVERY_N_STEPS,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     crash = None
     began = time.perf_counter()
@@ -94,6 +96,9 @@ def fit(job: Job, root: str, max_steps: int = -1) -> dict[str, Any]:
             "diagnoses": [{k: d.get(k) for k in ("kind", "severity", "step", "source", "layer", "causes")}
                           for d in report["diagnoses"]],
             "summary_causes": report.get("summary", {}).get("causes", []), "crash": crash,
+            "interventions": [{"action": i["action"], "step": i["step"], "reason": i.get("detail", {}).get("reason")}
+                              for i in report.get("interventions", [])],
+            "remedied": report.get("summary", {}).get("remedied"),
             "losses": [round(v, 5) for v in recorder.losses], "val_losses": recorder.val_losses,
             "update_ratios": ratios.medians()}
 

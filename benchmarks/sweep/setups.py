@@ -50,6 +50,7 @@ class Job:
     lr: float
     seed: int
     error: str | None = None
+    remediate: bool = False  # the suite acting (``auto_remediate=True``), beside the observed run
 
     @property
     def half(self) -> str:
@@ -58,13 +59,16 @@ class Job:
     @property
     def name(self) -> str:
         error = f"+{self.error}" if self.error else ""
-        return f"{self.arch}/{self.optimizer}/lr{self.lr:g}{error}/seed{self.seed}"
+        acting = "/remediate" if self.remediate else ""
+        return f"{self.arch}/{self.optimizer}/lr{self.lr:g}{error}/seed{self.seed}{acting}"
 
 
 def jobs(archs: tuple[str, ...] = TUNING + HELD_OUT, optimizers: tuple[str, ...] = tuple(LR_GRID),
-         seeds: tuple[int, ...] = SEEDS, lrs_per_setup: int | None = None, errors: bool = True) -> list[Job]:
+         seeds: tuple[int, ...] = SEEDS, lrs_per_setup: int | None = None, errors: bool = True,
+         remediate: bool = False) -> list[Job]:
     """Every run of the sweep, restricted to ``archs``, ``optimizers`` and ``seeds``;
-    ``lrs_per_setup`` keeps that many grid points centred on the usual LR (the quick subset)."""
+    ``lrs_per_setup`` keeps that many grid points centred on the usual LR (the quick subset);
+    ``remediate`` adds each run again with the suite acting."""
     chosen: list[Job] = []
     for arch in archs:
         for optimizer in optimizers:
@@ -78,4 +82,6 @@ def jobs(archs: tuple[str, ...] = TUNING + HELD_OUT, optimizers: tuple[str, ...]
         for error, (_, setups) in ERRORS.items():
             chosen += [Job(arch, optimizer, USUAL_LR[optimizer], seed, error)
                        for arch, optimizer in setups if arch in archs and optimizer in optimizers for seed in seeds]
+    if remediate:
+        chosen += [Job(j.arch, j.optimizer, j.lr, j.seed, j.error, remediate=True) for j in chosen]
     return chosen

@@ -109,10 +109,7 @@ class ConvergenceCallback(Callback):
         event already reported is recorded as ``info`` naming it (``rules.nonfinite_event``).
         """
         context = self.context(trainer)
-        if finding.severity != "info":
-            for post_now in context.evidence_sources:
-                post_now(trainer)
-        finding = explain(finding, context.evidence.snapshot(learning_rate=current_learning_rate(trainer)))
+        finding = self.rank(trainer, finding)
         at = trainer.global_step if step is None else step
         finding = context.nonfinite.fold(finding, finding.step if finding.step is not None else at)
         source = source or self.source
@@ -125,6 +122,15 @@ class ConvergenceCallback(Callback):
         print_diagnosis(diagnosis)
         write_diagnosis_text(trainer, diagnosis)
         return diagnosis
+
+    def rank(self, trainer: Trainer, finding: Finding) -> Finding:
+        """``finding`` with its causes ranked from the evidence every callback of the suite holds
+        now (and the learning rate now): what :meth:`record` records, and what a remedy follows."""
+        context = self.context(trainer)
+        if finding.severity != "info":
+            for post_now in context.evidence_sources:
+                post_now(trainer)
+        return explain(finding, context.evidence.snapshot(learning_rate=current_learning_rate(trainer)))
 
     def record_intervention(self, trainer: Trainer, action: str, step: int, detail: dict) -> None:
         self.context(trainer).log.add_intervention(Intervention(action, step, self.source, detail))
@@ -221,7 +227,9 @@ class ConvergenceCallback(Callback):
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return None
         directory = report_directory(trainer)
-        return self.context(trainer).log.write_json(os.fspath(directory), steps=trainer.global_step)
+        context = self.context(trainer)
+        return context.log.write_json(os.fspath(directory), steps=trainer.global_step,
+                                      final_loss=context.evidence.snapshot().get("loss_ema"))
 
     def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Evaluate whatever is held for the current window (called when fit ends)."""

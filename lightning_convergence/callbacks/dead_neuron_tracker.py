@@ -22,6 +22,7 @@ from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies.redo import reinit_units_
 from lightning_convergence.remedies.unit_wiring import UnitWiring
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
+from lightning_convergence.rules.remedy_choice import remedy_for
 from lightning_convergence.rules.unit_health import SiteWindow, UnitHealthRule, UnitThresholds, UnitVerdict
 from lightning_convergence.validation import check_positive_float, check_positive_int
 
@@ -173,11 +174,18 @@ class DeadNeuronTracker(ConvergenceCallback):
         sites = self._sites.read(reduce)
         verdict = self._rule.judge(sites, last_step, act=self.is_acting(trainer))
         self._log(trainer, sites, verdict, last_step)
-        for finding in verdict.findings:
+        findings = [self.rank(trainer, f) for f in verdict.findings]
+        # Units killed by a bug in the code (gradients never zeroed, ...) die again: not revived.
+        held = {f.layer: f.causes[0].cause for f in findings if f.kind == "dead_units" and remedy_for(f.causes) == "none"}
+        for finding in findings:
             self.record(trainer, finding, step=last_step)
         for layer, units in verdict.blocked.items():
             self._sites.say_left_alone(layer, units)
         for layer, units in verdict.revive.items():
+            if layer in held:
+                self.warn(f"the dead units of `{layer}` are not revived: their top cause, {held[layer]}, is in the "
+                          f"code or data, and they would die again.")
+                continue
             self._revive(trainer, layer, units, last_step)
         self._sites.reset()
 

@@ -19,7 +19,9 @@ from lightning_convergence.rules.late_progress import LateProgressRule
 from lightning_convergence.rules.loss_regime import TAIL_MIN_STEPS, LossRegimeRule, RegimeThresholds
 from lightning_convergence.rules.overfit import OverfitRule
 from lightning_convergence.rules.plateau_schedule import PlateauSchedule
+from lightning_convergence.rules.intervention_check import InterventionCheck
 from lightning_convergence.rules.recovery import Action, RecoveryPolicy
+from lightning_convergence.rules.remedy_choice import raise_factor, remedy_for
 from lightning_convergence.stats.step_series import StepSeries
 from lightning_convergence.validation import check_bool
 
@@ -116,6 +118,8 @@ class PlateauAdvisor(ConvergenceCallback):
         self._factors = LRFactors()
         self._losses = StepSeries()  # the training loss of each batch, on the device
         self._snapshot = Snapshot()
+        self._before = Snapshot()  # the state just before the last LR remedy, kept until it is judged
+        self._check = InterventionCheck()
         self._use_train_loss = monitor is None
         self._user_plateau = False
 
@@ -153,7 +157,7 @@ class PlateauAdvisor(ConvergenceCallback):
     def _end_window(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         # One collective (every rank is here at the same step): all judge the same averaged losses.
         steps, losses = self._losses.take(lambda values: over_ranks(trainer, values, "mean"))
-        findings = self._regime.evaluate(steps, losses)
+        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses)]
         ratio = self.context(trainer).evidence.snapshot().get("update_ratio_median")
         self._late.observe(step, self._regime.ema, ratio)
         metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
@@ -163,8 +167,12 @@ class PlateauAdvisor(ConvergenceCallback):
             self.record(trainer, finding, step=step)  # or at the finding's own step, when it has one
         kinds = [f.kind for f in findings]
         self.judge_consequences(trainer, self._regime.ema, kinds, loss_start=self._regime.initial)
-        if self.is_acting(trainer):
-            self._apply(trainer, pl_module, self._policy.on_window(kinds, self._regime.steady, step), step)
+        if self.is_acting(trainer) and not self._undo_if_harmful(trainer, pl_module, step):
+            hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
+            raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]
+            by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
+            by = by if self._check.allowed("learning_rate_too_low") else None
+            self._apply(trainer, pl_module, self._policy.on_window(kinds, self._regime.steady, step, hold, by), step)
         if self._use_train_loss and self._regime.ema is not None and not {"divergence", "oscillation"} & set(kinds):
             self._plateau_check(trainer, self._regime.ema, step, "the smoothed training loss")
 
@@ -184,8 +192,27 @@ class PlateauAdvisor(ConvergenceCallback):
                 self.stop_training(trainer, step, action.reason, action.detail, action.finding)
 
     def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int) -> None:
+        if reason in ("learning_rate_too_low", "plateau") and self._regime.ema is not None:
+            # Judged at the next window against the loss now; undone from this state if it hurt.
+            self._before.take(trainer.lightning_module, trainer.optimizers, step)
+            self._check.open(reason, step, self._regime.ema, multipliers[0][0] if multipliers.get(0) else 1.0)
         for change in self._factors.scale(trainer.optimizers, multipliers):
-            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, **change})
+            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": self._regime.ema,
+                                                                 **change})
+
+    def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:
+        """Judge the last LR remedy against the loss before it; undo it if it did harm."""
+        verdict = self._check.judge(self._regime.ema)
+        if verdict is None or not verdict.harmed:
+            self._before.clear()
+            return False
+        self._before.restore(pl_module, trainer.optimizers)
+        self._before.clear()
+        self._regime.restart_from(verdict.check.loss_before)
+        revert = LRFactors.uniform(trainer.optimizers, 1.0 / verdict.check.factor)
+        self._factors.scale(trainer.optimizers, revert)
+        self.record_intervention(trainer, "undo", step, verdict.evidence())
+        return True
 
     # ----------------------------------------------------------------- validation
 
@@ -205,7 +232,7 @@ class PlateauAdvisor(ConvergenceCallback):
         finding = self._overfit.update(current, self._regime.smoothed_through(pending), step, self._regime.initial)
         if finding is not None:
             self.record(trainer, finding, step=step)
-            if self.is_acting(trainer):
+            if self.is_acting(trainer) and finding.severity != "info":  # a small rise stops nothing
                 self._apply(trainer, pl_module, self._policy.on_validation([finding.kind]), step)
 
     def _monitor_missing(self, available: list[str]) -> None:
@@ -219,8 +246,11 @@ class PlateauAdvisor(ConvergenceCallback):
     def _plateau_check(self, trainer: Trainer, value: float, step: int, what: str) -> None:
         groups = trainer.optimizers[0].param_groups if trainer.optimizers else [{"lr": 1.0}]
         first = [g["lr"] * self.factor_of(0, k) for k, g in enumerate(groups)]  # judged on the first optimizer
-        acting = self.is_acting(trainer) and not self._user_plateau
-        # With no progress at all on the training loss, that is no_learning, which the regime reports.
+        # The LR is cut only after the training loss made progress, whatever is monitored (a run
+        # that never learned is not helped by a smaller LR); without progress on the training loss
+        # itself, that is no_learning, which the regime reports.
+        acting = (self.is_acting(trainer) and not self._user_plateau and self._regime.progress_made
+                  and self._check.allowed("plateau"))
         finding, ratios = self._schedule.check(value, first, what, acting,
                                                hold=self._use_train_loss and not self._regime.progress_made)
         if finding is None:
@@ -248,9 +278,11 @@ class PlateauAdvisor(ConvergenceCallback):
     def _remove_hooks(self) -> None:
         self.release_lr()
         self._snapshot.clear()
+        self._before.clear()
 
     def _parts(self) -> dict[str, Any]:
         return {"regime": self._regime, "schedule": self._schedule, "overfit": self._overfit, "late": self._late,
+                "check": self._check,
                 "factors": self._factors, "policy": self._policy, "losses": self._losses}
 
     @override
@@ -264,5 +296,5 @@ class PlateauAdvisor(ConvergenceCallback):
             state_dict = {"policy": {}, "late": {}, **state_dict,
                           "losses": {"values": state_dict.get("losses"), "steps": state_dict.get("steps", [])}}
         for name, part in self._parts().items():
-            part.load_state_dict(state_dict.get(name, {}) if name == "late" else state_dict[name])
+            part.load_state_dict(state_dict.get(name, {}) if name in ("late", "check") else state_dict[name])
         self._use_train_loss = bool(state_dict.get("use_train_loss", self.monitor is None))

@@ -8,6 +8,7 @@ summary. Interventions are always recorded.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from typing import Any
@@ -48,6 +49,38 @@ def rank_causes(diagnoses: list[Diagnosis]) -> list[dict[str, Any]]:
                 named[name].append(index)
     order = sorted(best, key=lambda name: (-best[name], -len(named[name]), named[name][0]))
     return [{"cause": name, "confidence": best[name], "diagnoses": named[name]} for name in order]
+
+
+ACTING = frozenset({"lr_scale", "rollback", "reinit_units", "stop", "undo", "skip_step"})
+"""Interventions that answered a problem (clipping and a warmup the user asked for are routine)."""
+
+
+def remedied(interventions: list[Intervention], final_loss: float | None) -> str | None:
+    """What was done about the run's problems and whether it worked, in one sentence, or
+    ``None`` when nothing was.
+
+    Example:
+        >>> from lightning_convergence.recorder.records import Intervention
+        >>> acts = [Intervention("lr_scale", 150, "PlateauAdvisor", {"reason": "learning_rate_too_low",
+        ...                                                          "loss_before": 2.21})]
+        >>> remedied(acts, final_loss=0.35)
+        'lr_scale (learning_rate_too_low) at step 150; the smoothed training loss went from 2.21 before the first to 0.35 at the end: it helped.'
+    """
+    acted = [i for i in interventions if i.action in ACTING]
+    if not acted:
+        return None
+    def what(i: Intervention) -> str:
+        reason = i.detail.get("reason")
+        return f"{i.action} ({reason}) at step {i.step}" if reason else f"{i.action} at step {i.step}"
+
+    done = "; ".join(what(i) for i in acted[:5])
+    done += f"; and {len(acted) - 5} more" if len(acted) > 5 else ""
+    before = next((i.detail["loss_before"] for i in acted if isinstance(i.detail.get("loss_before"), (int, float))), None)
+    if before is None or final_loss is None or not (math.isfinite(before) and math.isfinite(final_loss)):
+        return f"{done}."
+    verdict = "it helped" if final_loss < before else "it did not help"
+    return (f"{done}; the smoothed training loss went from {before:.4g} before the first to {final_loss:.4g} "
+            f"at the end: {verdict}.")
 
 
 class ConvergenceLog:
@@ -124,6 +157,10 @@ class ConvergenceLog:
     def headline(self, steps: int) -> str:
         """One sentence for the summary."""
         serious = [d for d in self.diagnoses if d.severity != "info"]
+        acted = [i for i in self.interventions if i.action in ACTING]
+        if not serious and acted:
+            return (f"Acted on: {len(acted)} intervention{'' if len(acted) == 1 else 's'} in {steps} optimizer steps, "
+                    f"no warning left (see summary.remedied).")
         if not serious:
             notes = f" ({len(self.diagnoses)} informational notes)" if self.diagnoses else ""
             return f"Healthy: no warnings in {steps} optimizer steps{notes}."
@@ -137,28 +174,32 @@ class ConvergenceLog:
             f"severe: {worst.kind} ({worst.severity}) at step {worst.step}{acted}."
         )
 
-    def to_report(self, steps: int) -> dict[str, Any]:
-        """The report as plain JSON-ready data (schema ``version`` 1)."""
+    def to_report(self, steps: int, final_loss: float | None = None) -> dict[str, Any]:
+        """The report as plain JSON-ready data (schema ``version`` 1). ``final_loss``: the
+        smoothed training loss at the end, for ``summary.remedied``. A run whose problems were
+        acted on is not healthy, whatever the severity its findings ended at."""
         diagnoses = sorted(self.diagnoses, key=lambda d: d.step)
+        acted = remedied(self.interventions, final_loss)
         return {
             "version": REPORT_VERSION,
             "diagnoses": [d.to_dict() for d in diagnoses],
             "interventions": [i.to_dict() for i in sorted(self.interventions, key=lambda i: i.step)],
             "summary": {
                 "steps": steps,
-                "healthy": not any(d.severity != "info" for d in self.diagnoses),
+                "healthy": not any(d.severity != "info" for d in self.diagnoses) and acted is None,
                 "headline": self.headline(steps),
                 "causes": rank_causes(diagnoses),
+                "remedied": acted,
                 "suppressed": dict(self.suppressed),
             },
         }
 
-    def write_json(self, directory: str, steps: int) -> str:
+    def write_json(self, directory: str, steps: int, final_loss: float | None = None) -> str:
         """Write ``convergence_report.json`` into ``directory`` atomically; return its path."""
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, REPORT_FILENAME)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(self.to_report(steps), handle, indent=2, allow_nan=False)
+            json.dump(self.to_report(steps, final_loss), handle, indent=2, allow_nan=False)
         os.replace(tmp, path)
         return path

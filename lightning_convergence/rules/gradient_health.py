@@ -102,7 +102,9 @@ class GradientHealthRule:
         findings += self._spike(summary)
         findings += self._layer_growth(summary)
         findings += self._vanishing(summary)
-        return findings
+        # In the order they happened (a NaN gradient from a finite loss comes before the NaN loss it
+        # causes at the next step): the first non-finite one is the event the others are part of.
+        return sorted(findings, key=lambda f: math.inf if f.step is None else f.step)
 
     def _nonfinite_loss(self, s: WindowSummary) -> list[Finding]:
         if s.nonfinite_loss_steps == 0:

@@ -41,9 +41,9 @@ class OverfitRule:
         self.worse_checks = 0
 
     def _worse_by(self, value: float) -> float:
-        """How far ``value`` is from the best, in the direction of worse, relative to the best."""
+        """How far ``value`` is from the best, in the direction of worse (absolute)."""
         assert self.best is not None
-        return (value - self.best if self.mode == "min" else self.best - value) / max(abs(self.best), 1e-12)
+        return value - self.best if self.mode == "min" else self.best - value
 
     def update(self, value: float, train_loss: float | None, step: int,
                train_start: float | None = None) -> Finding | None:
@@ -55,13 +55,13 @@ class OverfitRule:
         if better:
             self.best, self.best_step, self.train_at_best, self.worse_checks = value, step, train_loss, 0
             return None
-        worse = self._worse_by(value) > self.threshold
+        worse = self._worse_by(value) > self.threshold * abs(self.best)
         train_falling = (train_loss is not None and self.train_at_best is not None and train_loss < self.train_at_best
                          and (train_start is None or not math.isfinite(train_start) or train_loss < train_start))
         self.worse_checks = self.worse_checks + 1 if worse and train_falling else 0
         if self.worse_checks < self.patience:
             return None
-        rise = self._worse_by(value)
+        rise = self._worse_by(value) / abs(self.best) if self.best else math.inf
         seen = (f"The validation metric moved from its best {self.best:.4g} (step {self.best_step}) to {value:.4g} "
                 f"over {self.worse_checks} validation checks, while the training loss kept falling "
                 f"({self.train_at_best:.4g} -> {train_loss:.4g}).")

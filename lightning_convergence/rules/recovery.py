@@ -36,7 +36,9 @@ class Action:
 class RecoveryPolicy:
     """Divergence: cut the LR and roll back to the last steady snapshot, then ramp the LR up
     again over ``rewarmup_steps``; after ``max_recoveries`` rollbacks without a steady window
-    in between, stop. Oscillation: cut the LR. No learning: raise the LR tenfold, once, if asked.
+    in between, stop. Oscillation: cut the LR. A learning rate too low (named by evidence):
+    raise it by the measured factor. No learning without that evidence: raise the LR tenfold,
+    once, if asked. A kind whose top cause is in the user's code: nothing.
     Overfitting (found at a validation check): stop, if asked.
 
     Args:
@@ -98,19 +100,25 @@ class RecoveryPolicy:
             return [Action("snapshot")]
         return []
 
-    def on_window(self, kinds: list[str], steady: bool, step: int) -> list[Action]:
+    def on_window(self, kinds: list[str], steady: bool, step: int, hold: frozenset[str] | set[str] = frozenset(),
+                  raise_by: float | None = None) -> list[Action]:
         """The actions for one judged window: ``kinds`` found in it, ``steady`` when its loss is
-        finite and settled (no divergence or oscillation among ``kinds``)."""
+        finite and settled (no divergence or oscillation among ``kinds``). ``hold``: kinds whose
+        top cause is in the user's code or data (``rules.remedy_choice``): no learning rate
+        answers them. ``raise_by``: the measured factor when the top cause is a learning rate
+        too low."""
         actions: list[Action] = []
-        if "divergence" in kinds:
+        if "divergence" in kinds and "divergence" not in hold:
             actions.append(Action("lr_scale", "divergence", self.divergence_factor))
             if self.rollback and self.snapshot_step is not None:
                 actions.append(self._roll_back(step))
-        elif "oscillation" in kinds:
+        elif "oscillation" in kinds and "oscillation" not in hold:
             actions.append(Action("lr_scale", "oscillation", self.divergence_factor))
         elif steady:
             actions += self._steady(step)
-        if "no_learning" in kinds and self.raise_lr_on_no_learning and not self.raised_lr:
+        if raise_by is not None:
+            actions.append(Action("lr_scale", "learning_rate_too_low", raise_by))
+        elif "no_learning" in kinds and "no_learning" not in hold and self.raise_lr_on_no_learning and not self.raised_lr:
             self.raised_lr = True
             actions.append(Action("lr_scale", "no_learning", 10.0))
         return actions

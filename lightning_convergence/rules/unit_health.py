@@ -37,6 +37,7 @@ class UnitThresholds:
         dead_critical: dead fraction reported as ``critical`` (the layer is mostly gone).
         saturation_warning: share of a sigmoid/tanh layer's outputs at a flat end, ``warning``.
         windows: consecutive windows a fraction must hold before it is reported.
+        dead_at_once: dead fraction reported (and revived, when acting) from one window.
     """
 
     dead_info: float = 0.1
@@ -44,9 +45,11 @@ class UnitThresholds:
     dead_critical: float = 0.75
     saturation_warning: float = 0.5
     windows: int = 2
+    dead_at_once: float = 0.75
 
     def __post_init__(self) -> None:
-        check_fields(self, check_fraction, "dead_info", "dead_warning", "dead_critical", "saturation_warning")
+        check_fields(self, check_fraction, "dead_info", "dead_warning", "dead_critical", "saturation_warning",
+                     "dead_at_once")
         if not self.dead_info <= self.dead_warning <= self.dead_critical:
             raise ValueError(f"`dead_info` <= `dead_warning` <= `dead_critical` must hold, got "
                              f"{self.dead_info!r}, {self.dead_warning!r}, {self.dead_critical!r}.")
@@ -245,7 +248,10 @@ class UnitHealthRule:
     def _dead(self, layer: LayerUnits) -> Finding | None:
         fraction = layer.dead_fraction
         t = self.thresholds
-        if fraction is None or not self._streak(self._dead_streak, layer.layer, fraction >= t.dead_info):
+        held = self._streak(self._dead_streak, layer.layer, fraction is not None and fraction >= t.dead_info)
+        # A layer mostly dead in one window makes the network's output nearly constant: said (and
+        # revived, when acting) at once, not a window later.
+        if fraction is None or not (held or fraction >= t.dead_at_once):
             return None
         severity = "critical" if fraction >= t.dead_critical else "warning" if fraction >= t.dead_warning else "info"
         after = f" (after `{layer.producer}`)" if layer.producer else ""

@@ -120,6 +120,9 @@ def test_redo_revives_dead_units_and_training_recovers(tmp_path):
     assert all(i["action"] == "reinit_units" for i in revived)
     # The cooldown (1000 steps) is longer than the run (188 steps): one revival per layer.
     assert sorted(i["detail"]["layer"] for i in revived) == ["net.1", "net.3"]
+    # Layers entirely dead make the output constant: revived at the end of the first window
+    # (4 steps), not a window later.
+    assert {i["step"] for i in revived} == {3}
 
 
 class KeepsKilling(DigitsMLP):

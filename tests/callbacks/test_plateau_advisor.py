@@ -1,6 +1,8 @@
 """PlateauAdvisor from Trainer.fit down: regimes, LR reductions like torch's, rollback, stop."""
 
 import io
+import json
+import os
 
 import lightning as L
 import pytest
@@ -18,7 +20,7 @@ class ConstantVal(DigitsMLP):
     """Logs a validation metric that never improves after the first check: a plateau."""
 
     def validation_step(self, batch, batch_idx):
-        self.log("val_metric", 1.0 if self.current_epoch else 2.0)
+        self.log("val_metric", 1.9 if self.current_epoch else 2.0)  # stuck after little progress
 
 
 class Overfits(DigitsMLP):
@@ -49,9 +51,12 @@ def interventions(callback, trainer, action=None):
 
 def test_plateau_reduces_the_lr_as_torch_would_and_leaves_param_groups_alone(tmp_path):
     advisor = PlateauAdvisor(monitor="val_metric", patience=1, factor=0.5, auto_remediate=True)
-    trainer = fit(tmp_path, ConstantVal(lr=0.05), [advisor], max_epochs=6, limit_train_batches=4)
+    # Adam at 1e-2 over 16 batches an epoch: the training loss has made progress by the second
+    # check (the LR is only cut after progress).
+    model = ConstantVal(lr=0.01, optimizer="adam")
+    trainer = fit(tmp_path, model, [advisor], max_epochs=6, limit_train_batches=16)
     # torch's scheduler fed the same checks (2, 1, 1, 1, 1, 1) reduces after checks 3 and 5.
-    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.05)
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=1, factor=0.5)
     expected = []
     for epoch, value in enumerate([2.0, 1.0, 1.0, 1.0, 1.0, 1.0]):
@@ -60,10 +65,20 @@ def test_plateau_reduces_the_lr_as_torch_would_and_leaves_param_groups_alone(tmp
         if optimizer.param_groups[0]["lr"] != before:
             expected.append((epoch, optimizer.param_groups[0]["lr"]))
     scales = interventions(advisor, trainer, "lr_scale")
-    assert [(s["step"] // 4 - 1, s["detail"]["lr_after"][0]) for s in scales] == expected
-    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.05  # the user's LR, untouched
+    assert [(s["step"] // 16 - 1, s["detail"]["lr_after"][0]) for s in scales] == expected
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 0.01  # the user's LR, untouched
     kinds = [d["kind"] for d in advisor._records_state(trainer)["diagnoses"]]
     assert "plateau" in kinds
+
+
+def test_no_lr_cut_before_the_training_loss_made_progress(tmp_path):
+    # A learning rate far too low: `val_metric` sits on a plateau from the first check, but
+    # a run that never learned is not helped by a smaller LR. Said, not acted on.
+    advisor = PlateauAdvisor(monitor="val_metric", patience=1, factor=0.5, auto_remediate=True)
+    trainer = fit(tmp_path, ConstantVal(lr=1e-7), [advisor], max_epochs=6, limit_train_batches=16)
+    assert interventions(advisor, trainer, "lr_scale") == []
+    plateaus = [d for d in advisor._records_state(trainer)["diagnoses"] if d["kind"] == "plateau"]
+    assert plateaus and plateaus[0]["severity"] == "warning"
 
 
 def test_user_reduce_on_plateau_is_not_doubled(tmp_path):
@@ -242,3 +257,37 @@ def test_no_learning_is_advised_and_raising_the_lr_is_opt_in(tmp_path):
         assert [s["detail"]["reason"] for s in scales] == (["no_learning"] if raise_lr else [])
         if raise_lr:
             assert scales[0]["detail"]["factor"] == [10.0]
+
+
+class HurtByAHigherLR(DigitsMLP):
+    """Learns nothing at its LR (1e-6); any LR from 1e-5 up adds 10 to its loss: a remedy that
+    raises the LR is planted to hurt."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss + 10.0 if self.optimizers().param_groups[0]["lr"] >= 1e-5 else loss
+
+
+def _lr_used(trainer):
+    return [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+
+def test_a_learning_rate_too_low_is_raised_by_the_measured_amount_and_undone_when_it_hurts(tmp_path):
+    from lightning_convergence import default_callbacks
+
+    L.seed_everything(0, verbose=False)
+    model = HurtByAHigherLR(lr=1e-6)
+    callbacks = default_callbacks(auto_remediate=True, AutoClip=None, log_every_n_steps=10)
+    trainer = fit(tmp_path, model, callbacks, max_epochs=14)
+    advisor = next(c for c in callbacks if isinstance(c, PlateauAdvisor))
+    records = advisor._records_state(trainer)
+    raises = [i for i in records["interventions"] if i["action"] == "lr_scale"
+              and i["detail"]["reason"] == "learning_rate_too_low"]
+    undos = [i for i in records["interventions"] if i["action"] == "undo"]
+    assert len(raises) == 1 and raises[0]["detail"]["lr_after"][0] == pytest.approx(1e-6 * 100)  # capped at 100x
+    assert len(undos) == 1 and undos[0]["step"] > raises[0]["step"]
+    assert undos[0]["detail"]["loss_after"] > 1.1 * undos[0]["detail"]["loss_before"]
+    assert advisor.factor_of(0, 0) == pytest.approx(1.0)  # the factor reverted, and not tried again
+    with open(os.path.join(tmp_path, "convergence_report.json")) as handle:
+        summary = json.load(handle)["summary"]
+    assert summary["healthy"] is False and "undo" in summary["remedied"]

@@ -284,7 +284,9 @@ def test_h_overfitting_is_judged_against_the_training_loss_of_the_same_moment(tm
     # 3 steps per epoch: validation every 3 steps, the loss windows every 50.
     diagnoses = fit(tmp_path, lambda: NoisyLabelsWide(), max_epochs=80, log_every_n_steps=50)
     overfit = [d for d in diagnoses if d["kind"] == "overfitting"]
-    assert overfit and overfit[0]["severity"] == "warning", ranked(diagnoses)
+    # Said as information while the rise is small, as a warning once it passes 25%.
+    assert overfit and overfit[-1]["severity"] == "warning", ranked(diagnoses)
+    assert all(d["severity"] == "info" for d in overfit[:-1])
 
 
 def test_anomalies_are_not_hidden_when_no_loss_is_ever_seen(tmp_path):

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_convergence import default_callbacks
 from lightning_convergence.recorder.console import ConvergenceWarning
+from lightning_convergence.rules.loss_regime import RegimeThresholds
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
 
@@ -31,7 +32,9 @@ def suite(act):
     if not act:
         return default_callbacks(log_every_n_steps=6, monitor="val_metric")
     return default_callbacks(auto_remediate=True, log_every_n_steps=6, warmup_steps=40,
-                             PlateauAdvisor={"monitor": "val_metric", "patience": 0},
+                             # The LR is cut only after progress: 0.01% counts here (the warmup is slow).
+                             PlateauAdvisor={"monitor": "val_metric", "patience": 0,
+                                             "thresholds": RegimeThresholds(no_learning_progress=1e-4)},
                              DeadNeuronTracker={"sample_every_n_steps": 1, "min_batches": 2, "redo_cooldown_steps": 12})
 
 

@@ -40,7 +40,8 @@ def plain_dead_severity(fraction: float, t: UnitThresholds) -> str | None:
        st.booleans())
 def test_unit_health_rule_matches_a_plain_streak_count(windows, saturating):
     """A layer is reported once its dead fraction (saturation) has crossed the threshold in
-    ``windows`` consecutive windows, with the severity of the latest fraction."""
+    ``windows`` consecutive windows, or at once from ``dead_at_once``, with the severity of the
+    latest fraction."""
     rule, t = UnitHealthRule(), UnitThresholds()
     dead_streak = saturation_streak = 0
     for units, dead, saturation, dead_bias, live_bias in windows:
@@ -50,7 +51,8 @@ def test_unit_health_rule_matches_a_plain_streak_count(windows, saturating):
                            first_step=0, last_step=9, dead_bias_mean=dead_bias, live_bias_mean=live_bias)
         findings = rule.evaluate([layer])
         dead_streak = dead_streak + 1 if dead / units >= t.dead_info else 0
-        expected = plain_dead_severity(dead / units, t) if dead_streak >= t.windows else None
+        reported = dead_streak >= t.windows or dead / units >= t.dead_at_once
+        expected = plain_dead_severity(dead / units, t) if reported else None
         assert only_severity(findings, "dead_units") == expected
         if saturating:
             saturation_streak = saturation_streak + 1 if saturation >= t.saturation_warning else 0

@@ -16,7 +16,9 @@ def window(dead=None, units=100, saturation=None, layer="net.1", activation="ReL
     ([30, 0, 30], []),  # never two windows in a row
     ([30, 30], ["warning"]),
     ([12, 12], ["info"]),
-    ([80, 90], ["critical"]),
+    ([80, 90], ["critical", "critical"]),  # 75% or more: said from the first window (ReDo at once)
+    ([74, 0], []),
+    ([100], ["critical"]),  # a layer entirely dead: the network's output no longer depends on its input
     ([30, 30, 30], ["warning", "warning"]),  # the log rate-limits repeats, the rule does not
 ])
 def test_dead_units_table(dead_per_window, expected):

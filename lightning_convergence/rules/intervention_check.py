@@ -1,0 +1,90 @@
+"""Do no harm: a remedy is judged over the window after it, against the loss before it.
+
+When a remedy changes training (the learning rate raised or cut), the caller keeps the state
+from just before it and opens a check with the smoothed training loss of that moment. At the
+next window of the loss, :meth:`InterventionCheck.judge` compares: a loss worse by more than
+``margin`` (relative), or non-finite, means the remedy did harm. The caller then undoes it (the
+state from before, the factor reverted), records an ``undo`` with these numbers, and the same
+remedy is not tried again for the same reason (:meth:`allowed`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+HARM_MARGIN = 0.1  # a smoothed loss 10% above its level before the remedy: worse than its noise near a floor
+
+
+@dataclass
+class OpenCheck:
+    reason: str  # the cause the remedy answered (the intervention's ``detail.reason``)
+    step: int
+    loss_before: float
+    factor: float  # the LR factor it applied (1.0 when it changed no LR)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    check: OpenCheck
+    loss_after: float
+    harmed: bool
+
+    def evidence(self) -> dict[str, Any]:
+        return {"reason": self.check.reason, "intervention_step": self.check.step, "factor": self.check.factor,
+                "loss_before": self.check.loss_before, "loss_after": self.loss_after}
+
+
+class InterventionCheck:
+    """The open check of the last remedy, and the reasons whose remedy did harm.
+
+    Args:
+        margin: relative rise of the smoothed loss that counts as harm.
+
+    Example:
+        >>> check = InterventionCheck()
+        >>> check.open("learning_rate_too_low", step=150, loss_before=2.2, factor=40.0)
+        >>> verdict = check.judge(loss_now=2.9)
+        >>> verdict.harmed, check.allowed("learning_rate_too_low")
+        (True, False)
+        >>> check.open("plateau", step=400, loss_before=0.5, factor=0.1)
+        >>> check.judge(loss_now=0.49).harmed, check.judge(loss_now=0.1) is None
+        (False, True)
+    """
+
+    def __init__(self, margin: float = HARM_MARGIN) -> None:
+        self.margin = margin
+        self.pending: OpenCheck | None = None
+        self.blocked: set[str] = set()
+
+    def allowed(self, reason: str) -> bool:
+        """Whether the remedy for ``reason`` may act (it never did harm in this fit)."""
+        return reason not in self.blocked
+
+    def open(self, reason: str, step: int, loss_before: float | None, factor: float = 1.0) -> None:
+        """A remedy for ``reason`` acted at ``step`` when the smoothed loss was ``loss_before``
+        (no check is opened without a finite loss to compare with)."""
+        if loss_before is not None and math.isfinite(loss_before):
+            self.pending = OpenCheck(reason, int(step), float(loss_before), float(factor))
+
+    def judge(self, loss_now: float | None) -> Verdict | None:
+        """At the window after the remedy: the verdict on it (``None`` when none is open). A
+        remedy that did harm blocks its reason."""
+        check, self.pending = self.pending, None
+        if check is None:
+            return None
+        after = math.nan if loss_now is None else float(loss_now)
+        harmed = not math.isfinite(after) or after > check.loss_before * (1.0 + self.margin)
+        if harmed:
+            self.blocked.add(check.reason)
+        return Verdict(check, after, harmed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": None if self.pending is None else asdict(self.pending), "blocked": sorted(self.blocked)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # The state from before a remedy lives in host memory only: after a resume there is
+        # nothing to undo to, so an open check is not restored.
+        self.pending = None
+        self.blocked = set(state.get("blocked", []))
