@@ -19,6 +19,7 @@ from typing_extensions import override
 from lightning_convergence.callbacks._layers import ForwardOrderRecorder, GroupBy, layer_of, ordered_layers
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence import tags
+from lightning_convergence.rules.causes import is_adaptive
 from lightning_convergence.rules.findings import Finding
 from lightning_convergence.stats.weight_sample import sample_positions, values_at
 from lightning_convergence.rules.gradient_health import is_rising, norm_trend
@@ -354,7 +355,8 @@ class GradientNormMonitor(ConvergenceCallback):
         median = statistics.median(ratios)
         evidence = self.context(trainer).evidence
         peak = evidence.snapshot().get("update_ratio_peak")
-        evidence.post(update_ratio_median=median, update_ratio_max=ratios[-1], update_ratio_step=step)
+        evidence.post(update_ratio_median=median, update_ratio_max=ratios[-1], update_ratio_step=step,
+                      adaptive_optimizer=bool(trainer.optimizers) and is_adaptive(trainer.optimizers[0]))
         if math.isfinite(median) and (peak is None or median > peak):
             evidence.post(update_ratio_peak=median, update_ratio_peak_step=step)
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from lightning_convergence.rules import advice
 from lightning_convergence.rules.findings import Cause, Finding, as_causes, default_causes
 
@@ -38,6 +40,8 @@ EVIDENCE_KEYS: dict[str, str] = {
     "update_ratio_median": "the median over layers of ||W_after - W_before|| / ||W_before|| at a logging step",
     "update_ratio_max": "the largest update/weight ratio over layers at that step",
     "update_ratio_step": "the optimizer step those ratios were measured at",
+    "adaptive_optimizer": "whether the first optimizer scales each update by its own gradient history (Adam, "
+                          "AdamW, RMSprop, Adagrad, ...): its first steps move every weight by about the LR",
     "update_ratio_peak": "the highest median update/weight ratio measured so far (the first steps included)",
     "update_ratio_peak_step": "the optimizer step of that highest median",
     "nonfinite_gradients_with_finite_loss": "the first optimizer step whose gradients held NaN/Inf while its loss "
@@ -61,7 +65,8 @@ EVIDENCE_KEYS: dict[str, str] = {
 # (Adam's first step moves every weight by about the LR: 0.15-0.17 at the best Adam rate); runs
 # whose LR was too high mostly peaked above 0.3, or collapsed: a ratio that fell 100x below its
 # peak (the units died, nothing moves any more).
-UPDATE_RATIO_HIGH = 0.3
+UPDATE_RATIO_HIGH = 0.3  # adaptive optimizers (and when the optimizer is not known)
+UPDATE_RATIO_HIGH_SGD = 0.1  # SGD: runs that converged peaked at 0.067 (one at the edge of diverging: 0.18)
 UPDATE_RATIO_LOW = 2e-3
 COLLAPSE = 100.0  # a latest ratio this many times below an early peak above HIGH / 10 is a collapse
 INPUT_SCALE_HIGH = 20.0
@@ -149,6 +154,21 @@ def _lr_low(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
     return None
 
 
+def is_adaptive(optimizer: Any) -> bool:
+    """Whether ``optimizer`` scales each update by its own gradient history (its first steps
+    move every weight by about the learning rate, whatever the gradient's size).
+
+    Example:
+        >>> import torch
+        >>> p = [torch.nn.Parameter(torch.zeros(1))]
+        >>> is_adaptive(torch.optim.AdamW(p)), is_adaptive(torch.optim.SGD(p, lr=0.1))
+        (True, False)
+    """
+    adaptive = (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad, torch.optim.Adamax,
+                torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adadelta)
+    return isinstance(optimizer, adaptive)
+
+
 def _lr_high(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
     # The highest median ratio measured, the first steps included: a run ruined by its first
     # updates may show small ratios later (its gradients vanished).
@@ -158,9 +178,10 @@ def _lr_high(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
     if ratio is None:
         return None
     at = f" at step {step}" if isinstance(step, int) else ""
-    if ratio > UPDATE_RATIO_HIGH:
-        # 0.6 just above the bound, 0.9 at a ratio of 3 and more (each step rewrites the weights).
-        confidence = min(0.9, 0.6 + 0.3 * math.log10(ratio / UPDATE_RATIO_HIGH))
+    high = UPDATE_RATIO_HIGH_SGD if e.get("adaptive_optimizer") is False else UPDATE_RATIO_HIGH
+    if ratio > high:
+        # 0.6 just above the bound, 0.9 ten times above it (each step rewrites the weights).
+        confidence = min(0.9, 0.6 + 0.3 * math.log10(ratio / high))
         return confidence, {"update_ratio_median": ratio, "step": step}, (
             f"a step moved the weights by {ratio:.2g} of their norm{at} (median over layers; healthy: about 1e-3)")
     latest = e.get("update_ratio_median")
