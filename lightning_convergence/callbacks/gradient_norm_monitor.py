@@ -349,14 +349,13 @@ class GradientNormMonitor(ConvergenceCallback):
             self._post_update_ratios(trainer, sorted(ratios), track.snapshot_step)
 
     def _post_update_ratios(self, trainer: Trainer, ratios: list[float], step: int) -> None:
-        """The ratios' median and maximum over layers, on the evidence board, and the highest
-        median measured so far (the first steps' ratios name a learning rate far too high even
-        after the run has collapsed)."""
+        """Post the ratios' median and maximum over layers, and the highest median so far (the first
+        steps' ratios name a learning rate far too high even after a collapse)."""
         median = statistics.median(ratios)
         evidence = self.context(trainer).evidence
-        peak = evidence.snapshot().get("update_ratio_peak")
+        peak = evidence.snapshot().get("update_ratio_peak")  # before this measurement
         evidence.post(update_ratio_median=median, update_ratio_max=ratios[-1], update_ratio_step=step,
-                      adaptive_optimizer=bool(trainer.optimizers) and is_adaptive(trainer.optimizers[0]))
+                      adaptive_optimizer=is_adaptive(trainer.optimizers[0]))
         if math.isfinite(median) and (peak is None or median > peak):
             evidence.post(update_ratio_peak=median, update_ratio_peak_step=step)
 
@@ -376,13 +375,11 @@ class GradientNormMonitor(ConvergenceCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
         tracks = {index: {"spike": t.spike.state_dict(), "rule": t.rule.state_dict(),
                           "consecutive_skips": t.consecutive_skips, "window": t.window.state_dict()}
                   for index, t in self._tracks.items()}
-        state["tracks"] = {**self._pending_tracks, **tracks}
-        state["forward_order"] = list(self._order.order)
-        return state
+        return {**super().state_dict(), "tracks": {**self._pending_tracks, **tracks},
+                "forward_order": list(self._order.order)}
 
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
