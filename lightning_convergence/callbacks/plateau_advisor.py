@@ -171,7 +171,8 @@ class PlateauAdvisor(ConvergenceCallback):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]
             by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
-            by = by if self._check.allowed("learning_rate_too_low") else None
+            # One raise at a time: the next waits for the verdict on the last one.
+            by = by if self._check.allowed("learning_rate_too_low") and self._check.pending is None else None
             self._apply(trainer, pl_module, self._policy.on_window(kinds, self._regime.steady, step, hold, by), step)
         if self._use_train_loss and self._regime.ema is not None and not {"divergence", "oscillation"} & set(kinds):
             self._plateau_check(trainer, self._regime.ema, step, "the smoothed training loss")
@@ -202,9 +203,10 @@ class PlateauAdvisor(ConvergenceCallback):
 
     def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:
         """Judge the last LR remedy against the loss before it; undo it if it did harm."""
-        verdict = self._check.judge(self._regime.ema)
+        verdict = self._check.judge(self._regime.ema, step, min_steps=self.logging_cadence(trainer))
         if verdict is None or not verdict.harmed:
-            self._before.clear()
+            if self._check.pending is None:
+                self._before.clear()
             return False
         self._before.restore(pl_module, trainer.optimizers)
         self._before.clear()

@@ -49,7 +49,9 @@ class InterventionCheck:
         >>> verdict.harmed, check.allowed("learning_rate_too_low")
         (True, False)
         >>> check.open("plateau", step=400, loss_before=0.5, factor=0.1)
-        >>> check.judge(loss_now=0.49).harmed, check.judge(loss_now=0.1) is None
+        >>> check.judge(loss_now=0.9, step=403, min_steps=10) is None  # 3 steps after it: too soon
+        True
+        >>> check.judge(loss_now=0.49, step=410, min_steps=10).harmed, check.judge(loss_now=0.1) is None
         (False, True)
     """
 
@@ -68,12 +70,15 @@ class InterventionCheck:
         if loss_before is not None and math.isfinite(loss_before):
             self.pending = OpenCheck(reason, int(step), float(loss_before), float(factor))
 
-    def judge(self, loss_now: float | None) -> Verdict | None:
-        """At the window after the remedy: the verdict on it (``None`` when none is open). A
+    def judge(self, loss_now: float | None, step: int | None = None, min_steps: int = 0) -> Verdict | None:
+        """At a window of the loss after the remedy: the verdict on it, once ``min_steps``
+        optimizer steps have passed since it acted (``None`` before that, and when none is open;
+        a window that closes right after a remedy holds too few of its steps to judge it). A
         remedy that did harm blocks its reason."""
-        check, self.pending = self.pending, None
-        if check is None:
+        check = self.pending
+        if check is None or (step is not None and step - check.step < min_steps):
             return None
+        self.pending = None
         after = math.nan if loss_now is None else float(loss_now)
         harmed = not math.isfinite(after) or after > check.loss_before * (1.0 + self.margin)
         if harmed:
