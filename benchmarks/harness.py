@@ -160,6 +160,27 @@ def write_results(md: Path, title: str, generated: list[str], payload: dict[str,
         md.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
 
 
+def run_jobs(fit_job: Callable[[Any], dict], work: Sequence[Any], jobs: int,
+             progress: Callable[[dict, int, int], None]) -> list[dict]:
+    """``fit_job(job)`` for every job, ``jobs`` processes at a time (in this process when 1), in
+    the order given; ``progress(record, done, total)`` after each. Worker processes are spawned,
+    not forked: each starts a clean interpreter (torch's threads do not survive a fork)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    records: list[dict] = []
+    if jobs == 1:
+        for job in work:
+            records.append(fit_job(job))
+            progress(records[-1], len(records), len(work))
+        return records
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(fit_job, job) for job in work]):
+            records.append(future.result())
+            progress(records[-1], len(records), len(work))
+    return records
+
+
 # ------------------------------------------------------------------------------ a shared machine
 
 

@@ -22,11 +22,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
-from benchmarks.harness import BENCHMARKS, command_line, parser as make_parser
+from benchmarks.harness import BENCHMARKS, command_line, parser as make_parser, run_jobs
 from benchmarks.sweep.setups import HELD_OUT, LR_GRID, SEEDS, TUNING, Job, jobs
 
 QUICK = {"archs": ("mlp", "regression"), "optimizers": ("sgdm",), "seeds": (0,), "lrs_per_setup": 3}
@@ -64,20 +62,11 @@ def selected(args) -> list[Job]:
 
 
 def run_all(work: list[Job], root: str, n_jobs: int, max_steps: int) -> list[dict]:
+    """Every run, the costliest architectures first, ``n_jobs`` at a time."""
     from benchmarks.sweep.runner import fit_job
 
     work = sorted(work, key=lambda job: -COST.get(job.arch, 1))
-    records: list[dict] = []
-    if n_jobs == 1:
-        for job in work:
-            records.append(fit_job((job, root, max_steps)))
-            _progress(records[-1], len(records), len(work))
-        return records
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(fit_job, (job, root, max_steps)) for job in work]):
-            records.append(future.result())
-            _progress(records[-1], len(records), len(work))
-    return records
+    return run_jobs(fit_job, [(job, root, max_steps) for job in work], n_jobs, _progress)
 
 
 def _progress(r: dict, done: int, total: int) -> None:

@@ -27,11 +27,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
-from benchmarks.harness import BENCHMARKS, parser as make_parser
+from benchmarks.harness import BENCHMARKS, parser as make_parser, run_jobs
 from benchmarks.zoo.scenarios import SCENARIOS, Scenario
 from benchmarks.zoo.studies import SCENARIO_BY_NAME, STUDIES
 
@@ -87,18 +85,7 @@ def run_all(scenarios: list[Scenario], seeds: Sequence[int], root: str, jobs: in
 
     work = [(s.name, v, seed, root, max_steps) for seed in seeds for s in scenarios for v in s.variant_names]
     work.sort(key=lambda job: -SCENARIO_BY_NAME[job[0]].cost)
-    records = []
-    if jobs == 1:
-        for job in work:
-            records.append(fit_job(job))
-            _progress(records[-1], len(records), len(work))
-        return records
-    # spawn, not fork: each worker starts a clean interpreter (torch's threads do not survive a fork).
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(fit_job, job) for job in work]):
-            records.append(future.result())
-            _progress(records[-1], len(records), len(work))
-    return records
+    return run_jobs(fit_job, work, jobs, _progress)
 
 
 def _progress(record: dict, done: int, total: int) -> None:
