@@ -9,12 +9,13 @@ importing torch and Lightning. The callbacks among them come from the one table 
 from __future__ import annotations
 
 from lightning_convergence._imports import lazy_exports
-from lightning_convergence.callbacks.registry import CALLBACKS
+from lightning_convergence.callbacks.registry import ALIASES, CALLBACKS
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     **{entry.name: entry.module for entry in CALLBACKS},
+    **{alias: module for alias, (module, _) in ALIASES.items()},
     "default_callbacks": "lightning_convergence.suite",
     "Diagnosis": "lightning_convergence.recorder.records",
     "Intervention": "lightning_convergence.recorder.records",

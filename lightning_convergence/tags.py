@@ -104,12 +104,23 @@ loss = Family("loss")  # loss(monitor) for the monitored metric
 LOSS_TRAIN_EMA = loss("train_ema")
 LOSS_BEST_EMA = loss("best_ema")
 
-# --- inputs and data (InputSanityChecker, DataLoadingMonitor) --------------------------------
+# --- inputs and data (InputSanityChecker, TrainingSpeedMonitor) -----------------------------
 inputs_rms_max = Family("inputs/rms_max")
 inputs_nonfinite = Family("inputs/nonfinite")
 data = Family("data")
-DATA_WAIT_FRACTION = data("wait_fraction")
-DATA_WAIT_MS = data("wait_ms")
+DATA_WAIT_FRACTION = data("wait_fraction")  # median wait for a batch over (wait + compute), per window
+DATA_WAIT_MS = data("wait_ms")  # median wait for a batch within an epoch, ms
+
+# --- speed (TrainingSpeedMonitor) ------------------------------------------------------------
+speed_share = Family("speed/share")  # speed_share(phase): that phase's share of the window's wall time
+speed = Family("speed")
+SPEED_STEP_MS = speed("step_ms")
+SPEED_SAMPLES_PER_S = speed("samples_per_s")
+SPEED_TOKENS_PER_S = speed("tokens_per_s")
+SPEED_CPU_SHARE = speed("cpu_share")  # process CPU time over wall time within steps, on a CPU
+SPEED_DEVICE_UTILIZATION = speed("device_utilization")
+SPEED_MFU = speed("mfu")
+SPEED_HOST_SYNCS = speed("host_syncs_per_step")
 
 # --- text ------------------------------------------------------------------------------------
 DIAGNOSES = f"{ROOT}diagnoses"
@@ -174,6 +185,12 @@ PANEL_GROUPS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         Panel("input scale (largest channel RMS)", (inputs_rms_max,)),
         Panel("non-finite input values", (inputs_nonfinite,)),
         Panel("waiting for data", (data,)),
+    )),
+    ("convergence: speed", (
+        Panel("where the wall time goes", (speed_share,)),
+        Panel("throughput", (SPEED_SAMPLES_PER_S, SPEED_TOKENS_PER_S)),
+        Panel("step time (ms)", (SPEED_STEP_MS,)),
+        Panel("device", (SPEED_CPU_SHARE, SPEED_DEVICE_UTILIZATION, SPEED_MFU, SPEED_HOST_SYNCS)),
     )),
 )
 

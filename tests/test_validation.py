@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from lightning_convergence.rules.data_wait import DataWaitThresholds
+from lightning_convergence.rules.wall_time import SpeedThresholds
 from lightning_convergence.rules.gradient_health import GradientThresholds
 from lightning_convergence.rules.input_health import InputThresholds
 from lightning_convergence.rules.loss_regime import RegimeThresholds
@@ -59,7 +59,7 @@ THRESHOLDS = [
     (RegimeThresholds, "no_learning_steps", 0),
     (UnitThresholds, "dead_warning", 1.5),
     (InputThresholds, "scale_high", -1.0),
-    (DataWaitThresholds, "min_wait_ms", math.inf),
+    (SpeedThresholds, "min_fetch_ms", math.inf),
 ]
 
 

@@ -7,10 +7,11 @@ are loaded from it on first use, so that importing the registry does not import 
 from __future__ import annotations
 
 from lightning_convergence._imports import lazy_exports
-from lightning_convergence.callbacks.registry import CALLBACKS
+from lightning_convergence.callbacks.registry import ALIASES, CALLBACKS
 
 _EXPORTS = {
     **{entry.name: entry.module for entry in CALLBACKS},
+    **{alias: module for alias, (module, _) in ALIASES.items()},
     "ConvergenceCallback": "lightning_convergence.callbacks.base",
 }
 

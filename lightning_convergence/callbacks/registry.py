@@ -77,7 +77,7 @@ CALLBACKS: tuple[Registered, ...] = (
     # label order) in the same hook before the advisor judges the loss and ranks its causes.
     Registered("PlateauAdvisor", "lightning_convergence.callbacks.plateau_advisor", _MONITOR,
                second_instance={"monitor": "train_loss"}),
-    Registered("DataLoadingMonitor", "lightning_convergence.callbacks.data_loading_monitor", _MONITOR),
+    Registered("TrainingSpeedMonitor", "lightning_convergence.callbacks.training_speed_monitor", _MONITOR),
     # Preventive, not a reaction: only when asked for (warmup_steps=... or WarmupScheduler={...}).
     Registered("WarmupScheduler", "lightning_convergence.callbacks.warmup_scheduler", frozenset({"warmup"}),
                example={"warmup_steps": 5}, second_instance={"warmup_steps": 7}),
@@ -93,6 +93,11 @@ CALLBACKS: tuple[Registered, ...] = (
 )
 
 BY_NAME: Mapping[str, Registered] = MappingProxyType({entry.name: entry for entry in CALLBACKS})
+
+# Former names, still importable from the package: alias -> (its module, the registered name).
+ALIASES: Mapping[str, tuple[str, str]] = MappingProxyType({
+    "DataLoadingMonitor": ("lightning_convergence.callbacks.data_loading_monitor", "TrainingSpeedMonitor"),
+})
 
 
 def in_mode(mode: Mode) -> tuple[Registered, ...]:

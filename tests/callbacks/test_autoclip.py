@@ -211,7 +211,7 @@ def test_suite_with_auto_remediate_includes_zscore_autoclip():
     assert clip.mode == "zscore" and clip.z_thresh == 3.0 and clip.alpha == 0.9 and clip.log_every_n_steps == 7
     assert [type(c).__name__ for c in default_callbacks(auto_remediate=True, AutoClip=None)] == [
         "GradientNormMonitor", "DeadNeuronTracker", "InputSanityChecker", "InitializationAudit", "PlateauAdvisor",
-        "DataLoadingMonitor"]
+        "TrainingSpeedMonitor"]
 
 
 def test_sharded_strategy_is_refused(tmp_path):

@@ -16,7 +16,7 @@ import lightning_convergence
 import lightning_convergence.callbacks
 from lightning_convergence import default_callbacks
 from lightning_convergence.callbacks.base import ConvergenceCallback
-from lightning_convergence.callbacks.registry import BY_NAME, CALLBACKS, MODES, Registered, in_mode, load
+from lightning_convergence.callbacks.registry import ALIASES, BY_NAME, CALLBACKS, MODES, Registered, in_mode, load
 
 NAMES = [entry.name for entry in CALLBACKS]
 
@@ -49,10 +49,16 @@ def test_the_public_exports_are_the_registry():
     for package in (lightning_convergence, lightning_convergence.callbacks):
         exported = {name for name in package.__all__
                     if inspect.isclass(cls := getattr(package, name)) and issubclass(cls, ConvergenceCallback)}
-        assert exported - {"ConvergenceCallback"} == set(NAMES), package.__name__
+        assert exported - {"ConvergenceCallback"} == set(NAMES) | set(ALIASES), package.__name__
     for entry in CALLBACKS:
         assert getattr(lightning_convergence, entry.name) is load(entry) is getattr(lightning_convergence.callbacks,
                                                                                      entry.name)
+
+
+def test_each_former_name_is_the_class_it_names_now():
+    for alias, (_, name) in ALIASES.items():
+        assert alias not in BY_NAME
+        assert getattr(lightning_convergence, alias) is load(name) is getattr(lightning_convergence.callbacks, alias)
 
 
 def test_importing_the_package_and_the_registry_loads_neither_torch_nor_lightning():

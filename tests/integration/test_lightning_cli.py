@@ -155,7 +155,8 @@ WRONG = {
         "thresholds": {"scale_high": "x"}, "auto_remediate": 3, "report_window_steps": "x",
     },
     "InitializationAudit": {"scale_factor": "x", "report_window_steps": "x"},
-    "DataLoadingMonitor": {"log_every_n_steps": "x", "thresholds": {"min_wait_ms": "x"}, "report_window_steps": "x"},
+    "TrainingSpeedMonitor": {"log_every_n_steps": "x", "thresholds": {"min_fetch_ms": "x"}, "sequence_length": 2.5,
+                             "flops_per_batch": "x", "report_window_steps": "x", "clock": 3, "cpu_clock": 3},
     "WarmupScheduler": {"warmup_steps": "soon", "shape": "square", "log_every_n_steps": "x",
                         "report_window_steps": "x"},
     "AutoClip": {

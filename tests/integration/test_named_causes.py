@@ -346,15 +346,38 @@ class SleepyDigits(torch.utils.data.Dataset):
 
 
 def test_k_a_run_shorter_than_one_window_is_judged_at_its_end(tmp_path):
-    # 20 steps, a logging window of 50: no window ever closes. The loader waits about 30 ms per
-    # batch against well under 1 ms of compute; the end of fit judges the 19 timed batches.
-    class SlowLoader(DigitsMLP):
-        def train_dataloader(self):
-            return DataLoader(SleepyDigits(640, 0.001), batch_size=32, num_workers=0)
+    # 40 steps, a logging window of 50: no window ever closes. The loader waits 128 ms per batch
+    # against 2 ms of compute (on an injected clock: the machine's load changes nothing); the
+    # end of fit judges the 39 steps after the epoch's first.
+    clock = [0.0]
 
-    diagnoses = fit(tmp_path, lambda: SlowLoader(), max_epochs=1, log_every_n_steps=50)
+    class Timed(torch.utils.data.Dataset):
+        def __init__(self):
+            self.x, self.y = digits_tensors(1280)
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, index):
+            clock[0] += 0.004
+            return self.x[index], self.y[index]
+
+    class SlowLoader(DigitsMLP):
+        def training_step(self, batch, batch_idx):
+            clock[0] += 0.002
+            return super().training_step(batch, batch_idx)
+
+        def train_dataloader(self):
+            return DataLoader(Timed(), batch_size=32, num_workers=0)
+
+    L.seed_everything(0, verbose=False)
+    callbacks = default_callbacks(log_every_n_steps=50, TrainingSpeedMonitor={
+        "clock": lambda: clock[0], "cpu_clock": lambda: clock[0]})
+    trainer = L.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, logger=False, max_epochs=1))
+    trainer.fit(SlowLoader())
+    diagnoses = [d for c in callbacks for d in c.records()["diagnoses"]]
     slow = [d for d in diagnoses if d["kind"] == "slow_data_loading" and d["severity"] != "info"]
-    assert slow and slow[0]["evidence"]["batches"] == 19 and slow[0]["step"] == 19
+    assert slow and slow[0]["evidence"]["steps"] == 39 and slow[0]["step"] == 39
 
 
 def test_k_the_last_partial_window_of_the_loss_is_judged_and_not_acted_on(tmp_path):

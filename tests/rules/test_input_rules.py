@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_convergence.rules.data_wait import DataWaitRule, DataWaitThresholds
 from lightning_convergence.rules.init_audit import audit_weight, expected_std
 from lightning_convergence.rules.input_health import InputHealthRule, InputThresholds, PartSummary
 
@@ -62,23 +61,8 @@ def test_default_and_he_init_pass_and_bad_ones_are_found():
     assert expected_std(100, 100, None)[1] == "Xavier"
 
 
-@pytest.mark.parametrize("wait,busy,batches,expected", [
-    (4.0, 1.0, 50, "warning"), (0.2, 0.3, 50, "info"), (0.1, 1.0, 50, None),
-    (0.04, 0.01, 50, None),  # 80% waiting, but under 1 ms per batch: nothing worth saying
-    (0.0, 0.0, 0, None),
-])
-def test_data_wait_table(wait, busy, batches, expected):
-    finding = DataWaitRule().evaluate(wait, busy, batches, 0, 49, num_workers=0)
-    assert (finding.severity if finding else None) == expected
-    if finding:
-        assert "num_workers=0" in finding.message and "persistent_workers" in finding.message
-
-
 @pytest.mark.parametrize("cls,kwargs,named", [
     (InputThresholds, {"scale_high": 0}, "scale_high"), (InputThresholds, {"offset_ratio": math.nan}, "offset_ratio"),
-    (DataWaitThresholds, {"warning_fraction": 1.0}, "warning_fraction"),
-    (DataWaitThresholds, {"info_fraction": 0.9}, "info_fraction"),
-    (DataWaitThresholds, {"min_wait_ms": -1}, "min_wait_ms"),
 ])
 def test_bad_thresholds(cls, kwargs, named):
     with pytest.raises(ValueError, match=named):

@@ -1,0 +1,142 @@
+"""The marks no callback hook gives: a profiler that tells a listener when Lightning's actions
+start and stop, and passes every call on to the Trainer's own profiler.
+
+Lightning brackets, with ``trainer.profiler.start/stop``, exactly the moments a callback cannot
+see: fetching the next training batch (``[_TrainingEpochLoop].train_dataloader_next``), writing a
+checkpoint (``save_checkpoint``), every callback hook (``[Callback]<state_key>.<hook>``), the
+manual optimizer step (``optimizer_step``) and the zeroing of gradients before validation
+(``[LightningModule]<name>.on_validation_model_zero_grad``). :class:`PhaseProfiler` stands in for
+the Trainer's profiler during ``fit`` and forwards every call to it unchanged, so a user's
+``profiler="simple"`` still reports; :func:`install` and :func:`uninstall` put it in place and
+take it away (the Trainer's profiler is restored even when several are stacked).
+
+Cost: one dict lookup per action (the kind of each action name is cached) and, for the actions
+that matter, one clock read: about a microsecond per callback hook. No device sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Any, Literal, Protocol
+
+from lightning.pytorch.profilers import Profiler
+
+Action = Literal["fetch", "checkpoint", "callback", "optimizer", "validation"]
+
+
+def action_kind(name: str) -> Action | None:
+    """The kind of one of Lightning's profiler actions, or ``None`` for those that mark nothing.
+
+    Example:
+        >>> action_kind("[_TrainingEpochLoop].train_dataloader_next"), action_kind("[Callback]TQDMProgressBar.on_train_batch_end")
+        ('fetch', 'callback')
+        >>> action_kind("run_training_batch") is None
+        True
+    """
+    if name.startswith("[Callback]"):
+        return "callback"
+    if name.endswith("].train_dataloader_next"):
+        return "fetch"
+    if name == "save_checkpoint":
+        return "checkpoint"
+    if name == "optimizer_step":  # the manual optimisation loop's (the automatic one is a LightningModule hook)
+        return "optimizer"
+    if name.startswith("[LightningModule]") and name.endswith(".on_validation_model_zero_grad"):
+        return "validation"
+    return None
+
+
+def callback_of(name: str) -> str:
+    """``[Callback]<state_key>.<hook>`` -> the callback's state key (its class name, maybe with settings)."""
+    return name[len("[Callback]"):].rsplit(".", 1)[0]
+
+
+class ActionListener(Protocol):
+    def action_started(self, kind: Action, name: str) -> None: ...
+
+    def action_stopped(self, kind: Action, name: str) -> None: ...
+
+
+class PhaseProfiler(Profiler):
+    """Forwards everything to ``inner`` and tells ``listener`` when a marked action starts or stops."""
+
+    def __init__(self, inner: Profiler, listener: ActionListener) -> None:
+        super().__init__()
+        self.inner = inner
+        self.listener = listener
+        self._kinds: dict[str, Action | None] = {}
+
+    def _kind(self, name: str) -> Action | None:
+        kind = self._kinds.get(name, "")
+        if kind == "":
+            kind = self._kinds[name] = action_kind(name)
+        return kind  # type: ignore[return-value]
+
+    def start(self, action_name: str) -> None:
+        kind = self._kind(action_name)
+        if kind is not None:
+            self.listener.action_started(kind, action_name)
+        self.inner.start(action_name)
+
+    def stop(self, action_name: str) -> None:
+        self.inner.stop(action_name)
+        kind = self._kind(action_name)
+        if kind is not None:
+            self.listener.action_stopped(kind, action_name)
+
+    @contextmanager
+    def profile(self, action_name: str) -> Generator:
+        try:
+            self.start(action_name)
+            yield action_name
+        finally:
+            self.stop(action_name)
+
+    def summary(self) -> str:
+        return self.inner.summary()
+
+    def describe(self) -> None:
+        self.inner.describe()
+
+    def setup(self, stage: str, local_rank: int | None = None, log_dir: str | None = None) -> None:
+        self.inner.setup(stage, local_rank, log_dir)
+
+    def teardown(self, stage: str | None) -> None:
+        self.inner.teardown(stage)
+
+    def __del__(self) -> None:
+        pass  # the inner profiler tears itself down; this stand-in owns nothing
+
+    def __getattr__(self, name: str) -> Any:  # a profiler's own attributes (dirpath, filename, ...)
+        if name in {"inner", "listener", "_kinds"}:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def install(trainer: Any, listener: ActionListener) -> PhaseProfiler | None:
+    """Put a :class:`PhaseProfiler` in front of ``trainer.profiler``; ``None`` if it cannot be set."""
+    inner = getattr(trainer, "profiler", None)
+    if not isinstance(inner, Profiler):
+        return None
+    proxy = PhaseProfiler(inner, listener)
+    try:
+        trainer.profiler = proxy
+    except AttributeError:
+        return None
+    return proxy
+
+
+def uninstall(trainer: Any, proxy: PhaseProfiler | None) -> None:
+    """Take ``proxy`` out of the chain of profilers of ``trainer`` (wherever it is in it)."""
+    if proxy is None:
+        return
+    current = getattr(trainer, "profiler", None)
+    if current is proxy:
+        trainer.profiler = proxy.inner
+        return
+    while isinstance(current, PhaseProfiler):  # another stand-in installed after ours
+        if current.inner is proxy:
+            current.inner = proxy.inner
+            return
+        current = current.inner

@@ -1,0 +1,380 @@
+"""TrainingSpeedMonitor: where the wall time of training goes, and why it is slow, in plain words."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from typing_extensions import override
+
+from lightning_convergence import tags
+from lightning_convergence.callbacks import _phase_profiler
+from lightning_convergence.callbacks._device_clock import DeviceClock
+from lightning_convergence.callbacks.base import ConvergenceCallback
+from lightning_convergence.recorder.tensorboard import log_scalars
+from lightning_convergence.rules.device_speed import judge_device
+from lightning_convergence.rules.phase_timeline import COMPUTE_PHASES, PhaseTimeline, zero_phases
+from lightning_convergence.rules.wall_time import (LoaderSettings, RunSettings, RunTimes, SpeedThresholds, StepWindow,
+                                                   WallTimeRule)
+from lightning_convergence.validation import check_positive_float, check_positive_int
+
+FETCH_HISTORY = 2000  # in-epoch waits kept for the run's median (the latest ones)
+
+
+class TrainingSpeedMonitor(ConvergenceCallback):
+    """Says where the wall time of training goes and why it is slow, with the knob to turn.
+
+    Every second between ``on_train_start`` and ``on_train_end`` is charged to one phase
+    (:data:`~lightning_convergence.rules.phase_timeline.PHASES`): the wait for a batch within an
+    epoch and at an epoch's start (the loader's workers starting and stopping), forward, backward,
+    the optimizer step, validation, checkpoint writing, logging, every callback's hooks (this one
+    included) and garbage-collection pauses (from ``gc.callbacks``, so a pause is never blamed on
+    the phase it interrupted). Host clocks only: the hooks mark the phases of a step, and a
+    stand-in for the Trainer's profiler (which forwards every call to it) marks what no hook sees:
+    the fetch, checkpoints and callbacks. No device sync on a step that does not log.
+
+    Judged by :class:`~lightning_convergence.rules.wall_time.WallTimeRule`: the steady loader on
+    medians per logging window of at least ``thresholds.min_steps`` steps (a shorter window
+    carries over; a short last one joins the window before it), and the run's overheads
+    (loader restarts, validation, logging and callbacks, checkpoints) on its cumulative shares,
+    from the second epoch on and at the end of fit. Advice only: nothing in training changes.
+
+    Per window it logs ``convergence/speed/share/<phase>``, the median step time, samples/s
+    (tokens/s with ``sequence_length``) and, on a CPU, the process's CPU share while computing;
+    :meth:`breakdown` returns the whole run's. On a GPU (unverified here: this suite's machines
+    have none) it reads CUDA events at logging steps for the device's busy time and, with
+    ``flops_per_batch``, the model FLOPs utilisation against Lightning's table of peak FLOPs.
+
+    Args:
+        log_every_n_steps: window length in optimizer steps; ``None`` uses the Trainer's.
+        thresholds: see :class:`~lightning_convergence.rules.wall_time.SpeedThresholds`.
+        sequence_length: tokens per sample, for tokens/s.
+        flops_per_batch: FLOPs of one training step (forward and backward), e.g. from
+            ``lightning.fabric.utilities.throughput.measure_flops``; gives the MFU on a GPU.
+        report_window_steps: a diagnosis kind is reported at most once per this many steps.
+        clock: wall clock in seconds (``time.perf_counter``); injected by tests.
+        cpu_clock: the process's CPU time in seconds (``time.process_time``); injected by tests.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of range.
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[TrainingSpeedMonitor()], logger=False)
+
+    References:
+        PyTorch, "Performance Tuning Guide"; Lightning's ``ThroughputMonitor`` and
+        ``measure_flops`` (MFU = achieved FLOP/s over the device's peak for the dtype).
+    """
+
+    def __init__(self, log_every_n_steps: int | None = None, thresholds: SpeedThresholds | None = None,
+                 sequence_length: int | None = None, flops_per_batch: float | None = None,
+                 report_window_steps: int = 500, clock: Callable[[], float] | None = None,
+                 cpu_clock: Callable[[], float] | None = None) -> None:
+        super().__init__(auto_remediate=False, report_window_steps=report_window_steps,
+                         log_every_n_steps=log_every_n_steps)
+        if thresholds is not None and not isinstance(thresholds, SpeedThresholds):
+            raise TypeError(f"`thresholds` must be a SpeedThresholds, got {thresholds!r}.")
+        check_positive_int("sequence_length", sequence_length, allow_none=True)
+        if flops_per_batch is not None:
+            check_positive_float("flops_per_batch", flops_per_batch)
+        for name, value in (("clock", clock), ("cpu_clock", cpu_clock)):
+            if value is not None and not callable(value):
+                raise TypeError(f"`{name}` must be a callable returning seconds, got {value!r}.")
+        self.thresholds = thresholds or SpeedThresholds()
+        self.sequence_length = sequence_length
+        self.flops_per_batch = flops_per_batch
+        self.clock = clock
+        self.cpu_clock = cpu_clock
+        self._rule = WallTimeRule(self.thresholds)
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        self._timeline = PhaseTimeline(self._wall)
+        self._window, self._previous = StepWindow(), StepWindow()
+        self._window_phases = zero_phases()
+        self._window_first_step = 0
+        self._fetches: list[float] = []
+        self._epoch_starts: list[float] = []
+        self._steps = self._validations = self._checkpoints = 0
+        self._batch_in_epoch, self._start_batches = 0, 1
+        self._callbacks_s: dict[str, float] = {}
+        self._own_s = 0.0
+        self._ours: set[str] = set()
+        self._open_callbacks: list[tuple[str, float]] = []
+        self._batch_wall = self._batch_cpu = 0.0
+        self._samples = 0
+        self._profiler: _phase_profiler.PhaseProfiler | None = None
+        self._gc_started: float | None = None
+        self._device: DeviceClock | None = None
+        self._names: dict[str, str] = {}
+
+    def _wall(self) -> float:
+        return (self.clock or time.perf_counter)()
+
+    def _cpu(self) -> float:
+        return (self.cpu_clock or time.process_time)()
+
+    # ------------------------------------------------------------------ marks
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._reset_run()
+            self._names = {c.state_key: type(c).__name__ for c in trainer.callbacks}
+            self._ours = {c.state_key for c in trainer.callbacks if isinstance(c, ConvergenceCallback)}
+            self._profiler = _phase_profiler.install(trainer, self)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._timeline.start("other")
+        self._window_first_step = trainer.global_step
+        if self._gc_hook not in gc.callbacks:
+            gc.callbacks.append(self._gc_hook)
+        self._device = DeviceClock.create(pl_module.device)
+
+    def _gc_hook(self, phase: str, info: dict) -> None:
+        # Called by the interpreter inside any allocation: touch numbers only.
+        if phase == "start":
+            self._gc_started = self._wall()
+        elif self._gc_started is not None:
+            self._timeline.gc_pause(self._wall() - self._gc_started)
+            self._gc_started = None
+
+    def action_started(self, kind: str, name: str) -> None:
+        """A marked action of Lightning's began (see :mod:`._phase_profiler`)."""
+        timeline = self._timeline
+        if not timeline.running:
+            return
+        if kind == "fetch":
+            timeline.switch("epoch_start" if self._batch_in_epoch < self._start_batches else "fetch")
+        elif kind == "callback":
+            self._open_callbacks.append((name, self._wall()))
+            timeline.push("callbacks")
+        elif kind == "checkpoint":
+            self._checkpoints += 1
+            timeline.push("checkpointing")
+        elif kind == "optimizer":
+            timeline.push("optimizer")
+        elif kind == "validation":
+            timeline.switch("validation")
+
+    def action_stopped(self, kind: str, name: str) -> None:
+        """A marked action of Lightning's ended."""
+        if not self._timeline.running:
+            return
+        if kind == "callback" and self._open_callbacks and self._open_callbacks[-1][0] == name:
+            _, started = self._open_callbacks.pop()
+            key = _phase_profiler.callback_of(name)
+            who, took = self._names.get(key, key), self._wall() - started
+            self._callbacks_s[who] = self._callbacks_s.get(who, 0.0) + took
+            if key in self._ours:
+                self._own_s += took
+        if kind in ("callback", "checkpoint", "optimizer"):
+            self._timeline.pop()
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Until the epoch's first batches are in: the loader (re)starting. Workers that start with
+        # the epoch each deliver their first batch late, so each of their first batches counts.
+        loader = self._loader_settings(trainer)
+        restarting = loader.num_workers and not loader.persistent_workers
+        self._start_batches = max(1, loader.num_workers or 1) if restarting else 1
+        self._batch_in_epoch = 0
+        self._epoch_starts.append(0.0)
+        self._timeline.switch("epoch_start")
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self._timeline.switch("forward")
+        self._samples = _batch_size(batch)
+        self._batch_wall, self._batch_cpu = self._wall(), self._cpu()
+        if self._device is not None and trainer.global_step % self.logging_cadence(trainer) == 0:
+            self._device.begin_sample()  # the first step of a window: not a logging step
+
+    @override
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        self._timeline.switch("backward")
+
+    @override
+    def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._timeline.switch("forward")  # back in the user's step (manual optimisation) until the next mark
+
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        if pl_module.automatic_optimization:  # manual: the profiler's `optimizer_step` brackets it
+            self._timeline.switch("optimizer")
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._timeline.running:
+            return
+        step = self._timeline.take_step()
+        self._timeline.switch(self._between)  # the logger connector's work follows, then the next fetch
+        for phase, seconds in step.items():
+            self._window_phases[phase] += seconds
+        self._steps += 1
+        if self._device is not None:
+            self._device.end_sample()
+        self._batch_in_epoch += 1
+        if step["epoch_start"] > 0 and self._epoch_starts:
+            self._epoch_starts[-1] += step["epoch_start"]  # the loader starting: not a steady wait
+        else:
+            self._window.add(step["fetch"], sum(step[p] for p in COMPUTE_PHASES), self._cpu() - self._batch_cpu,
+                             self._wall() - self._batch_wall, sum(step.values()), self._samples)
+            self._fetches = [*self._fetches[-FETCH_HISTORY + 1:], step["fetch"]]
+        if self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer)):
+            self._close_window(trainer, trainer.global_step - 1, at_end=False)
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._timeline.switch("validation")
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking and self._timeline.running:
+            self._validations += 1
+            self._timeline.switch(self._between)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._timeline.switch(self._between)
+
+    @property
+    def _between(self) -> str:
+        """The phase between batches: logging, until the profiler marks the next fetch; without
+        those marks (no profiler to stand in for) the whole gap is charged to the fetch."""
+        return "logging" if self._profiler is not None else "fetch"
+
+    # ------------------------------------------------------------------ judgements
+
+    def _close_window(self, trainer: Trainer, last_step: int, at_end: bool) -> None:
+        window = self._window
+        if len(window) < self.thresholds.min_steps and not at_end:
+            return  # too few steps to judge alone: they carry over into the next window
+        if len(window) < self.thresholds.min_steps:
+            window = StepWindow()  # a short last window joins the one before it
+            window.extend(self._previous)
+            window.extend(self._window)
+        loader = self._loader_settings(trainer)
+        if len(window):
+            self._log_window(trainer, window, last_step)
+            finding = self._rule.judge_loader(window, loader, self._window_first_step, last_step)
+            if finding is not None:
+                self.record(trainer, finding, step=last_step)
+            if self._device is not None:  # a CUDA device (unverified here: no GPU on this project's machines)
+                total = sum(self._window_phases.values())
+                compute = sum(self._window_phases[p] for p in COMPUTE_PHASES) / total if total > 0 else None
+                readings = self._device.read(window, self.flops_per_batch, trainer.precision, compute)
+                log_scalars(trainer, {k: v for k, v in self._device.metrics(readings).items() if v is not None},
+                            last_step)
+                finding = judge_device(readings, self._window_first_step, last_step)
+                if finding is not None:
+                    self.record(trainer, finding, step=last_step)
+        # The run's overheads, once a whole epoch (its restart, its validation) is in the shares.
+        if at_end or len(self._epoch_starts) >= 2:
+            for found in self._rule.judge_run(self.run_times(), loader, self._run_settings(trainer)):
+                self.record(trainer, found, step=last_step)
+        if len(self._window):
+            self._previous = self._window
+        self._window, self._window_phases = StepWindow(), zero_phases()
+        self._window_first_step = last_step + 1
+
+    def _log_window(self, trainer: Trainer, window: StepWindow, step: int) -> None:
+        summary = window.summary()
+        total = sum(self._window_phases.values())
+        metrics = {tags.speed_share(p): s / total for p, s in self._window_phases.items() if total > 0}
+        metrics.update({tags.SPEED_STEP_MS: summary.get("step_ms"), tags.SPEED_SAMPLES_PER_S: summary.get("samples_per_s"),
+                        tags.DATA_WAIT_FRACTION: summary.get("fetch_share"), tags.DATA_WAIT_MS: summary.get("fetch_ms")})
+        if self.sequence_length and summary.get("samples_per_s") is not None:
+            metrics[tags.SPEED_TOKENS_PER_S] = summary["samples_per_s"] * self.sequence_length
+        if trainer.strategy.root_device.type == "cpu":
+            metrics[tags.SPEED_CPU_SHARE] = summary.get("cpu_share")
+        log_scalars(trainer, {k: v for k, v in metrics.items() if v is not None}, step)
+
+    @override
+    def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._timeline.running:
+            self._timeline.stop()
+        self._close_window(trainer, self._clock.batch_step(trainer.global_step), at_end=True)
+
+    def run_times(self) -> RunTimes:
+        """The whole run so far: seconds per phase, epoch starts, counts."""
+        return RunTimes(phases=dict(self._timeline.totals), epoch_starts_s=list(self._epoch_starts),
+                        epoch_start_batches=self._start_batches,
+                        steady_fetch_s=statistics.median(self._fetches) if self._fetches else 0.0,
+                        steps=self._steps, validations=self._validations, checkpoints=self._checkpoints,
+                        callbacks_s=dict(self._callbacks_s), own_callbacks_s=self._own_s)
+
+    def breakdown(self) -> dict:
+        """Where the wall time of the current (or last) fit went: its wall time in seconds, the
+        share of each phase, validations and checkpoints counted, the costliest callbacks in ms."""
+        return WallTimeRule.breakdown(self.run_times())
+
+    @staticmethod
+    def _loader_settings(trainer: Trainer) -> LoaderSettings:
+        loader = getattr(trainer, "train_dataloader", None)
+        workers = getattr(loader, "num_workers", None)
+        persistent = getattr(loader, "persistent_workers", None)
+        return LoaderSettings(num_workers=workers if isinstance(workers, int) else None,
+                              persistent_workers=persistent if isinstance(persistent, bool) else None,
+                              batch_size=getattr(loader, "batch_size", None), cpu_count=_cpu_count(),
+                              on_cpu=trainer.strategy.root_device.type == "cpu")
+
+    @staticmethod
+    def _run_settings(trainer: Trainer) -> RunSettings:
+        return RunSettings(log_every_n_steps=trainer.log_every_n_steps or None,
+                           val_check_interval=getattr(trainer, "val_check_interval", None),
+                           check_val_every_n_epoch=getattr(trainer, "check_val_every_n_epoch", None))
+
+    # ------------------------------------------------------------------ teardown
+
+    @override
+    def _remove_hooks(self) -> None:
+        if self._gc_hook in gc.callbacks:
+            gc.callbacks.remove(self._gc_hook)
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is not None:
+            _phase_profiler.uninstall(trainer, self._profiler)
+        self._profiler = None
+        if self._device is not None:
+            self._device.close()
+        self._device = None
+
+
+def _batch_size(batch: Any) -> int:
+    """Samples in ``batch``: the first dimension of its first tensor (0 when there is none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, (list, tuple)):
+        items = batch
+    elif isinstance(batch, dict):
+        items = list(batch.values())
+    else:
+        return 0
+    for item in items:
+        size = _batch_size(item)
+        if size:
+            return size
+    return 0
+
+
+def _cpu_count() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count()

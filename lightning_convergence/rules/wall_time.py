@@ -1,0 +1,382 @@
+"""Why is training slow? Where the wall time goes, turned into causes with the knob to turn.
+
+Two judgements, both on host wall time charged to phases (:mod:`.phase_timeline`):
+
+- **The steady input pipeline, per window** (:meth:`WallTimeRule.judge_loader`): the median time
+  a step waits for its batch within an epoch against the median time it computes (forward,
+  backward, optimizer). Medians, so that one slow step (a garbage-collection pause, the process
+  descheduled for a moment, a checkpoint written) moves nothing; never on fewer than
+  ``min_steps`` steps; never below ``min_fetch_ms`` per batch. A window in which the process got
+  less than ``min_cpu_share`` of the CPU while it computed on a CPU (a busy machine: every phase
+  is slow, the loader is not to blame) is not judged. A bottleneck is ``slow_data_loading`` with
+  the cause ``data_loader_bottleneck`` and a ``num_workers`` computed from the measured costs.
+- **The run's overheads, cumulative** (:meth:`WallTimeRule.judge_run`): the share of the whole
+  run's wall time spent restarting the loader at each epoch start (``data_loader_restarts``:
+  ``persistent_workers=True``), validating (``validation_too_frequent``), logging and in
+  callbacks (``logging_overhead``) and writing checkpoints (``checkpointing_overhead``). Each
+  counts when its share reaches its threshold *and* it cost at least ``min_overhead_s`` in all.
+
+Pure Python, no Lightning: fed seconds, returns :class:`~.findings.Finding` records.
+
+References:
+    PyTorch, "Performance Tuning Guide" (num_workers, pin_memory, persistent workers; avoid
+    host syncs); Lightning, "Find bottlenecks in your code" (the SimpleProfiler's actions,
+    ``log_every_n_steps``, ``val_check_interval``, ``check_val_every_n_epoch``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from lightning_convergence.rules.findings import Cause, Finding
+from lightning_convergence.rules.phase_timeline import PHASES
+from lightning_convergence.validation import (check_fields, check_nonnegative_float, check_open_fraction,
+                                              check_positive_float, check_positive_int)
+
+Overhead = tuple[Cause, str, list[str]]  # a cause, the sentence that says it, its remedies
+
+# The diagnoses' ``layer``: the part of the run's time concerned. A kind is reported once per
+# report window per layer, so each part has its own (and a slow_training of the loss, whose layer
+# is None, is never silenced by one of these).
+LAYER = "wall_time"
+FETCH_LAYER = f"{LAYER}/fetch"
+EPOCH_START_LAYER = f"{LAYER}/epoch_start"
+OVERHEADS_LAYER = f"{LAYER}/overheads"
+DEVICE_LAYER = f"{LAYER}/device"
+
+
+@dataclass(frozen=True)
+class SpeedThresholds:
+    """Thresholds of :class:`WallTimeRule`.
+
+    Args:
+        min_steps: timed steps a judgement needs (a shorter window waits for the next one).
+        fetch_share: share of a step spent waiting for its batch (medians) that is a warning.
+        min_fetch_ms: median wait per batch, in ms, below which the loader is never blamed.
+        min_cpu_share: on a CPU, process CPU time over wall time while computing below which
+            the process was descheduled (a busy machine) and the window is not judged.
+        restart_share, validation_share, logging_share, checkpoint_share: share of the run's wall
+            time that each overhead must reach to be a warning.
+        min_overhead_s: seconds an overhead must cost in all to be a warning.
+        target_share: the share the suggested settings aim for (a setting that brings an
+            overhead to about this share of the run).
+    """
+
+    min_steps: int = 20
+    fetch_share: float = 0.5
+    min_fetch_ms: float = 5.0
+    min_cpu_share: float = 0.5
+    restart_share: float = 0.15
+    validation_share: float = 0.3
+    logging_share: float = 0.2
+    checkpoint_share: float = 0.15
+    min_overhead_s: float = 0.5
+    target_share: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_positive_int("min_steps", self.min_steps)
+        check_fields(self, check_open_fraction, "fetch_share", "min_cpu_share", "restart_share", "validation_share",
+                     "logging_share", "checkpoint_share", "target_share")
+        check_fields(self, check_nonnegative_float, "min_fetch_ms", "min_overhead_s")
+
+
+@dataclass
+class LoaderSettings:
+    """What is known of the training DataLoader and the machine (``None``: unknown)."""
+
+    num_workers: int | None = None
+    persistent_workers: bool | None = None
+    batch_size: int | None = None
+    cpu_count: int | None = None
+    on_cpu: bool = True  # training runs on the CPU: compute is host work, its CPU time means something
+
+
+@dataclass
+class RunSettings:
+    """The Trainer's settings that the overheads' knobs turn (``None``: unknown)."""
+
+    log_every_n_steps: int | None = None
+    val_check_interval: float | None = None
+    check_val_every_n_epoch: int | None = None
+
+
+@dataclass
+class StepWindow:
+    """The timed steps of one window, per step in seconds: the wait for its batch, its compute
+    (forward, backward, optimizer), the process CPU time and the wall time from its
+    ``on_train_batch_start`` to its ``on_train_batch_end`` (``busy``), and its whole wall time.
+    The first step of each epoch (its wait is the loader starting) is not in it."""
+
+    fetch_s: list[float] = field(default_factory=list)
+    compute_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)
+    busy_s: list[float] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)
+    samples: int = 0
+
+    def add(self, fetch_s: float, compute_s: float, cpu_s: float, busy_s: float, wall_s: float,
+            samples: int = 0) -> None:
+        for name, value in (("fetch_s", fetch_s), ("compute_s", compute_s), ("cpu_s", cpu_s), ("busy_s", busy_s),
+                            ("wall_s", wall_s)):
+            getattr(self, name).append(float(value))
+        self.samples += int(samples)
+
+    def __len__(self) -> int:
+        return len(self.fetch_s)
+
+    def extend(self, other: StepWindow) -> None:
+        for name in ("fetch_s", "compute_s", "cpu_s", "busy_s", "wall_s"):
+            getattr(self, name).extend(getattr(other, name))
+        self.samples += other.samples
+
+    def summary(self) -> dict[str, float]:
+        """Medians in ms, the wait's share of a step (medians), the process CPU share while in
+        its steps (CPU seconds over wall seconds, summed), samples/s over the window's wall time."""
+        if not self:
+            return {}
+        fetch, compute = statistics.median(self.fetch_s), statistics.median(self.compute_s)
+        wall, busy = sum(self.wall_s), sum(self.busy_s)
+        return {"fetch_ms": 1000 * fetch, "compute_ms": 1000 * compute,
+                "step_ms": 1000 * statistics.median(self.wall_s),
+                "fetch_share": fetch / (fetch + compute) if fetch + compute > 0 else 0.0,
+                "cpu_share": sum(self.cpu_s) / busy if busy > 0 else 1.0,
+                "samples_per_s": self.samples / wall if wall > 0 and self.samples else math.nan}
+
+
+@dataclass
+class RunTimes:
+    """The whole run so far: seconds per phase (:data:`PHASES`), the wall time of each epoch's
+    start (its first ``epoch_start_batches`` batches: one per worker that starts with the epoch),
+    and how often validation, logging and checkpoints happened."""
+
+    phases: dict[str, float]
+    epoch_starts_s: list[float] = field(default_factory=list)
+    epoch_start_batches: int = 1
+    steady_fetch_s: float = 0.0  # median wait for a batch within an epoch
+    steps: int = 0
+    validations: int = 0
+    checkpoints: int = 0
+    callbacks_s: dict[str, float] = field(default_factory=dict)  # per callback class, its hooks' time
+    own_callbacks_s: float = 0.0  # the convergence suite's own callbacks (in ``callbacks_s`` and the shares)
+
+    @property
+    def wall_s(self) -> float:
+        return sum(self.phases.values())
+
+    def shares(self) -> dict[str, float]:
+        wall = self.wall_s
+        return {p: (self.phases.get(p, 0.0) / wall if wall > 0 else 0.0) for p in PHASES}
+
+
+def suggest_num_workers(fetch_s: float, compute_s: float, num_workers: int | None, cpu_count: int | None) -> int:
+    """Workers that would load a batch in less time than a step computes, from the measured wait.
+
+    With ``w`` workers the main process waits ``f`` per batch and computes ``c``: each worker
+    takes about ``w * (f + c)`` per batch, so ``k`` workers keep up when ``w * (f + c) / k <= c``
+    (with no worker, a batch costs ``f`` on the main process). One more for jitter, at most the
+    cores the machine has.
+
+    Example:
+        >>> suggest_num_workers(fetch_s=0.030, compute_s=0.010, num_workers=0, cpu_count=16)
+        4
+        >>> suggest_num_workers(fetch_s=0.030, compute_s=0.010, num_workers=2, cpu_count=4)
+        4
+    """
+    if compute_s <= 0:
+        return max(1, cpu_count or 1)
+    per_batch = fetch_s if not num_workers else num_workers * (fetch_s + compute_s)
+    needed = math.ceil(per_batch / compute_s) + 1
+    return max(1, min(needed, cpu_count) if cpu_count else needed)
+
+
+def _confidence(share: float, threshold: float) -> float:
+    """0.6 at the threshold, rising with the share, at most 0.95."""
+    return round(min(0.95, 0.6 + 0.35 * (share - threshold) / max(1e-9, 1 - threshold)), 3)
+
+
+class WallTimeRule:
+    """Judges where the wall time goes: the steady loader per window, the overheads per run.
+
+    Example:
+        >>> rule = WallTimeRule()
+        >>> window = StepWindow()
+        >>> for _ in range(20):
+        ...     window.add(fetch_s=0.030, compute_s=0.010, cpu_s=0.010, busy_s=0.011, wall_s=0.041, samples=32)
+        >>> finding = rule.judge_loader(window, LoaderSettings(num_workers=0, cpu_count=8), 0, 19)
+        >>> finding.kind, finding.causes[0].cause, finding.evidence["suggested_num_workers"]
+        ('slow_data_loading', 'data_loader_bottleneck', 4)
+    """
+
+    def __init__(self, thresholds: SpeedThresholds | None = None) -> None:
+        self.thresholds = thresholds or SpeedThresholds()
+
+    def judge_loader(self, window: StepWindow, loader: LoaderSettings, first_step: int,
+                     last_step: int) -> Finding | None:
+        """``slow_data_loading`` (``data_loader_bottleneck``) for a window whose steps wait for
+        their batch more than they compute, or ``None`` (too few steps, a busy machine, a wait
+        too small to matter)."""
+        t = self.thresholds
+        if len(window) < t.min_steps:
+            return None
+        s = window.summary()
+        if not all(math.isfinite(s[k]) and s[k] >= 0 for k in ("fetch_ms", "compute_ms", "cpu_share")):
+            return None  # timings that cannot be (clocks only move forward)
+        if loader.on_cpu and s["cpu_share"] < t.min_cpu_share:
+            return None  # descheduled: every phase is slow, the wait is not the loader's
+        if s["fetch_share"] < t.fetch_share or s["fetch_ms"] < t.min_fetch_ms:
+            return None
+        workers = suggest_num_workers(s["fetch_ms"] / 1000, s["compute_ms"] / 1000, loader.num_workers,
+                                      loader.cpu_count)
+        setting = "" if loader.num_workers is None else f" (num_workers={loader.num_workers})"
+        seen = (f"Training waited for its next batch {s['fetch_share']:.0%} of each step over steps {first_step}-"
+                f"{last_step} ({len(window)} steps): {s['fetch_ms']:.1f} ms waiting against {s['compute_ms']:.1f} ms "
+                f"computing per step (medians){setting}.")
+        evidence = {**{k: round(v, 4) for k, v in s.items() if math.isfinite(v)}, "steps": len(window),
+                    "num_workers": loader.num_workers, "suggested_num_workers": workers, "cpu_count": loader.cpu_count}
+        remedies = [f"raise the DataLoader's num_workers to about {workers} (the wait per batch over the compute per "
+                    "step, measured)"]
+        if loader.cpu_count and workers >= loader.cpu_count:
+            remedies.append(f"this machine has {loader.cpu_count} cores: also move decoding and augmentation off the "
+                            "hot path (pre-process once, cache, or do it on the GPU)")
+        if not loader.on_cpu:
+            remedies.append("pin_memory=True")
+        cause = Cause("data_loader_bottleneck", _confidence(s["fetch_share"], t.fetch_share),
+                      {"fetch_ms": evidence["fetch_ms"], "compute_ms": evidence["compute_ms"],
+                       "fetch_share": evidence["fetch_share"]})
+        return Finding("slow_data_loading", "warning", seen, layer=FETCH_LAYER, evidence=evidence, causes=(cause,),
+                       remedies=tuple(remedies))
+
+    def judge_run(self, run: RunTimes, loader: LoaderSettings, settings: RunSettings) -> list[Finding]:
+        """The run's overheads: a ``slow_data_loading`` finding for loader restarts and a
+        ``slow_training`` one whose ranked causes are the other overheads over their thresholds."""
+        t = self.thresholds
+        wall = run.wall_s
+        if run.steps < t.min_steps or wall <= 0:
+            return []
+        findings = []
+        restart = self._restarts(run, loader, wall)
+        if restart is not None:
+            findings.append(restart)
+        found = [f for f in (self._validation(run, settings, wall), self._logging(run, settings, wall),
+                             self._checkpointing(run, settings, wall)) if f is not None]
+        found.sort(key=lambda f: -f[0].confidence)  # the top cause leads the sentence and the advice
+        if found:
+            seen = f"Of the run's {wall:.1f} s of wall time over {run.steps} steps, " + "; ".join(f[1] for f in found) + "."
+            findings.append(Finding("slow_training", "warning", seen, layer=OVERHEADS_LAYER, evidence=self.breakdown(run),
+                                    causes=tuple(f[0] for f in found),
+                                    remedies=tuple(r for f in found for r in f[2])))
+        return findings
+
+    @staticmethod
+    def breakdown(run: RunTimes) -> dict:
+        """The run's shares per phase (rounded), its wall time and counts: a report's evidence."""
+        return {"wall_s": round(run.wall_s, 3), "steps": run.steps,
+                "shares": {p: round(v, 4) for p, v in run.shares().items() if v > 0},
+                "validations": run.validations, "checkpoints": run.checkpoints,
+                "callbacks_ms": {k: round(1000 * v, 1) for k, v in sorted(run.callbacks_s.items(),
+                                                                           key=lambda kv: -kv[1])[:5]}}
+
+    def _restarts(self, run: RunTimes, loader: LoaderSettings, wall: float) -> Finding | None:
+        t = self.thresholds
+        later = run.epoch_starts_s[1:]  # the first start happens with persistent workers too
+        if not later:
+            return None
+        extra = [max(0.0, s - run.epoch_start_batches * run.steady_fetch_s) for s in later]
+        cost, share = sum(extra), sum(extra) / wall
+        if share < t.restart_share or cost < t.min_overhead_s:
+            return None
+        per_epoch_ms = 1000 * statistics.median(extra)
+        restarting = bool(loader.num_workers) and loader.persistent_workers is False
+        evidence = {"restart_ms_per_epoch": round(per_epoch_ms, 1), "restart_share": round(share, 4),
+                    "epochs": len(run.epoch_starts_s), "num_workers": loader.num_workers,
+                    "persistent_workers": loader.persistent_workers, "steady_fetch_ms": round(1000 * run.steady_fetch_s, 2)}
+        first = "first batch" if run.epoch_start_batches == 1 else f"first {run.epoch_start_batches} batches"
+        seen = (f"The {first} of each epoch after the first took {per_epoch_ms:.0f} ms more than batches within "
+                f"an epoch ({1000 * run.steady_fetch_s:.1f} ms each): {share:.0%} of the run's {wall:.1f} s of wall "
+                f"time over {len(run.epoch_starts_s)} epochs.")
+        if restarting:
+            seen += f" The training DataLoader starts {loader.num_workers} new worker processes every epoch."
+            cause = Cause("data_loader_restarts", _confidence(share, t.restart_share), evidence)
+            remedies = ("persistent_workers=True in the training DataLoader, so that its workers survive between "
+                        "epochs", "move expensive set-up (opening files, building indices) out of worker_init_fn and "
+                        "the Dataset's constructor")
+        else:
+            cause = Cause("data_loader_bottleneck", _confidence(share, t.restart_share), evidence)
+            remedies = ("make the start of an epoch cheaper: the sampler's or the dataset's __iter__ (shuffling, "
+                        "re-reading an index) runs on the training process every epoch",)
+        return Finding("slow_data_loading", "warning", seen, layer=EPOCH_START_LAYER,
+                       evidence={**evidence, **self.breakdown(run)},
+                       causes=(cause,), remedies=remedies)
+
+    def _overhead(self, run: RunTimes, phase: str, threshold: float, wall: float) -> tuple[float, float] | None:
+        cost = run.phases.get(phase, 0.0)
+        share = cost / wall
+        if share < threshold or cost < self.thresholds.min_overhead_s:
+            return None
+        return cost, share
+
+    def _validation(self, run: RunTimes, settings: RunSettings, wall: float) -> Overhead | None:
+        found = self._overhead(run, "validation", self.thresholds.validation_share, wall)
+        if found is None or not run.validations:
+            return None
+        cost, share = found
+        per_run, between = cost / run.validations, (wall - cost) / run.validations
+        target = self.thresholds.target_share
+        less_often = max(2, math.ceil(per_run * (1 - target) / (target * max(between, 1e-9))))
+        evidence = {"validation_share": round(share, 4), "validations": run.validations,
+                    "validation_ms_each": round(1000 * per_run, 1), "train_ms_between": round(1000 * between, 1),
+                    "validate_less_often_by": less_often}
+        interval = settings.val_check_interval
+        if isinstance(interval, float) and interval < 1:
+            wanted = interval * less_often  # in epochs
+            knob = (f"val_check_interval={wanted:.2g} (now {interval:g})" if wanted <= 1 else
+                    f"val_check_interval=1.0 (now {interval:g}) with check_val_every_n_epoch={math.ceil(wanted)}")
+        elif isinstance(interval, int) and interval > 1:
+            knob = f"val_check_interval={interval * less_often} (now {interval})"
+        else:
+            every = settings.check_val_every_n_epoch or 1
+            knob = f"check_val_every_n_epoch={every * less_often} (now {every})"
+        sentence = (f"{share:.0%} went to validation ({run.validations} runs of {1000 * per_run:.0f} ms against "
+                    f"{1000 * between:.0f} ms of training between them)")
+        return (Cause("validation_too_frequent", _confidence(share, self.thresholds.validation_share), evidence),
+                sentence, [f"validate {less_often}x less often: {knob}, or fewer batches (limit_val_batches)"])
+
+    def _logging(self, run: RunTimes, settings: RunSettings, wall: float) -> Overhead | None:
+        # The suite's own hooks are in the shares, but not blamed here: what they cost is measured
+        # by its overhead benchmark, and a diagnosis of the user's run should name the user's knobs.
+        others = max(0.0, run.phases.get("callbacks", 0.0) - run.own_callbacks_s)
+        cost = run.phases.get("logging", 0.0) + others
+        share = cost / wall
+        if share < self.thresholds.logging_share or cost < self.thresholds.min_overhead_s:
+            return None
+        logging_share, callbacks_share = run.phases.get("logging", 0.0) / wall, others / wall
+        top = sorted(run.callbacks_s.items(), key=lambda kv: -kv[1])[:3]
+        evidence = {"logging_share": round(logging_share, 4), "callbacks_share": round(callbacks_share, 4),
+                    "costliest_callbacks_ms": {k: round(1000 * v, 1) for k, v in top},
+                    "log_every_n_steps": settings.log_every_n_steps}
+        every = settings.log_every_n_steps or 50
+        factor = max(2, math.ceil(share / self.thresholds.target_share))
+        named = ", ".join(f"{k} {v / wall:.0%}" for k, v in top)
+        sentence = (f"{share:.0%} went to logging ({logging_share:.0%}) and callbacks' hooks ({callbacks_share:.0%}"
+                    + (f": {named}" if named else "") + ")")
+        remedies = [f"log less often: log_every_n_steps={every * factor} (now {every})"]
+        if callbacks_share > logging_share and top:
+            remedies.append(f"make the costliest callbacks cheaper or less frequent ({named}); a progress bar: "
+                            "TQDMProgressBar(refresh_rate=...) or enable_progress_bar=False")
+        return (Cause("logging_overhead", _confidence(share, self.thresholds.logging_share), evidence), sentence,
+                remedies)
+
+    def _checkpointing(self, run: RunTimes, settings: RunSettings, wall: float) -> Overhead | None:
+        found = self._overhead(run, "checkpointing", self.thresholds.checkpoint_share, wall)
+        if found is None:
+            return None
+        cost, share = found
+        each = cost / max(1, run.checkpoints)
+        evidence = {"checkpointing_share": round(share, 4), "checkpoints": run.checkpoints,
+                    "checkpoint_ms_each": round(1000 * each, 1)}
+        sentence = f"{share:.0%} went to writing {run.checkpoints} checkpoints ({1000 * each:.0f} ms each)"
+        return (Cause("checkpointing_overhead", _confidence(share, self.thresholds.checkpoint_share), evidence),
+                sentence, ["checkpoint less often (ModelCheckpoint(every_n_train_steps=... or every_n_epochs=...)), "
+                           "keep fewer (save_top_k) or smaller ones (save_weights_only=True)"])
