@@ -45,6 +45,9 @@ class RunContext:
     finished: bool = False
     report_written_by: set[str] = field(default_factory=set)
     said: set[str] = field(default_factory=set)  # one-time notices already given in this fit
+    # While a learning-rate range test runs (``callbacks._range_test``): its steps are probes
+    # that are undone afterwards, so the callbacks that judge the run pause.
+    probing: bool = False
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
     _lr_controls: dict[int, LRControl] = field(default_factory=dict)

@@ -170,7 +170,7 @@ class AutoClip(ConvergenceCallback):
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         super().on_before_optimizer_step(trainer, pl_module, optimizer)
-        if trainer.fast_dev_run:
+        if trainer.fast_dev_run or self.probing(trainer):
             return
         context = self.context(trainer)
         params, names = context.parameters(pl_module, optimizer)

@@ -90,6 +90,11 @@ class ConvergenceCallback(Callback):
     def context(self, trainer: Trainer) -> RunContext:
         return run_context(trainer, self.report_window_steps)
 
+    def probing(self, trainer: Trainer) -> bool:
+        """Whether a learning-rate range test is running: its steps are undone afterwards, so
+        statistics and remedies skip them."""
+        return self.context(trainer).probing
+
     def is_acting(self, trainer: Trainer) -> bool:
         """Remedies act only when asked, never in the sanity check or ``fast_dev_run``, and not
         once the fit is ending (a last partial window is judged, not acted on)."""

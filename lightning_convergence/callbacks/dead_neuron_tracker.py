@@ -140,7 +140,8 @@ class DeadNeuronTracker(ConvergenceCallback):
 
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        sampled = self._sites.attached and trainer.global_step % self.sample_every_n_steps == 0
+        sampled = (self._sites.attached and trainer.global_step % self.sample_every_n_steps == 0
+                   and not self.probing(trainer))
         self._sites.start_batch(sampled)
         if sampled and self._sites.wiring is None and not self._sites.probe.attached:
             self._sites.probe.attach(pl_module)  # one forward, to learn the wiring (removed at backward)
@@ -156,7 +157,7 @@ class DeadNeuronTracker(ConvergenceCallback):
     ) -> None:
         self._sites.end_batch()  # warns about sites that could not be tracked
         step = trainer.global_step
-        if step == self._last_evaluated or step % self.logging_cadence(trainer) != 0:
+        if self.probing(trainer) or step == self._last_evaluated or step % self.logging_cadence(trainer) != 0:
             return
         self._sites.warn_if_nothing_ran()
         if self._sites.sites and self._sites.batches >= self.min_batches:

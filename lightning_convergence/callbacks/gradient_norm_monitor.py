@@ -183,10 +183,6 @@ class GradientNormMonitor(ConvergenceCallback):
         if not self._order.order:
             self._order.attach(pl_module)  # detached after the first optimizer step
 
-    @override
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
-
     # ----------------------------------------------------------------- every step
 
     @override
@@ -195,6 +191,8 @@ class GradientNormMonitor(ConvergenceCallback):
     ) -> None:
         super().on_before_optimizer_step(trainer, pl_module, optimizer)
         self._order.detach()
+        if self.probing(trainer):
+            return
         track = self._track(trainer, pl_module, optimizer)
         if not track.params:
             return
@@ -240,6 +238,8 @@ class GradientNormMonitor(ConvergenceCallback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.probing(trainer):
+            return
         loss = self.training_loss(trainer, outputs)
         track = self._tracks.get(0)
         step = self._clock.batch_step(trainer.global_step)

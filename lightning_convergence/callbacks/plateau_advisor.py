@@ -11,9 +11,11 @@ from typing_extensions import override
 
 from lightning_convergence import tags
 from lightning_convergence.callbacks._trainer_reads import logged_metric, module_num_classes, over_ranks
+from lightning_convergence.callbacks._range_test import InRunRangeTest
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
+from lightning_convergence.remedies.lr_range_test import RangeTestPlan, RangeTestResult
 from lightning_convergence.remedies.snapshot import Snapshot
 from lightning_convergence.rules.late_progress import LateProgressRule
 from lightning_convergence.rules.loss_regime import TAIL_MIN_STEPS, LossRegimeRule, RegimeThresholds
@@ -23,7 +25,12 @@ from lightning_convergence.rules.intervention_check import InterventionCheck
 from lightning_convergence.rules.recovery import Action, RecoveryPolicy
 from lightning_convergence.rules.remedy_choice import raise_factor, remedy_for
 from lightning_convergence.stats.step_series import StepSeries
-from lightning_convergence.validation import check_bool
+from lightning_convergence.validation import check_bool, check_positive_int
+
+RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
+RANGE_TEST_COST = 0.25  # at most this share of the steps left in the fit goes to a probe
+MIN_RANGE_RAISE = 1.5  # a pick below this multiple of the LR leaves it as it is
+MAX_RANGE_TESTS = 2  # per fit: a second probe when the first raise was not enough, no more
 
 
 class PlateauAdvisor(ConvergenceCallback):
@@ -54,6 +61,12 @@ class PlateauAdvisor(ConvergenceCallback):
         thresholds: the regime thresholds (:class:`RegimeThresholds`).
         divergence_factor, rollback, snapshot_every_n_steps, rewarmup_steps, max_recoveries,
             stop_on_overfit, raise_lr_on_no_learning: as for :class:`RecoveryPolicy`.
+        range_test_steps: optimizer steps of the in-run learning-rate range test
+            (:mod:`~lightning_convergence.remedies.lr_range_test`) that sets the LR when the top
+            cause of a finding is a learning rate too low (multipliers 1 to 1e6 of the LR, stopped
+            when the loss diverges, then everything restored exactly); ``None``: raise by the
+            amount the update ratio implies instead. A probe runs only when it costs at most a
+            quarter of the steps left.
         log_every_n_steps: window length; ``None`` uses the Trainer's.
         auto_remediate: act as above; otherwise only diagnose.
         report_window_steps: a diagnosis kind is reported at most once per this many steps.
@@ -91,6 +104,7 @@ class PlateauAdvisor(ConvergenceCallback):
         max_recoveries: int = 3,
         stop_on_overfit: bool = False,
         raise_lr_on_no_learning: bool = False,
+        range_test_steps: int | None = 40,
         log_every_n_steps: int | None = None,
         auto_remediate: bool = False,
         report_window_steps: int = 500,
@@ -105,6 +119,12 @@ class PlateauAdvisor(ConvergenceCallback):
                                       max_recoveries, raise_lr_on_no_learning, stop_on_overfit)
         self._regime = LossRegimeRule(thresholds, num_classes)
         check_bool("strict", strict)
+        check_positive_int("range_test_steps", range_test_steps, allow_none=True)
+        if range_test_steps is not None and range_test_steps < 5:
+            raise ValueError(f"`range_test_steps` must be at least 5 (or None), got {range_test_steps!r}.")
+        self.range_test_steps = range_test_steps
+        self._probe = None if range_test_steps is None else InRunRangeTest(
+            RangeTestPlan(1.0, RANGE_TEST_SPAN, num_steps=range_test_steps))
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, float(factor), patience
         self.threshold, self.threshold_mode, self.cooldown = float(threshold), threshold_mode, cooldown
         self.min_lr, self.eps, self.strict, self.num_classes = float(min_lr), float(eps), strict, num_classes
@@ -121,6 +141,7 @@ class PlateauAdvisor(ConvergenceCallback):
         self._before = Snapshot()  # the state just before the last LR remedy, kept until it is judged
         self._check = InterventionCheck()
         self._use_train_loss = monitor is None
+        self._range_tests = 0
         self._user_plateau = False
 
     def factor_of(self, index: int, group: int) -> float:
@@ -148,6 +169,11 @@ class PlateauAdvisor(ConvergenceCallback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self._probe is not None and self._probe.running:  # its steps are undone: not part of the run
+            result = self._probe.observe(trainer, pl_module, outputs)
+            if result is not None:
+                self._after_range_test(trainer, result)
+            return
         loss, step = self.training_loss(trainer, outputs), self._clock.batch_step(trainer.global_step)
         if loss is not None:
             self._losses.append(step, loss)  # on the device: no host read
@@ -157,8 +183,8 @@ class PlateauAdvisor(ConvergenceCallback):
     def _end_window(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         # One collective (every rank is here at the same step): all judge the same averaged losses.
         steps, losses = self._losses.take(lambda values: over_ranks(trainer, values, "mean"))
-        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses)]
         ratio = self.context(trainer).evidence.snapshot().get("update_ratio_median")
+        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses, ratio)]
         self._late.observe(step, self._regime.ema, ratio)
         metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
                    tags.lr_factor("plateau_advisor"): self.factor_of(0, 0)}
@@ -173,6 +199,10 @@ class PlateauAdvisor(ConvergenceCallback):
             by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
             # One raise at a time: the next waits for the verdict on the last one.
             by = by if self._check.allowed("learning_rate_too_low") and self._check.pending is None else None
+            if by is not None and self._range_test_fits(trainer):
+                self._probe.start(trainer, pl_module)  # the next steps; the LR is set when it ends
+                self._range_tests += 1
+                self._policy.raised_lr, by = True, None  # instead of the opt-in tenfold raise
             self._apply(trainer, pl_module, self._policy.on_window(kinds, self._regime.steady, step, hold, by), step)
         if self._use_train_loss and self._regime.ema is not None and not {"divergence", "oscillation"} & set(kinds):
             self._plateau_check(trainer, self._regime.ema, step, "the smoothed training loss")
@@ -192,14 +222,36 @@ class PlateauAdvisor(ConvergenceCallback):
             elif action.kind == "stop":  # every rank judged the same averaged numbers
                 self.stop_training(trainer, step, action.reason, action.detail, action.finding)
 
-    def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int) -> None:
-        if reason in ("learning_rate_too_low", "plateau") and self._regime.ema is not None:
-            # Judged at the next window against the loss now; undone from this state if it hurt.
+    def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int,
+               detail: dict | None = None) -> None:
+        if reason in ("learning_rate_too_low", "plateau", "lr_range_test") and self._regime.ema is not None:
+            # Judged at the next window against the loss now; undone from this state if it hurt
+            # (a range test's raise answers a learning rate too low, and is blocked with it).
             self._before.take(trainer.lightning_module, trainer.optimizers, step)
-            self._check.open(reason, step, self._regime.ema, multipliers[0][0] if multipliers.get(0) else 1.0)
+            cause = "learning_rate_too_low" if reason == "lr_range_test" else reason
+            self._check.open(cause, step, self._regime.ema, multipliers[0][0] if multipliers.get(0) else 1.0)
         for change in self._factors.scale(trainer.optimizers, multipliers):
             self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": self._regime.ema,
-                                                                 **change})
+                                                                 **change, **(detail or {})})
+
+    def _range_test_fits(self, trainer: Trainer) -> bool:
+        """Whether a probe may run now: configured, none running, and its steps at most
+        :data:`RANGE_TEST_COST` of those left in the fit."""
+        if self._probe is None or self._probe.running or self._range_tests >= MAX_RANGE_TESTS:
+            return False
+        left = trainer.estimated_stepping_batches - trainer.global_step
+        return self._probe.plan.num_steps <= RANGE_TEST_COST * left
+
+    def _after_range_test(self, trainer: Trainer, result: RangeTestResult) -> None:
+        """The probe ended and the state from before it is back: apply its pick (a multiple of
+        the LR before it), or say why the LR stays."""
+        step, detail = trainer.global_step, {"probe_start_step": self._probe.start_step, **result.detail()}
+        if result.pick is None or result.pick < MIN_RANGE_RAISE:
+            # The probe's steps were spent all the same: recorded, as a scale by 1.
+            self.record_intervention(trainer, "lr_scale", step, {"reason": "lr_range_test", "factor": [1.0],
+                                                                 "applied": False, **detail})
+            return
+        self._scale(trainer, LRFactors.uniform(trainer.optimizers, result.pick), "lr_range_test", step, detail)
 
     def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:
         """Judge the last LR remedy against the loss before it; undo it if it did harm."""
@@ -220,7 +272,7 @@ class PlateauAdvisor(ConvergenceCallback):
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or self._use_train_loss or self.monitor is None:
+        if trainer.sanity_checking or self._use_train_loss or self.monitor is None or self.probing(trainer):
             return
         current, step = logged_metric(trainer, self.monitor), trainer.global_step
         if current is None:
@@ -278,6 +330,8 @@ class PlateauAdvisor(ConvergenceCallback):
 
     @override
     def _remove_hooks(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         self.release_lr()
         self._snapshot.clear()
         self._before.clear()
@@ -290,7 +344,7 @@ class PlateauAdvisor(ConvergenceCallback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **{name: part.state_dict() for name, part in self._parts().items()},
-                "use_train_loss": self._use_train_loss}
+                "use_train_loss": self._use_train_loss, "range_tests": self._range_tests}
 
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
@@ -300,3 +354,4 @@ class PlateauAdvisor(ConvergenceCallback):
         for name, part in self._parts().items():
             part.load_state_dict(state_dict.get(name, {}) if name in ("late", "check") else state_dict[name])
         self._use_train_loss = bool(state_dict.get("use_train_loss", self.monitor is None))
+        self._range_tests = int(state_dict.get("range_tests", 0))

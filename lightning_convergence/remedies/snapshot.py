@@ -10,6 +10,7 @@ hyperparameters, so that the user's LR scheduler keeps its own trajectory.
 from __future__ import annotations
 
 import copy
+import random
 
 import torch
 from torch import Tensor, nn
@@ -77,3 +78,80 @@ def _copy_to_cpu(value):
     if isinstance(value, list):
         return [_copy_to_cpu(v) for v in value]
     return copy.deepcopy(value)
+
+
+class ExactSnapshot(Snapshot):
+    """A :class:`Snapshot` that restores everything a few probe steps change, so that training
+    then goes on exactly as if they had not run: the weights and buffers (BatchNorm statistics),
+    the optimizer's state and its param groups' hyperparameters, the LR schedulers' state, and the
+    random number generators (Python's, NumPy's, torch's CPU and CUDA generators).
+
+    What it cannot restore is the data: batches drawn from the loader meanwhile count as consumed.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> snapshot = ExactSnapshot()
+        >>> snapshot.take(model, [optimizer], step=0)
+        >>> first = torch.rand(3)
+        >>> optimizer.param_groups[0]["lr"] = 5.0
+        >>> _ = snapshot.restore(model, [optimizer])
+        >>> bool(torch.equal(torch.rand(3), first)), optimizer.param_groups[0]["lr"]
+        (True, 0.1)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._schedulers: list[dict] = []
+        self._groups: list[list[dict]] = []
+        self._rng: dict = {}
+
+    def take(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], step: int,
+             schedulers: list | None = None) -> None:
+        super().take(model, optimizers, step)
+        self._groups = [[{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups]
+                        for o in optimizers]
+        self._schedulers = [copy.deepcopy(s.state_dict()) for s in schedulers or []]
+        self._rng = capture_rng()
+
+    def restore(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list | None = None) -> int:
+        step = super().restore(model, optimizers)
+        for optimizer, groups in zip(optimizers, self._groups):
+            for group, saved in zip(optimizer.param_groups, groups):
+                group.update(copy.deepcopy(saved))
+        for scheduler, saved in zip(schedulers or [], self._schedulers):
+            scheduler.load_state_dict(copy.deepcopy(saved))
+        restore_rng(self._rng)
+        return step
+
+    def clear(self) -> None:
+        super().clear()
+        self._schedulers, self._groups, self._rng = [], [], {}
+
+
+def capture_rng() -> dict:
+    """The state of every random number generator training draws from."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy
+
+        state["numpy"] = numpy.random.get_state()
+    except ImportError:  # numpy is optional for torch
+        pass
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Put back what :func:`capture_rng` captured."""
+    if "python" in state:
+        random.setstate(state["python"])
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy
+
+        numpy.random.set_state(state["numpy"])

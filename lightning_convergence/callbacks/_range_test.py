@@ -1,0 +1,99 @@
+"""The learning-rate range test inside a fit: a probe over the next optimizer steps, then the
+exact state from before it.
+
+While the probe runs, the suite's other callbacks pause (``RunContext.probing``): its steps are
+not part of the run they judge. Each probe step goes through Lightning's own loop (precision,
+gradient accumulation, DDP's gradient all-reduce, the user's clipping), so the curve is the one
+the run itself would see. The probe owns one more factor of the shared LR control: the
+multiplier of the step, on top of the scheduler's LR and every other factor.
+
+Cost: ``plan.num_steps`` optimizer steps at most (fewer when the loss diverges), one host read
+and, under DDP, one all_reduce of the loss per probe step, and an :class:`ExactSnapshot` (about
+3x the parameters in host memory with Adam) held while it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+from lightning_convergence.callbacks._context import run_context
+from lightning_convergence.callbacks._trainer_reads import batch_loss, over_ranks
+from lightning_convergence.remedies.lr_range_test import RangeCurve, RangeTestPlan, RangeTestResult, suggest
+from lightning_convergence.remedies.snapshot import ExactSnapshot
+
+OWNER = "lr_range_test"
+
+
+class InRunRangeTest:
+    """Runs one range test at a time over the fit's next optimizer steps.
+
+    Args:
+        plan: the multipliers of the learning rate to try (relative to the effective LR when the
+            probe starts), the smoothing and the stop.
+
+    Call :meth:`start` at a batch end, :meth:`observe` at every following batch end until it
+    returns a result, and :meth:`cancel` when the fit ends or fails.
+    """
+
+    def __init__(self, plan: RangeTestPlan) -> None:
+        self.plan = plan
+        self._snapshot = ExactSnapshot()
+        self._curve: RangeCurve | None = None
+        self._trainer: Trainer | None = None
+        self._last_step = -1
+        self.start_step: int | None = None
+        self.last_curve: RangeCurve | None = None  # of the last probe that ended
+
+    @property
+    def running(self) -> bool:
+        return self._curve is not None
+
+    def start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Take the snapshot and begin: the next optimizer step is the probe's first."""
+        self._snapshot.take(pl_module, trainer.optimizers, trainer.global_step, schedulers=_schedulers(trainer))
+        self._curve, self._trainer = RangeCurve(self.plan), trainer
+        self._last_step = self.start_step = trainer.global_step
+        context = run_context(trainer)
+        context.probing = True
+        for optimizer in trainer.optimizers:
+            context.lr_control(optimizer).set_owner(OWNER, self._multiplier)
+
+    def _multiplier(self, group: int) -> float:
+        curve = self._curve
+        return 1.0 if curve is None else self.plan.lr_at(min(len(curve.lrs), self.plan.num_steps - 1))
+
+    def observe(self, trainer: Trainer, pl_module: LightningModule, outputs: Any) -> RangeTestResult | None:
+        """At a batch end while running: record the loss of the step; when the probe is done
+        (all steps, or a diverging loss, decided on the loss averaged over the ranks so that every
+        rank stops alike), restore the state from before it and return what it found."""
+        curve = self._curve
+        if curve is None or trainer.global_step == self._last_step:
+            return None  # not started, or inside a gradient accumulation
+        self._last_step = trainer.global_step
+        loss = batch_loss(trainer, outputs)
+        value = torch.tensor(float("nan")) if loss is None else loss.detach().float().reshape(())
+        if not curve.add(float(over_ranks(trainer, value, "mean"))):
+            return None
+        self._snapshot.restore(pl_module, trainer.optimizers, schedulers=_schedulers(trainer))
+        self.cancel()
+        self.last_curve = curve
+        return suggest(curve)
+
+    def cancel(self) -> None:
+        """End the probe without a result (or after one): no LR factor of ours remains, the suite's
+        callbacks resume, the snapshot is freed."""
+        trainer, self._trainer, self._curve = self._trainer, None, None
+        self._snapshot.clear()
+        if trainer is None:
+            return
+        context = run_context(trainer)
+        context.probing = False
+        for optimizer in trainer.optimizers:
+            context.lr_control(optimizer).remove_owner(OWNER)
+
+
+def _schedulers(trainer: Trainer) -> list:
+    return [config.scheduler for config in trainer.lr_scheduler_configs]
