@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_convergence import tags
@@ -97,7 +98,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         self._reset_run()
 
     def _reset_run(self) -> None:
-        self._timeline = PhaseTimeline(self._wall)
+        self._timeline = PhaseTimeline(self.clock or time.perf_counter)
         self._window, self._previous = StepWindow(), StepWindow()
         self._window_phases = zero_phases()
         self._window_first_step = 0
@@ -107,14 +108,14 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         self._batch_in_epoch, self._start_batches = 0, 1
         self._callbacks_s: dict[str, float] = {}
         self._own_s = 0.0
-        self._ours: set[str] = set()
+        self._by_key: dict[str, Callback] = {}
+        self._callback_names: dict[str, tuple[str, bool]] = {}  # action name -> (class name, one of the suite)
         self._open_callbacks: list[tuple[str, float]] = []
         self._batch_wall = self._batch_cpu = 0.0
         self._samples = 0
         self._profiler: _phase_profiler.PhaseProfiler | None = None
         self._gc_started: float | None = None
         self._device: DeviceClock | None = None
-        self._names: dict[str, str] = {}
 
     def _wall(self) -> float:
         return (self.clock or time.perf_counter)()
@@ -129,8 +130,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self._reset_run()
-            self._names = {c.state_key: type(c).__name__ for c in trainer.callbacks}
-            self._ours = {c.state_key for c in trainer.callbacks if isinstance(c, ConvergenceCallback)}
+            self._by_key = {c.state_key: c for c in trainer.callbacks}
             self._profiler = _phase_profiler.install(trainer, self)
 
     @override
@@ -158,8 +158,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         if kind == "fetch":
             timeline.switch("epoch_start" if self._batch_in_epoch < self._start_batches else "fetch")
         elif kind == "callback":
-            self._open_callbacks.append((name, self._wall()))
-            timeline.push("callbacks")
+            self._open_callbacks.append((name, timeline.push("callbacks")))
         elif kind == "checkpoint":
             self._checkpoints += 1
             timeline.push("checkpointing")
@@ -172,15 +171,25 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         """A marked action of Lightning's ended."""
         if not self._timeline.running:
             return
+        if kind not in ("callback", "checkpoint", "optimizer"):
+            return
+        now = self._timeline.pop()
         if kind == "callback" and self._open_callbacks and self._open_callbacks[-1][0] == name:
             _, started = self._open_callbacks.pop()
-            key = _phase_profiler.callback_of(name)
-            who, took = self._names.get(key, key), self._wall() - started
-            self._callbacks_s[who] = self._callbacks_s.get(who, 0.0) + took
-            if key in self._ours:
-                self._own_s += took
-        if kind in ("callback", "checkpoint", "optimizer"):
-            self._timeline.pop()
+            who, ours = self._callback_names[name]
+            self._callbacks_s[who] = self._callbacks_s.get(who, 0.0) + now - started
+            if ours:
+                self._own_s += now - started
+
+    def times_callback(self, name: str) -> bool:
+        """Whether a callback action is timed: only hooks its class implements (see
+        :mod:`._phase_profiler`); remembers whose it is."""
+        key, hook = _phase_profiler.callback_of(name), name.rsplit(".", 1)[-1]
+        callback = self._by_key.get(key)
+        if callback is None:
+            return False
+        self._callback_names[name] = (type(callback).__name__, isinstance(callback, ConvergenceCallback))
+        return getattr(type(callback), hook, None) is not getattr(Callback, hook, None)
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

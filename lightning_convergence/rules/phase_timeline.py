@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -99,23 +100,27 @@ class PhaseTimeline:
         self._last = None
         self._stack = []
 
-    def switch(self, phase: str) -> None:
-        """Charge the time up to now, then continue in base phase ``phase``."""
+    def switch(self, phase: str) -> float:
+        """Charge the time up to now, then continue in base phase ``phase``; returns the clock."""
         _check(phase)
-        self._charge()
+        now = self._charge()
         self._base = phase
+        return now
 
-    def push(self, phase: str) -> None:
-        """Charge the time up to now, then charge to ``phase`` until the matching :meth:`pop`."""
+    def push(self, phase: str) -> float:
+        """Charge the time up to now, then charge to ``phase`` until the matching :meth:`pop`;
+        returns the clock."""
         _check(phase)
-        self._charge()
+        now = self._charge()
         self._stack.append(phase)
+        return now
 
-    def pop(self) -> None:
-        """End the phase of the last :meth:`push` (nothing happens on an empty stack)."""
-        self._charge()
+    def pop(self) -> float:
+        """End the phase of the last :meth:`push` (nothing happens on an empty stack); returns the clock."""
+        now = self._charge()
         if self._stack:
             self._stack.pop()
+        return now
 
     def gc_pause(self, seconds: float) -> None:
         """A garbage-collection pause of ``seconds`` just ended: the next mark moves it to ``gc``.
@@ -129,21 +134,28 @@ class PhaseTimeline:
         step, self._step = self._step, zero_phases()
         return step
 
-    def _charge(self) -> None:
+    def _charge(self) -> float:
+        # On every mark (several per callback hook): kept to a clock read and two additions.
         if self._last is None:
-            return
+            return math.nan
         now = self.clock()
-        elapsed = max(0.0, now - self._last)
+        elapsed = now - self._last if now > self._last else 0.0
         self._last = now
-        paused = min(self._gc_pending, elapsed)
-        self._gc_pending = 0.0
-        phase = self.phase
-        self.totals[phase] += elapsed - paused
-        self._step[phase] += elapsed - paused
-        self.totals["gc"] += paused
-        self._step["gc"] += paused
+        if self._gc_pending:
+            paused = min(self._gc_pending, elapsed)
+            self._gc_pending = 0.0
+            elapsed -= paused
+            self.totals["gc"] += paused
+            self._step["gc"] += paused
+        phase = self._stack[-1] if self._stack else self._base
+        self.totals[phase] += elapsed
+        self._step[phase] += elapsed
+        return now
+
+
+_KNOWN = frozenset(PHASES)
 
 
 def _check(phase: str) -> None:
-    if phase not in PHASES:
+    if phase not in _KNOWN:
         raise ValueError(f"`phase` must be one of {PHASES}, got {phase!r}.")

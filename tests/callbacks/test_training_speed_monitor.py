@@ -291,3 +291,51 @@ def test_the_old_name_is_an_alias():
 def test_bad_arguments_raise_naming_the_argument(kwargs, error, named):
     with pytest.raises(error, match=named):
         TrainingSpeedMonitor(**kwargs)
+
+
+def test_the_profiler_stand_in_forwards_everything_and_comes_out_of_any_chain():
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from lightning_convergence.callbacks import _phase_profiler
+
+    class Listener:
+        def __init__(self):
+            self.seen = []
+
+        def times_callback(self, name):
+            return name.endswith(".on_train_batch_end")
+
+        def action_started(self, kind, name):
+            self.seen.append(("start", kind))
+
+        def action_stopped(self, kind, name):
+            self.seen.append(("stop", kind))
+
+    class Holder:
+        profiler = SimpleProfiler()
+
+    holder, first, second = Holder(), Listener(), Listener()
+    inner = holder.profiler
+    ours = _phase_profiler.install(holder, first)
+    theirs = _phase_profiler.install(holder, second)  # a second monitor, installed after ours
+    for name in ("[Callback]X.on_train_batch_end", "[Callback]X.on_before_backward", "save_checkpoint",
+                 "[_TrainingEpochLoop].train_dataloader_next", "run_training_batch"):
+        with holder.profiler.profile(name):
+            pass
+    assert first.seen == second.seen == [("start", "callback"), ("stop", "callback"), ("start", "checkpoint"),
+                                         ("stop", "checkpoint"), ("start", "fetch"), ("stop", "fetch")]
+    assert "run_training_batch" in inner.summary()  # the user's profiler saw every action
+    _phase_profiler.uninstall(holder, ours)
+    assert holder.profiler is theirs and theirs.inner is inner
+    _phase_profiler.uninstall(holder, theirs)
+    assert holder.profiler is inner
+
+
+def test_only_hooks_a_callback_implements_are_timed():
+    monitor, saver = TrainingSpeedMonitor(), ModelCheckpoint()
+    monitor._by_key = {saver.state_key: saver, monitor.state_key: monitor}
+    assert monitor.times_callback(f"[Callback]{saver.state_key}.on_train_batch_end")  # ModelCheckpoint's own
+    assert not monitor.times_callback(f"[Callback]{saver.state_key}.on_before_backward")  # Callback's no-op
+    assert monitor.times_callback(f"[Callback]{monitor.state_key}.on_before_backward")
+    assert not monitor.times_callback("[Callback]Unknown.on_train_batch_end")
+    assert monitor._callback_names[f"[Callback]{monitor.state_key}.on_before_backward"] == ("TrainingSpeedMonitor", True)
