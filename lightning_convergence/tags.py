@@ -113,10 +113,12 @@ DATA_WAIT_MS = data("wait_ms")  # median wait for a batch within an epoch, ms
 
 # --- speed (TrainingSpeedMonitor) ------------------------------------------------------------
 speed_share = Family("speed/share")  # speed_share(phase): that phase's share of the window's wall time
+speed_run_share = Family("speed/run_share")  # the same for the whole run, at its last step
 speed = Family("speed")
 SPEED_STEP_MS = speed("step_ms")
 SPEED_SAMPLES_PER_S = speed("samples_per_s")
 SPEED_TOKENS_PER_S = speed("tokens_per_s")
+SPEED_RUN_SAMPLES_PER_S = speed("run_samples_per_s")
 SPEED_CPU_SHARE = speed("cpu_share")  # process CPU time over wall time within steps, on a CPU
 SPEED_DEVICE_UTILIZATION = speed("device_utilization")
 SPEED_MFU = speed("mfu")
@@ -188,7 +190,8 @@ PANEL_GROUPS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
     )),
     ("convergence: speed", (
         Panel("where the wall time goes", (speed_share,)),
-        Panel("throughput", (SPEED_SAMPLES_PER_S, SPEED_TOKENS_PER_S)),
+        Panel("where the whole run's time went", (speed_run_share,)),
+        Panel("throughput", (SPEED_SAMPLES_PER_S, SPEED_TOKENS_PER_S, SPEED_RUN_SAMPLES_PER_S)),
         Panel("step time (ms)", (SPEED_STEP_MS,)),
         Panel("device", (SPEED_CPU_SHARE, SPEED_DEVICE_UTILIZATION, SPEED_MFU, SPEED_HOST_SYNCS)),
     )),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -17,12 +16,12 @@ from typing_extensions import override
 from lightning_convergence import tags
 from lightning_convergence.callbacks import _phase_profiler
 from lightning_convergence.callbacks._device_clock import DeviceClock
+from lightning_convergence.callbacks._speed_reads import batch_size, loader_settings, run_settings
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.rules.device_speed import judge_device
 from lightning_convergence.rules.phase_timeline import COMPUTE_PHASES, PhaseTimeline, zero_phases
-from lightning_convergence.rules.wall_time import (LoaderSettings, RunSettings, RunTimes, SpeedThresholds, StepWindow,
-                                                   WallTimeRule)
+from lightning_convergence.rules.wall_time import RunTimes, SpeedThresholds, StepWindow, WallTimeRule
 from lightning_convergence.validation import check_positive_float, check_positive_int
 
 FETCH_HISTORY = 2000  # in-epoch waits kept for the run's median (the latest ones)
@@ -112,7 +111,9 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         self._callback_names: dict[str, tuple[str, bool]] = {}  # action name -> (class name, one of the suite)
         self._open_callbacks: list[tuple[str, float]] = []
         self._batch_wall = self._batch_cpu = 0.0
-        self._samples = 0
+        self._samples = self._total_samples = 0
+        self._precision: str | None = None
+        self._device_type: str | None = None
         self._profiler: _phase_profiler.PhaseProfiler | None = None
         self._gc_started: float | None = None
         self._device: DeviceClock | None = None
@@ -141,6 +142,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         if self._gc_hook not in gc.callbacks:
             gc.callbacks.append(self._gc_hook)
         self._device = DeviceClock.create(pl_module.device)
+        self._precision, self._device_type = str(trainer.precision), trainer.strategy.root_device.type
 
     def _gc_hook(self, phase: str, info: dict) -> None:
         # Called by the interpreter inside any allocation: touch numbers only.
@@ -195,7 +197,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Until the epoch's first batches are in: the loader (re)starting. Workers that start with
         # the epoch each deliver their first batch late, so each of their first batches counts.
-        loader = self._loader_settings(trainer)
+        loader = loader_settings(trainer)
         restarting = loader.num_workers and not loader.persistent_workers
         self._start_batches = max(1, loader.num_workers or 1) if restarting else 1
         self._batch_in_epoch = 0
@@ -206,7 +208,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         self._timeline.switch("forward")
-        self._samples = _batch_size(batch)
+        self._samples = batch_size(batch)
         self._batch_wall, self._batch_cpu = self._wall(), self._cpu()
         if self._device is not None and trainer.global_step % self.logging_cadence(trainer) == 0:
             self._device.begin_sample()  # the first step of a window: not a logging step
@@ -237,8 +239,9 @@ class TrainingSpeedMonitor(ConvergenceCallback):
             self._window_phases[phase] += seconds
         self._steps += 1
         if self._device is not None:
-            self._device.end_sample()
+            self._device.end_sample(sum(step.values()))
         self._batch_in_epoch += 1
+        self._total_samples += self._samples
         if step["epoch_start"] > 0 and self._epoch_starts:
             self._epoch_starts[-1] += step["epoch_start"]  # the loader starting: not a steady wait
         else:
@@ -279,7 +282,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
             window = StepWindow()  # a short last window joins the one before it
             window.extend(self._previous)
             window.extend(self._window)
-        loader = self._loader_settings(trainer)
+        loader = loader_settings(trainer)
         if len(window):
             self._log_window(trainer, window, last_step)
             finding = self._rule.judge_loader(window, loader, self._window_first_step, last_step)
@@ -296,7 +299,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
                     self.record(trainer, finding, step=last_step)
         # The run's overheads, once a whole epoch (its restart, its validation) is in the shares.
         if at_end or len(self._epoch_starts) >= 2:
-            for found in self._rule.judge_run(self.run_times(), loader, self._run_settings(trainer)):
+            for found in self._rule.judge_run(self.run_times(), loader, run_settings(trainer)):
                 self.record(trainer, found, step=last_step)
         if len(self._window):
             self._previous = self._window
@@ -319,7 +322,13 @@ class TrainingSpeedMonitor(ConvergenceCallback):
     def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._timeline.running:
             self._timeline.stop()
-        self._close_window(trainer, self._clock.batch_step(trainer.global_step), at_end=True)
+        last_step = self._clock.batch_step(trainer.global_step)
+        self._close_window(trainer, last_step, at_end=True)
+        run = self.run_times()
+        if run.wall_s > 0:  # where the whole run's time went, next to the windows' shares
+            metrics = {tags.speed_run_share(p): share for p, share in run.shares().items()}
+            metrics[tags.SPEED_RUN_SAMPLES_PER_S] = run.samples / run.wall_s if run.samples else None
+            log_scalars(trainer, {k: v for k, v in metrics.items() if v is not None}, max(0, last_step))
 
     def run_times(self) -> RunTimes:
         """The whole run so far: seconds per phase, epoch starts, counts."""
@@ -327,28 +336,14 @@ class TrainingSpeedMonitor(ConvergenceCallback):
                         epoch_start_batches=self._start_batches,
                         steady_fetch_s=statistics.median(self._fetches) if self._fetches else 0.0,
                         steps=self._steps, validations=self._validations, checkpoints=self._checkpoints,
-                        callbacks_s=dict(self._callbacks_s), own_callbacks_s=self._own_s)
+                        callbacks_s=dict(self._callbacks_s), own_callbacks_s=self._own_s,
+                        samples=self._total_samples, sequence_length=self.sequence_length,
+                        precision=self._precision, device=self._device_type)
 
     def breakdown(self) -> dict:
         """Where the wall time of the current (or last) fit went: its wall time in seconds, the
         share of each phase, validations and checkpoints counted, the costliest callbacks in ms."""
         return WallTimeRule.breakdown(self.run_times())
-
-    @staticmethod
-    def _loader_settings(trainer: Trainer) -> LoaderSettings:
-        loader = getattr(trainer, "train_dataloader", None)
-        workers = getattr(loader, "num_workers", None)
-        persistent = getattr(loader, "persistent_workers", None)
-        return LoaderSettings(num_workers=workers if isinstance(workers, int) else None,
-                              persistent_workers=persistent if isinstance(persistent, bool) else None,
-                              batch_size=getattr(loader, "batch_size", None), cpu_count=_cpu_count(),
-                              on_cpu=trainer.strategy.root_device.type == "cpu")
-
-    @staticmethod
-    def _run_settings(trainer: Trainer) -> RunSettings:
-        return RunSettings(log_every_n_steps=trainer.log_every_n_steps or None,
-                           val_check_interval=getattr(trainer, "val_check_interval", None),
-                           check_val_every_n_epoch=getattr(trainer, "check_val_every_n_epoch", None))
 
     # ------------------------------------------------------------------ teardown
 
@@ -363,27 +358,3 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         if self._device is not None:
             self._device.close()
         self._device = None
-
-
-def _batch_size(batch: Any) -> int:
-    """Samples in ``batch``: the first dimension of its first tensor (0 when there is none)."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else 1
-    if isinstance(batch, (list, tuple)):
-        items = batch
-    elif isinstance(batch, dict):
-        items = list(batch.values())
-    else:
-        return 0
-    for item in items:
-        size = _batch_size(item)
-        if size:
-            return size
-    return 0
-
-
-def _cpu_count() -> int | None:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count()

@@ -160,6 +160,10 @@ class RunTimes:
     checkpoints: int = 0
     callbacks_s: dict[str, float] = field(default_factory=dict)  # per callback class, its hooks' time
     own_callbacks_s: float = 0.0  # the convergence suite's own callbacks (in ``callbacks_s`` and the shares)
+    samples: int = 0  # training samples seen (the first dimension of each batch)
+    sequence_length: int | None = None  # tokens per sample, when told
+    precision: str | None = None  # Lightning's precision string ("32-true", "bf16-mixed", ...)
+    device: str | None = None  # "cpu", "cuda", ...
 
     @property
     def wall_s(self) -> float:
@@ -272,11 +276,18 @@ class WallTimeRule:
     @staticmethod
     def breakdown(run: RunTimes) -> dict:
         """The run's shares per phase (rounded), its wall time and counts: a report's evidence."""
-        return {"wall_s": round(run.wall_s, 3), "steps": run.steps,
-                "shares": {p: round(v, 4) for p, v in run.shares().items() if v > 0},
-                "validations": run.validations, "checkpoints": run.checkpoints,
-                "callbacks_ms": {k: round(1000 * v, 1) for k, v in sorted(run.callbacks_s.items(),
-                                                                           key=lambda kv: -kv[1])[:5]}}
+        wall = run.wall_s
+        out = {"wall_s": round(wall, 3), "steps": run.steps,
+               "shares": {p: round(v, 4) for p, v in run.shares().items() if v > 0},
+               "validations": run.validations, "checkpoints": run.checkpoints,
+               "callbacks_ms": {k: round(1000 * v, 1) for k, v in sorted(run.callbacks_s.items(),
+                                                                          key=lambda kv: -kv[1])[:5]},
+               "precision": run.precision, "device": run.device}
+        if run.samples and wall > 0:
+            out["samples_per_s"] = round(run.samples / wall, 2)
+            if run.sequence_length:
+                out["tokens_per_s"] = round(run.samples * run.sequence_length / wall, 1)
+        return out
 
     def _restarts(self, run: RunTimes, loader: LoaderSettings, wall: float) -> Finding | None:
         t = self.thresholds

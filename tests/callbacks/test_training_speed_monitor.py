@@ -272,7 +272,13 @@ def test_scalars_go_under_convergence_speed_and_the_profiler_is_given_back(tmp_p
     header = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
     keys |= set(header)
     assert {"convergence/speed/share/fetch", "convergence/speed/samples_per_s", "convergence/speed/tokens_per_s",
-            "convergence/speed/cpu_share", "convergence/data/wait_ms"} <= keys
+            "convergence/speed/cpu_share", "convergence/data/wait_ms", "convergence/speed/run_share/forward",
+            "convergence/speed/run_samples_per_s"} <= keys
+    breakdown = monitor.breakdown()
+    assert breakdown["precision"] == "32-true" and breakdown["device"] == "cpu"
+    # 1280 samples in 40 steps of 2 ms compute and 32 x 10 us fetch each, on the injected clock.
+    assert breakdown["samples_per_s"] == pytest.approx(1280 / (40 * 0.002 + 1280 * 1e-5), rel=1e-3)
+    assert breakdown["tokens_per_s"] == pytest.approx(8 * breakdown["samples_per_s"], rel=1e-3)
     assert all(k.startswith("convergence/") for k in keys if k not in ("step", "epoch", "train_loss"))
 
 

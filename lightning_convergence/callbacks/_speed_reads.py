@@ -1,0 +1,54 @@
+"""What TrainingSpeedMonitor reads from the Trainer, the loader, a batch and the machine."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+
+from lightning_convergence.rules.wall_time import LoaderSettings, RunSettings
+
+
+def loader_settings(trainer: Trainer) -> LoaderSettings:
+    """The training DataLoader's workers, batch size and device, and the cores this process may use."""
+    loader = getattr(trainer, "train_dataloader", None)
+    workers = getattr(loader, "num_workers", None)
+    persistent = getattr(loader, "persistent_workers", None)
+    return LoaderSettings(num_workers=workers if isinstance(workers, int) else None,
+                          persistent_workers=persistent if isinstance(persistent, bool) else None,
+                          batch_size=getattr(loader, "batch_size", None), cpu_count=cpu_count(),
+                          on_cpu=trainer.strategy.root_device.type == "cpu")
+
+
+def run_settings(trainer: Trainer) -> RunSettings:
+    """The Trainer's knobs for logging and validation cadence."""
+    return RunSettings(log_every_n_steps=trainer.log_every_n_steps or None,
+                       val_check_interval=getattr(trainer, "val_check_interval", None),
+                       check_val_every_n_epoch=getattr(trainer, "check_val_every_n_epoch", None))
+
+
+def batch_size(batch: Any) -> int:
+    """Samples in ``batch``: the first dimension of its first tensor (0 when there is none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, (list, tuple)):
+        items = batch
+    elif isinstance(batch, dict):
+        items = list(batch.values())
+    else:
+        return 0
+    for item in items:
+        size = batch_size(item)
+        if size:
+            return size
+    return 0
+
+
+def cpu_count() -> int | None:
+    """The cores this process may run on (its affinity where the platform says it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count()
