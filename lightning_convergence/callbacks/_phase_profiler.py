@@ -30,8 +30,10 @@ def action_kind(name: str) -> Action | None:
     """The kind of one of Lightning's profiler actions, or ``None`` for those that mark nothing.
 
     Example:
-        >>> action_kind("[_TrainingEpochLoop].train_dataloader_next"), action_kind("[Callback]TQDMProgressBar.on_train_batch_end")
-        ('fetch', 'callback')
+        >>> action_kind("[_TrainingEpochLoop].train_dataloader_next")
+        'fetch'
+        >>> action_kind("[Callback]TQDMProgressBar.on_train_batch_end")
+        'callback'
         >>> action_kind("run_training_batch") is None
         True
     """

@@ -104,6 +104,9 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         self._fetches: list[float] = []
         self._epoch_starts: list[float] = []
         self._steps = self._validations = self._checkpoints = 0
+        self._validation_s: list[float] = []
+        self._checkpoint_s: list[float] = []
+        self._validation_seen = self._checkpoint_from = 0.0
         self._batch_in_epoch, self._start_batches = 0, 1
         self._callbacks_s: dict[str, float] = {}
         self._own_s = 0.0
@@ -163,6 +166,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
             self._open_callbacks.append((name, timeline.push("callbacks")))
         elif kind == "checkpoint":
             self._checkpoints += 1
+            self._checkpoint_from = timeline.totals["checkpointing"]
             timeline.push("checkpointing")
         elif kind == "optimizer":
             timeline.push("optimizer")
@@ -176,6 +180,8 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         if kind not in ("callback", "checkpoint", "optimizer"):
             return
         now = self._timeline.pop()
+        if kind == "checkpoint":
+            self._checkpoint_s.append(self._timeline.totals["checkpointing"] - self._checkpoint_from)
         if kind == "callback" and self._open_callbacks and self._open_callbacks[-1][0] == name:
             _, started = self._open_callbacks.pop()
             who, ours = self._callback_names[name]
@@ -261,6 +267,9 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         if not trainer.sanity_checking and self._timeline.running:
             self._validations += 1
             self._timeline.switch(self._between)
+            spent = self._timeline.totals["validation"]
+            self._validation_s.append(spent - self._validation_seen)
+            self._validation_seen = spent
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -310,8 +319,10 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         summary = window.summary()
         total = sum(self._window_phases.values())
         metrics = {tags.speed_share(p): s / total for p, s in self._window_phases.items() if total > 0}
-        metrics.update({tags.SPEED_STEP_MS: summary.get("step_ms"), tags.SPEED_SAMPLES_PER_S: summary.get("samples_per_s"),
-                        tags.DATA_WAIT_FRACTION: summary.get("fetch_share"), tags.DATA_WAIT_MS: summary.get("fetch_ms")})
+        metrics.update({tags.SPEED_STEP_MS: summary.get("step_ms"),
+                        tags.SPEED_SAMPLES_PER_S: summary.get("samples_per_s"),
+                        tags.DATA_WAIT_FRACTION: summary.get("fetch_share"),
+                        tags.DATA_WAIT_MS: summary.get("fetch_ms")})
         if self.sequence_length and summary.get("samples_per_s") is not None:
             metrics[tags.SPEED_TOKENS_PER_S] = summary["samples_per_s"] * self.sequence_length
         if trainer.strategy.root_device.type == "cpu":
@@ -336,6 +347,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
                         epoch_start_batches=self._start_batches,
                         steady_fetch_s=statistics.median(self._fetches) if self._fetches else 0.0,
                         steps=self._steps, validations=self._validations, checkpoints=self._checkpoints,
+                        validation_s=list(self._validation_s), checkpoint_s=list(self._checkpoint_s),
                         callbacks_s=dict(self._callbacks_s), own_callbacks_s=self._own_s,
                         samples=self._total_samples, sequence_length=self.sequence_length,
                         precision=self._precision, device=self._device_type)

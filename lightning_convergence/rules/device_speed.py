@@ -94,6 +94,7 @@ def judge_device(readings: DeviceReadings, first_step: int, last_step: int) -> F
         return None
     found.sort(key=lambda f: -f[0].confidence)
     seen = f"Over steps {first_step}-{last_step} " + "; ".join(f[1] for f in found) + "."
-    evidence = {k: v for k, v in vars(r).items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+    evidence = {k: v for k, v in vars(r).items()
+                if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
     return Finding("slow_training", "warning", seen, layer=DEVICE_LAYER, evidence=evidence,
                    causes=tuple(f[0] for f in found), remedies=tuple(f[2] for f in found))

@@ -19,9 +19,9 @@ Example:
     >>> now = [0.0]
     >>> timeline = PhaseTimeline(clock=lambda: now[0])
     >>> timeline.start("fetch")
-    >>> now[0] = 0.004; timeline.switch("forward")
-    >>> now[0] = 0.005; timeline.push("callbacks")
-    >>> now[0] = 0.006; timeline.pop()
+    >>> now[0] = 0.004; _ = timeline.switch("forward")  # each mark returns the clock it read
+    >>> now[0] = 0.005; _ = timeline.push("callbacks")
+    >>> now[0] = 0.006; _ = timeline.pop()
     >>> now[0] = 0.010; step = timeline.take_step()
     >>> {k: round(v * 1000, 3) for k, v in step.items() if v}
     {'fetch': 4.0, 'forward': 5.0, 'callbacks': 1.0}

@@ -28,18 +28,21 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lightning_convergence.rules.findings import Cause, Finding
-from lightning_convergence.rules.phase_timeline import PHASES
+from lightning_convergence.rules.timings import LoaderSettings, RunSettings, RunTimes, StepWindow
 from lightning_convergence.validation import (check_fields, check_nonnegative_float, check_open_fraction,
-                                              check_positive_float, check_positive_int)
+                                              check_positive_int)
 
 Overhead = tuple[Cause, str, list[str]]  # a cause, the sentence that says it, its remedies
 
 # The diagnoses' ``layer``: the part of the run's time concerned. A kind is reported once per
 # report window per layer, so each part has its own (and a slow_training of the loss, whose layer
 # is None, is never silenced by one of these).
+__all__ = ["LoaderSettings", "RunSettings", "RunTimes", "SpeedThresholds", "StepWindow", "WallTimeRule",
+           "suggest_num_workers"]
+
 LAYER = "wall_time"
 FETCH_LAYER = f"{LAYER}/fetch"
 EPOCH_START_LAYER = f"{LAYER}/epoch_start"
@@ -80,98 +83,6 @@ class SpeedThresholds:
         check_fields(self, check_open_fraction, "fetch_share", "min_cpu_share", "restart_share", "validation_share",
                      "logging_share", "checkpoint_share", "target_share")
         check_fields(self, check_nonnegative_float, "min_fetch_ms", "min_overhead_s")
-
-
-@dataclass
-class LoaderSettings:
-    """What is known of the training DataLoader and the machine (``None``: unknown)."""
-
-    num_workers: int | None = None
-    persistent_workers: bool | None = None
-    batch_size: int | None = None
-    cpu_count: int | None = None
-    on_cpu: bool = True  # training runs on the CPU: compute is host work, its CPU time means something
-
-
-@dataclass
-class RunSettings:
-    """The Trainer's settings that the overheads' knobs turn (``None``: unknown)."""
-
-    log_every_n_steps: int | None = None
-    val_check_interval: float | None = None
-    check_val_every_n_epoch: int | None = None
-
-
-@dataclass
-class StepWindow:
-    """The timed steps of one window, per step in seconds: the wait for its batch, its compute
-    (forward, backward, optimizer), the process CPU time and the wall time from its
-    ``on_train_batch_start`` to its ``on_train_batch_end`` (``busy``), and its whole wall time.
-    The first step of each epoch (its wait is the loader starting) is not in it."""
-
-    fetch_s: list[float] = field(default_factory=list)
-    compute_s: list[float] = field(default_factory=list)
-    cpu_s: list[float] = field(default_factory=list)
-    busy_s: list[float] = field(default_factory=list)
-    wall_s: list[float] = field(default_factory=list)
-    samples: int = 0
-
-    def add(self, fetch_s: float, compute_s: float, cpu_s: float, busy_s: float, wall_s: float,
-            samples: int = 0) -> None:
-        for name, value in (("fetch_s", fetch_s), ("compute_s", compute_s), ("cpu_s", cpu_s), ("busy_s", busy_s),
-                            ("wall_s", wall_s)):
-            getattr(self, name).append(float(value))
-        self.samples += int(samples)
-
-    def __len__(self) -> int:
-        return len(self.fetch_s)
-
-    def extend(self, other: StepWindow) -> None:
-        for name in ("fetch_s", "compute_s", "cpu_s", "busy_s", "wall_s"):
-            getattr(self, name).extend(getattr(other, name))
-        self.samples += other.samples
-
-    def summary(self) -> dict[str, float]:
-        """Medians in ms, the wait's share of a step (medians), the process CPU share while in
-        its steps (CPU seconds over wall seconds, summed), samples/s over the window's wall time."""
-        if not self:
-            return {}
-        fetch, compute = statistics.median(self.fetch_s), statistics.median(self.compute_s)
-        wall, busy = sum(self.wall_s), sum(self.busy_s)
-        return {"fetch_ms": 1000 * fetch, "compute_ms": 1000 * compute,
-                "step_ms": 1000 * statistics.median(self.wall_s),
-                "fetch_share": fetch / (fetch + compute) if fetch + compute > 0 else 0.0,
-                "cpu_share": sum(self.cpu_s) / busy if busy > 0 else 1.0,
-                "samples_per_s": self.samples / wall if wall > 0 and self.samples else math.nan}
-
-
-@dataclass
-class RunTimes:
-    """The whole run so far: seconds per phase (:data:`PHASES`), the wall time of each epoch's
-    start (its first ``epoch_start_batches`` batches: one per worker that starts with the epoch),
-    and how often validation, logging and checkpoints happened."""
-
-    phases: dict[str, float]
-    epoch_starts_s: list[float] = field(default_factory=list)
-    epoch_start_batches: int = 1
-    steady_fetch_s: float = 0.0  # median wait for a batch within an epoch
-    steps: int = 0
-    validations: int = 0
-    checkpoints: int = 0
-    callbacks_s: dict[str, float] = field(default_factory=dict)  # per callback class, its hooks' time
-    own_callbacks_s: float = 0.0  # the convergence suite's own callbacks (in ``callbacks_s`` and the shares)
-    samples: int = 0  # training samples seen (the first dimension of each batch)
-    sequence_length: int | None = None  # tokens per sample, when told
-    precision: str | None = None  # Lightning's precision string ("32-true", "bf16-mixed", ...)
-    device: str | None = None  # "cpu", "cuda", ...
-
-    @property
-    def wall_s(self) -> float:
-        return sum(self.phases.values())
-
-    def shares(self) -> dict[str, float]:
-        wall = self.wall_s
-        return {p: (self.phases.get(p, 0.0) / wall if wall > 0 else 0.0) for p in PHASES}
 
 
 def suggest_num_workers(fetch_s: float, compute_s: float, num_workers: int | None, cpu_count: int | None) -> int:
@@ -267,8 +178,10 @@ class WallTimeRule:
                              self._checkpointing(run, settings, wall)) if f is not None]
         found.sort(key=lambda f: -f[0].confidence)  # the top cause leads the sentence and the advice
         if found:
-            seen = f"Of the run's {wall:.1f} s of wall time over {run.steps} steps, " + "; ".join(f[1] for f in found) + "."
-            findings.append(Finding("slow_training", "warning", seen, layer=OVERHEADS_LAYER, evidence=self.breakdown(run),
+            seen = (f"Of the run's {wall:.1f} s of wall time over {run.steps} steps, "
+                    + "; ".join(f[1] for f in found) + ".")
+            findings.append(Finding("slow_training", "warning", seen, layer=OVERHEADS_LAYER,
+                                    evidence=self.breakdown(run),
                                     causes=tuple(f[0] for f in found),
                                     remedies=tuple(r for f in found for r in f[2])))
         return findings
@@ -295,14 +208,16 @@ class WallTimeRule:
         if not later:
             return None
         extra = [max(0.0, s - run.epoch_start_batches * run.steady_fetch_s) for s in later]
-        cost, share = sum(extra), sum(extra) / wall
+        cost = statistics.median(extra) * len(extra)  # one slow start (a descheduled moment) moves nothing
+        share = cost / wall
         if share < t.restart_share or cost < t.min_overhead_s:
             return None
         per_epoch_ms = 1000 * statistics.median(extra)
         restarting = bool(loader.num_workers) and loader.persistent_workers is False
         evidence = {"restart_ms_per_epoch": round(per_epoch_ms, 1), "restart_share": round(share, 4),
                     "epochs": len(run.epoch_starts_s), "num_workers": loader.num_workers,
-                    "persistent_workers": loader.persistent_workers, "steady_fetch_ms": round(1000 * run.steady_fetch_s, 2)}
+                    "persistent_workers": loader.persistent_workers,
+                    "steady_fetch_ms": round(1000 * run.steady_fetch_s, 2)}
         first = "first batch" if run.epoch_start_batches == 1 else f"first {run.epoch_start_batches} batches"
         seen = (f"The {first} of each epoch after the first took {per_epoch_ms:.0f} ms more than batches within "
                 f"an epoch ({1000 * run.steady_fetch_s:.1f} ms each): {share:.0%} of the run's {wall:.1f} s of wall "
@@ -321,15 +236,18 @@ class WallTimeRule:
                        evidence={**evidence, **self.breakdown(run)},
                        causes=(cause,), remedies=remedies)
 
-    def _overhead(self, run: RunTimes, phase: str, threshold: float, wall: float) -> tuple[float, float] | None:
-        cost = run.phases.get(phase, 0.0)
+    def _overhead(self, run: RunTimes, phase: str, threshold: float, wall: float,
+                  events: list[float]) -> tuple[float, float] | None:
+        # Each event at its median cost: one validation or checkpoint that the process spent
+        # descheduled, or that a GC pause hit, does not make the rest look costly.
+        cost = statistics.median(events) * len(events) if events else run.phases.get(phase, 0.0)
         share = cost / wall
         if share < threshold or cost < self.thresholds.min_overhead_s:
             return None
         return cost, share
 
     def _validation(self, run: RunTimes, settings: RunSettings, wall: float) -> Overhead | None:
-        found = self._overhead(run, "validation", self.thresholds.validation_share, wall)
+        found = self._overhead(run, "validation", self.thresholds.validation_share, wall, run.validation_s)
         if found is None or not run.validations:
             return None
         cost, share = found
@@ -380,7 +298,7 @@ class WallTimeRule:
                 remedies)
 
     def _checkpointing(self, run: RunTimes, settings: RunSettings, wall: float) -> Overhead | None:
-        found = self._overhead(run, "checkpointing", self.thresholds.checkpoint_share, wall)
+        found = self._overhead(run, "checkpointing", self.thresholds.checkpoint_share, wall, run.checkpoint_s)
         if found is None:
             return None
         cost, share = found

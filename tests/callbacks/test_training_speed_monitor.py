@@ -57,7 +57,8 @@ class Timed(DigitsMLP):
     def __init__(self, clock, fetch_s=1e-5, compute_s=0.002, cpu_share=1.0, val_s=0.0, n=512, workers=0,
                  persistent=False, **kwargs):
         super().__init__(n=n, val=val_s > 0, **kwargs)
-        self.clock, self.fetch_s, self.compute_s, self.cpu_share, self.val_s = clock, fetch_s, compute_s, cpu_share, val_s
+        self.clock, self.fetch_s, self.compute_s = clock, fetch_s, compute_s
+        self.cpu_share, self.val_s = cpu_share, val_s
         self.workers, self.persistent = workers, persistent
 
     def training_step(self, batch, batch_idx):
@@ -344,4 +345,5 @@ def test_only_hooks_a_callback_implements_are_timed():
     assert not monitor.times_callback(f"[Callback]{saver.state_key}.on_before_backward")  # Callback's no-op
     assert monitor.times_callback(f"[Callback]{monitor.state_key}.on_before_backward")
     assert not monitor.times_callback("[Callback]Unknown.on_train_batch_end")
-    assert monitor._callback_names[f"[Callback]{monitor.state_key}.on_before_backward"] == ("TrainingSpeedMonitor", True)
+    assert monitor._callback_names[f"[Callback]{monitor.state_key}.on_before_backward"] == (
+        "TrainingSpeedMonitor", True)
