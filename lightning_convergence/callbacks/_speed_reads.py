@@ -14,12 +14,22 @@ from lightning_convergence.rules.wall_time import LoaderSettings, RunSettings
 def loader_settings(trainer: Trainer) -> LoaderSettings:
     """The training DataLoader's workers, batch size and device, and the cores this process may use."""
     loader = getattr(trainer, "train_dataloader", None)
-    workers = getattr(loader, "num_workers", None)
-    persistent = getattr(loader, "persistent_workers", None)
-    return LoaderSettings(num_workers=workers if isinstance(workers, int) else None,
-                          persistent_workers=persistent if isinstance(persistent, bool) else None,
-                          batch_size=getattr(loader, "batch_size", None), cpu_count=cpu_count(),
-                          on_cpu=trainer.strategy.root_device.type == "cpu")
+    val = getattr(trainer, "val_dataloaders", None)
+    val = val[0] if isinstance(val, (list, tuple)) and val else val
+    return LoaderSettings(num_workers=_int(loader, "num_workers"), persistent_workers=_bool(loader, "persistent_workers"),
+                          batch_size=_int(loader, "batch_size"), cpu_count=cpu_count(),
+                          on_cpu=trainer.strategy.root_device.type == "cpu", val_num_workers=_int(val, "num_workers"),
+                          val_persistent_workers=_bool(val, "persistent_workers"))
+
+
+def _int(owner: Any, name: str) -> int | None:
+    value = getattr(owner, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _bool(owner: Any, name: str) -> bool | None:
+    value = getattr(owner, name, None)
+    return value if isinstance(value, bool) else None
 
 
 def run_settings(trainer: Trainer) -> RunSettings:

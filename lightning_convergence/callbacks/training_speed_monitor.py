@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -107,6 +108,8 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         self._validation_s: list[float] = []
         self._checkpoint_s: list[float] = []
         self._validation_seen = self._checkpoint_from = 0.0
+        self._validation_from: float | None = None
+        self._validation_starts: list[float] = []
         self._batch_in_epoch, self._start_batches = 0, 1
         self._callbacks_s: dict[str, float] = {}
         self._own_s = 0.0
@@ -171,7 +174,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         elif kind == "optimizer":
             timeline.push("optimizer")
         elif kind == "validation":
-            timeline.switch("validation")
+            self._validation_begins()
 
     def action_stopped(self, kind: str, name: str) -> None:
         """A marked action of Lightning's ended."""
@@ -260,12 +263,28 @@ class TrainingSpeedMonitor(ConvergenceCallback):
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._timeline.switch("validation")
+            self._validation_begins()
+
+    def _validation_begins(self) -> None:
+        # Marked before the validation loader's iterator starts (Lightning zeroes the gradients
+        # first), else at on_validation_start: the wait for the first batch is the loader's start.
+        now = self._timeline.switch("validation")
+        if self._validation_from is None:
+            self._validation_from = now
+
+    @override
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        started = self._validation_from
+        if started is not None and math.isfinite(started) and not trainer.sanity_checking and self._timeline.running:
+            self._validation_starts.append(self._wall() - started)
+            self._validation_from = math.inf  # this run's start is measured
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking and self._timeline.running:
             self._validations += 1
+            self._validation_from = None
             self._timeline.switch(self._between)
             spent = self._timeline.totals["validation"]
             self._validation_s.append(spent - self._validation_seen)
@@ -348,6 +367,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
                         steady_fetch_s=statistics.median(self._fetches) if self._fetches else 0.0,
                         steps=self._steps, validations=self._validations, checkpoints=self._checkpoints,
                         validation_s=list(self._validation_s), checkpoint_s=list(self._checkpoint_s),
+                        validation_starts_s=list(self._validation_starts),
                         callbacks_s=dict(self._callbacks_s), own_callbacks_s=self._own_s,
                         samples=self._total_samples, sequence_length=self.sequence_length,
                         precision=self._precision, device=self._device_type)

@@ -19,6 +19,8 @@ class LoaderSettings:
     batch_size: int | None = None
     cpu_count: int | None = None
     on_cpu: bool = True  # training runs on the CPU: compute is host work, its CPU time means something
+    val_num_workers: int | None = None  # the (first) validation DataLoader's
+    val_persistent_workers: bool | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class RunTimes:
     validations: int = 0
     checkpoints: int = 0
     validation_s: list[float] = field(default_factory=list)  # each validation run's wall time, when known
+    validation_starts_s: list[float] = field(default_factory=list)  # each run's wait for its first batch
     checkpoint_s: list[float] = field(default_factory=list)  # each checkpoint's
     callbacks_s: dict[str, float] = field(default_factory=dict)  # per callback class, its hooks' time
     own_callbacks_s: float = 0.0  # the convergence suite's own callbacks (in ``callbacks_s`` and the shares)

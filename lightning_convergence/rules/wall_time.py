@@ -46,6 +46,7 @@ __all__ = ["LoaderSettings", "RunSettings", "RunTimes", "SpeedThresholds", "Step
 LAYER = "wall_time"
 FETCH_LAYER = f"{LAYER}/fetch"
 EPOCH_START_LAYER = f"{LAYER}/epoch_start"
+VALIDATION_START_LAYER = f"{LAYER}/validation_start"
 OVERHEADS_LAYER = f"{LAYER}/overheads"
 DEVICE_LAYER = f"{LAYER}/device"
 
@@ -171,10 +172,13 @@ class WallTimeRule:
         if run.steps < t.min_steps or wall <= 0:
             return []
         findings = []
-        restart = self._restarts(run, loader, wall)
-        if restart is not None:
-            findings.append(restart)
-        found = [f for f in (self._validation(run, settings, wall), self._logging(run, settings, wall),
+        val_restarts = self._validation_restarts(run, loader, wall)
+        for restart in (self._restarts(run, loader, wall), val_restarts):
+            if restart is not None:
+                findings.append(restart)
+        # Seconds said to be the validation loader's restarts are not blamed on validating too often.
+        spared = self._validation_restart_cost(run, loader) if val_restarts is not None else 0.0
+        found = [f for f in (self._validation(run, settings, wall, spared), self._logging(run, settings, wall),
                              self._checkpointing(run, settings, wall)) if f is not None]
         found.sort(key=lambda f: -f[0].confidence)  # the top cause leads the sentence and the advice
         if found:
@@ -236,18 +240,44 @@ class WallTimeRule:
                        evidence={**evidence, **self.breakdown(run)},
                        causes=(cause,), remedies=remedies)
 
+    def _validation_restart_cost(self, run: RunTimes, loader: LoaderSettings) -> float:
+        """Seconds the validation loader's workers cost starting anew on every validation run (their
+        median wait for a first batch, times the runs), when they are not persistent; else 0."""
+        if not (loader.val_num_workers and loader.val_persistent_workers is False and run.validation_starts_s):
+            return 0.0
+        return statistics.median(run.validation_starts_s) * len(run.validation_starts_s)
+
+    def _validation_restarts(self, run: RunTimes, loader: LoaderSettings, wall: float) -> Finding | None:
+        t = self.thresholds
+        cost = self._validation_restart_cost(run, loader)
+        share = cost / wall
+        if share < t.restart_share or cost < t.min_overhead_s:
+            return None
+        each_ms = 1000 * statistics.median(run.validation_starts_s)
+        evidence = {"validation_start_ms_each": round(each_ms, 1), "restart_share": round(share, 4),
+                    "validations": len(run.validation_starts_s), "val_num_workers": loader.val_num_workers,
+                    "val_persistent_workers": loader.val_persistent_workers}
+        seen = (f"Each validation run waited {each_ms:.0f} ms for its first batch while the validation DataLoader "
+                f"started {loader.val_num_workers} new worker processes: {share:.0%} of the run's {wall:.1f} s of "
+                f"wall time over {len(run.validation_starts_s)} validation runs.")
+        return Finding("slow_data_loading", "warning", seen, layer=VALIDATION_START_LAYER, evidence=evidence,
+                       causes=(Cause("data_loader_restarts", _confidence(share, t.restart_share), evidence),),
+                       remedies=("persistent_workers=True in the validation DataLoader, so that its workers survive "
+                                 "between validation runs", "or fewer workers for a small validation set"))
+
     def _overhead(self, run: RunTimes, phase: str, threshold: float, wall: float,
-                  events: list[float]) -> tuple[float, float] | None:
+                  events: list[float], spared: float = 0.0) -> tuple[float, float] | None:
         # Each event at its median cost: one validation or checkpoint that the process spent
         # descheduled, or that a GC pause hit, does not make the rest look costly.
         cost = statistics.median(events) * len(events) if events else run.phases.get(phase, 0.0)
+        cost = max(0.0, cost - spared)
         share = cost / wall
         if share < threshold or cost < self.thresholds.min_overhead_s:
             return None
         return cost, share
 
-    def _validation(self, run: RunTimes, settings: RunSettings, wall: float) -> Overhead | None:
-        found = self._overhead(run, "validation", self.thresholds.validation_share, wall, run.validation_s)
+    def _validation(self, run: RunTimes, settings: RunSettings, wall: float, spared: float = 0.0) -> Overhead | None:
+        found = self._overhead(run, "validation", self.thresholds.validation_share, wall, run.validation_s, spared)
         if found is None or not run.validations:
             return None
         cost, share = found

@@ -347,3 +347,27 @@ def test_only_hooks_a_callback_implements_are_timed():
     assert not monitor.times_callback("[Callback]Unknown.on_train_batch_end")
     assert monitor._callback_names[f"[Callback]{monitor.state_key}.on_before_backward"] == (
         "TrainingSpeedMonitor", True)
+
+
+def test_a_validation_loader_that_restarts_its_workers_is_data_loader_restarts(tmp_path):
+    # Each validation run starts 2 new workers, 0.5 s on the injected clock: that is the loader's
+    # cost, not validating too often.
+    clock = FakeClock()
+
+    class Restarting(DataLoader):
+        def _get_iterator(self):
+            clock.advance(0.5, 0.0)
+            return super()._get_iterator()
+
+    class Model(Timed):
+        def val_dataloader(self):
+            x, y = digits_tensors(64)
+            return Restarting(torch.utils.data.TensorDataset(x, y), batch_size=32, num_workers=2,
+                              persistent_workers=False)
+
+    monitor = monitor_on(clock)
+    fit(tmp_path, Model(clock, n=256), [monitor], max_epochs=4, num_sanity_val_steps=0)
+    (d,) = found(monitor)
+    assert d["kind"] == "slow_data_loading" and d["causes"][0]["cause"] == "data_loader_restarts"
+    assert d["layer"] == "wall_time/validation_start" and "validation DataLoader" in d["message"]
+    assert d["evidence"]["validation_start_ms_each"] == pytest.approx(500.0, abs=1.0)

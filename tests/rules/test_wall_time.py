@@ -243,3 +243,16 @@ def test_any_run_gives_findings_of_the_vocabulary_or_none(phases, starts, steps,
     for finding in WallTimeRule().judge_run(times, LoaderSettings(workers, persistent, cpu_count=4), RunSettings()):
         assert finding.kind in {"slow_training", "slow_data_loading"} and finding.severity == "warning"
         assert all(0 <= c.confidence <= 1 for c in finding.causes) and finding.remedies
+
+
+def test_validation_loader_restarts_are_the_loaders_not_validating_too_often():
+    phases, steps = run(validation=2.2)  # 4 runs of 550 ms, 500 ms of each waiting for new workers
+    times = RunTimes(phases, steps=steps, validations=4, validation_s=[0.55] * 4, validation_starts_s=[0.5] * 4)
+    restarting = LoaderSettings(val_num_workers=2, val_persistent_workers=False)
+    findings = WallTimeRule().judge_run(times, restarting, RunSettings())
+    assert [(f.kind, f.layer, f.causes[0].cause) for f in findings] == [
+        ("slow_data_loading", "wall_time/validation_start", "data_loader_restarts")]
+    # Persistent validation workers: the same seconds are validation's own.
+    findings = WallTimeRule().judge_run(times, LoaderSettings(val_num_workers=2, val_persistent_workers=True),
+                                        RunSettings())
+    assert [f.causes[0].cause for f in findings] == ["validation_too_frequent"]
