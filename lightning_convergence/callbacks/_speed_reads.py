@@ -16,7 +16,8 @@ def loader_settings(trainer: Trainer) -> LoaderSettings:
     loader = getattr(trainer, "train_dataloader", None)
     val = getattr(trainer, "val_dataloaders", None)
     val = val[0] if isinstance(val, (list, tuple)) and val else val
-    return LoaderSettings(num_workers=_int(loader, "num_workers"), persistent_workers=_bool(loader, "persistent_workers"),
+    return LoaderSettings(num_workers=_int(loader, "num_workers"),
+                          persistent_workers=_bool(loader, "persistent_workers"),
                           batch_size=_int(loader, "batch_size"), cpu_count=cpu_count(),
                           on_cpu=trainer.strategy.root_device.type == "cpu", val_num_workers=_int(val, "num_workers"),
                           val_persistent_workers=_bool(val, "persistent_workers"))

@@ -37,20 +37,25 @@ class TrainingSpeedMonitor(ConvergenceCallback):
     the optimizer step, validation, checkpoint writing, logging, every callback's hooks (this one
     included) and garbage-collection pauses (from ``gc.callbacks``, so a pause is never blamed on
     the phase it interrupted). Host clocks only: the hooks mark the phases of a step, and a
-    stand-in for the Trainer's profiler (which forwards every call to it) marks what no hook sees:
-    the fetch, checkpoints and callbacks. No device sync on a step that does not log.
+    stand-in for the Trainer's profiler (which forwards every call to it, so ``profiler="simple"``
+    still reports) marks what no hook sees: the fetch, checkpoints, callbacks, and the start of
+    validation before its loader's iterator. No device sync on a step that does not log.
 
     Judged by :class:`~lightning_convergence.rules.wall_time.WallTimeRule`: the steady loader on
     medians per logging window of at least ``thresholds.min_steps`` steps (a shorter window
-    carries over; a short last one joins the window before it), and the run's overheads
-    (loader restarts, validation, logging and callbacks, checkpoints) on its cumulative shares,
-    from the second epoch on and at the end of fit. Advice only: nothing in training changes.
+    carries over; a short last one joins the window before it), on a CPU only when the process
+    got the CPU while it computed (a busy machine is not a slow loader); and the run's overheads
+    (training and validation loader restarts, validation, logging and other callbacks,
+    checkpoints) on its cumulative time, each event at its median cost, once they recur and at
+    the end of fit. Advice only: nothing in training changes. Timings start afresh on resume.
 
     Per window it logs ``convergence/speed/share/<phase>``, the median step time, samples/s
     (tokens/s with ``sequence_length``) and, on a CPU, the process's CPU share while computing;
-    :meth:`breakdown` returns the whole run's. On a GPU (unverified here: this suite's machines
-    have none) it reads CUDA events at logging steps for the device's busy time and, with
-    ``flops_per_batch``, the model FLOPs utilisation against Lightning's table of peak FLOPs.
+    at the end, ``convergence/speed/run_share/<phase>``; :meth:`breakdown` returns the whole run's.
+    On a GPU (unverified here: this project's machines have none) it reads, per window, NVML's
+    utilisation (or a bound from CUDA events around one sampled step, read when done), the host
+    syncs of that step (``torch.cuda.set_sync_debug_mode``) and, with ``flops_per_batch``, the
+    model FLOPs utilisation against Lightning's table of peak FLOPs for the precision in use.
 
     Args:
         log_every_n_steps: window length in optimizer steps; ``None`` uses the Trainer's.
@@ -105,7 +110,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         self._fetches: list[float] = []
         self._epoch_starts: list[float] = []
         self._steps = self._validations = self._checkpoints = 0
-        self._validation_s: list[float] = []
+        self._validation_s: list[float] = []  # each validation run's wall time, and each checkpoint's
         self._checkpoint_s: list[float] = []
         self._validation_seen = self._checkpoint_from = 0.0
         self._validation_from: float | None = None
@@ -118,7 +123,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         self._open_callbacks: list[tuple[str, float]] = []
         self._batch_wall = self._batch_cpu = 0.0
         self._samples = self._total_samples = 0
-        self._precision: str | None = None
+        self._precision: str | None = None  # and the device type, read at on_train_start
         self._device_type: str | None = None
         self._profiler: _phase_profiler.PhaseProfiler | None = None
         self._gc_started: float | None = None
@@ -178,9 +183,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
 
     def action_stopped(self, kind: str, name: str) -> None:
         """A marked action of Lightning's ended."""
-        if not self._timeline.running:
-            return
-        if kind not in ("callback", "checkpoint", "optimizer"):
+        if not self._timeline.running or kind not in ("callback", "checkpoint", "optimizer"):
             return
         now = self._timeline.pop()
         if kind == "checkpoint":
@@ -325,8 +328,10 @@ class TrainingSpeedMonitor(ConvergenceCallback):
                 finding = judge_device(readings, self._window_first_step, last_step)
                 if finding is not None:
                     self.record(trainer, finding, step=last_step)
-        # The run's overheads, once a whole epoch (its restart, its validation) is in the shares.
-        if at_end or len(self._epoch_starts) >= 2:
+        # The run's overheads, once they have recurred (a second epoch, validation or checkpoint)
+        # or the run is long (a single long epoch); said once per report window per part.
+        recurred = max(len(self._epoch_starts), self._validations, self._checkpoints) >= 2
+        if at_end or recurred or self._steps >= 10 * self.thresholds.min_steps:
             for found in self._rule.judge_run(self.run_times(), loader, run_settings(trainer)):
                 self.record(trainer, found, step=last_step)
         if len(self._window):
