@@ -48,6 +48,7 @@ class RunContext:
     # While a learning-rate range test runs (``callbacks._range_test``): its steps are probes
     # that are undone afterwards, so the callbacks that judge the run pause.
     probing: bool = False
+    guards: dict = field(default_factory=dict)  # owner -> its guarded remedy (``callbacks._guard``)
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
     _lr_controls: dict[int, LRControl] = field(default_factory=dict)
@@ -127,4 +128,5 @@ def finish_run_context(trainer: Trainer) -> None:
         context.finished = True
         context.detach_lr_controls()
         context._gradient_pass = None  # holds gradient statistics tensors
+        context.guards.clear()  # snapshots of remedies still waiting for a verdict
         context._parameters.clear()  # holds references to the model's parameters

@@ -16,6 +16,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_convergence.callbacks._guard import may_act, open_guard
 from lightning_convergence.callbacks._unit_sites import UnitSites
 from lightning_convergence.callbacks._trainer_reads import over_ranks
 from lightning_convergence.callbacks.base import ConvergenceCallback
@@ -173,7 +174,10 @@ class DeadNeuronTracker(ConvergenceCallback):
         # if it fired on any rank and dead only when dead on every rank. Then one host transfer.
         reduce = None if trainer.world_size <= 1 else lambda t, op: over_ranks(trainer, t, op)
         sites = self._sites.read(reduce)
-        verdict = self._rule.judge(sites, last_step, act=self.is_acting(trainer))
+        # ReDo acts under a guard: judged by the loss over the next window, undone (and not
+        # tried again) if it hurt; one at a time.
+        acting = self.is_acting(trainer) and may_act(self.context(trainer), self.state_key, "dead_units")
+        verdict = self._rule.judge(sites, last_step, act=acting)
         self._log(trainer, sites, verdict, last_step)
         findings = [self.rank(trainer, f) for f in verdict.findings]
         # Units killed by a bug in the code (gradients never zeroed, ...) die again: not revived.
@@ -182,12 +186,14 @@ class DeadNeuronTracker(ConvergenceCallback):
             self.record(trainer, finding, step=last_step)
         for layer, units in verdict.blocked.items():
             self._sites.say_left_alone(layer, units)
-        for layer, units in verdict.revive.items():
-            if layer in held:
-                self.warn(f"the dead units of `{layer}` are not revived: their top cause, {held[layer]}, is in the "
-                          f"code or data, and they would die again.")
-                continue
-            self._revive(trainer, layer, units, last_step)
+        revive = {layer: units for layer, units in verdict.revive.items() if layer not in held}
+        for layer in set(verdict.revive) - set(revive):
+            self.warn(f"the dead units of `{layer}` are not revived: their top cause, {held[layer]}, is in the "
+                      f"code or data, and they would die again.")
+        if revive:
+            open_guard(self.context(trainer), trainer, self.state_key, self.source, "dead_units", last_step)
+            for layer, units in revive.items():
+                self._revive(trainer, layer, units, last_step)
         self._sites.reset()
 
     def _log(self, trainer: Trainer, sites: list[SiteWindow], verdict: UnitVerdict, last_step: int) -> None:

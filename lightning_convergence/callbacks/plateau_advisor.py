@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from lightning_convergence import tags
 from lightning_convergence.callbacks._trainer_reads import logged_metric, module_num_classes, over_ranks
+from lightning_convergence.callbacks._guard import judge_guards
 from lightning_convergence.callbacks._range_test import InRunRangeTest
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
@@ -193,6 +194,10 @@ class PlateauAdvisor(ConvergenceCallback):
             self.record(trainer, finding, step=step)  # or at the finding's own step, when it has one
         kinds = [f.kind for f in findings]
         self.judge_consequences(trainer, self._regime.ema, kinds, loss_start=self._regime.initial)
+        # The other callbacks' guarded remedies (ReDo), judged on the same loss.
+        for verdict in judge_guards(self.context(trainer), trainer, self._regime.ema, step,
+                                    self.logging_cadence(trainer), loss_start=self._regime.initial):
+            self._regime.restart_from(verdict.check.loss_before)
         if self.is_acting(trainer) and not self._undo_if_harmful(trainer, pl_module, step):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]

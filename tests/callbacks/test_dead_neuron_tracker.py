@@ -125,6 +125,42 @@ def test_redo_revives_dead_units_and_training_recovers(tmp_path):
     assert {i["step"] for i in revived} == {3}
 
 
+class HurtByLiveUnits(DigitsMLP):
+    """A first hidden layer dead from the start, and a loss 10 higher as soon as any of its
+    units fires: a revival planted to hurt."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        alive = (self.net[0](x) > 0).any()
+        loss = nn.functional.cross_entropy(self(x), y) + 10.0 * alive.float()
+        self.log("train_loss", loss)
+        return loss
+
+
+def test_a_revival_that_hurts_is_undone_and_not_tried_again(tmp_path):
+    """ReDo acts under a guard judged by PlateauAdvisor's next window of the loss: the planted
+    harm puts the weights back as they were before the revival, records an ``undo``, and blocks
+    ReDo for the rest of the fit."""
+    from lightning_convergence import PlateauAdvisor
+
+    L.seed_everything(0)
+    model = HurtByLiveUnits(hidden=32, lr=0.05, n=512)
+    with torch.no_grad():
+        model.net[0].bias.fill_(-5.0)
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=20)
+    advisor = PlateauAdvisor(monitor=None, log_every_n_steps=10)  # the judge of the loss; it does not act
+    trainer, _ = fit(tmp_path, model, [tracker, advisor], log_every_n_steps=10, max_epochs=6)
+    interventions = tracker._records_state(trainer)["interventions"]
+    actions = [(i["action"], i["step"]) for i in interventions]
+    revivals = [i for i in interventions if i["action"] == "reinit_units"]
+    undos = [i for i in interventions if i["action"] == "undo"]
+    assert len(revivals) == 1 and len(undos) == 1, actions  # not tried again after the undo
+    assert undos[0]["step"] - revivals[0]["step"] >= 10  # judged after a full window
+    assert undos[0]["detail"]["reason"] == "dead_units"
+    assert undos[0]["detail"]["loss_after"] > 1.1 * undos[0]["detail"]["loss_before"]
+    assert bool((model.net[0].bias == -5.0).all())  # the state from before the revival is back, and kept
+
+
 class KeepsKilling(DigitsMLP):
     """Units that die again right after every revival: before each batch, 8 units of the first
     hidden layer and 4 of the second get a bias of -50 (their ReLU never fires)."""

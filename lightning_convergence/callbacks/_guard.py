@@ -1,0 +1,77 @@
+"""Do no harm, for the remedies of every callback: a remedy that changes the weights (ReDo) is
+taken under a guard, judged by the callback that judges the loss, and undone if it did harm.
+
+The guarded callback calls :func:`open_guard` right before it acts: the state of the model and
+its optimizers is copied (an :class:`~lightning_convergence.remedies.snapshot.Snapshot`, about
+3x the parameters in host memory with Adam, held only until the verdict) and a check opened
+with the smoothed training loss of that moment. The loss judge (PlateauAdvisor) calls
+:func:`judge_guards` at each of its windows: once a full window has passed, a loss worse by more
+than the check's margin puts the state back, records an ``undo`` for the remedy's owner, and
+blocks that remedy for the rest of the fit. Without a loss judge in the suite nothing is judged
+and the snapshot is dropped at the end of fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from lightning.pytorch import Trainer
+
+from lightning_convergence.recorder.records import Intervention
+from lightning_convergence.remedies.snapshot import Snapshot
+from lightning_convergence.rules.intervention_check import InterventionCheck, Verdict
+
+if TYPE_CHECKING:
+    from lightning_convergence.callbacks._context import RunContext
+
+
+@dataclass
+class Guard:
+    """One owner's open check, the state from before its remedy, and what it may not do again."""
+
+    source: str
+    check: InterventionCheck = field(default_factory=InterventionCheck)
+    before: Snapshot = field(default_factory=Snapshot)
+    unpriced: tuple[str, int] | None = None  # (reason, step) of a remedy taken before any loss was judged
+
+
+def may_act(context: RunContext, owner: str, reason: str) -> bool:
+    """Whether ``owner`` may act for ``reason`` now: not while its last remedy waits for a
+    verdict, and not after a remedy for the same reason did harm."""
+    guard = context.guards.get(owner)
+    return guard is None or (guard.check.pending is None and guard.unpriced is None and guard.check.allowed(reason))
+
+
+def open_guard(context: RunContext, trainer: Trainer, owner: str, source: str, reason: str, step: int) -> None:
+    """Right before ``owner`` acts for ``reason`` at ``step`` (when :func:`may_act`): keep the
+    state and open the check against the smoothed loss now, or, before the loss was judged once
+    (a layer dead from the start is revived at the first window), against the loss at the start."""
+    guard = context.guards.setdefault(owner, Guard(source))
+    loss = context.evidence.snapshot().get("loss_ema")
+    guard.before.take(trainer.lightning_module, trainer.optimizers, step)
+    if loss is None:
+        guard.unpriced = (reason, step)
+    else:
+        guard.check.open(reason, step, loss)
+
+
+def judge_guards(context: RunContext, trainer: Trainer, loss_now: float | None, step: int,
+                 min_steps: int, loss_start: float | None = None) -> list[Verdict]:
+    """At a window of the loss: the verdicts on the guarded remedies due now (``loss_start``:
+    the loss at the start, for remedies taken before any window); a harmful one is undone (its
+    state put back) and recorded as ``undo`` by its owner. Returns the harmful ones."""
+    undone = []
+    for guard in context.guards.values():
+        if guard.unpriced is not None and loss_start is not None:
+            (reason, at), guard.unpriced = guard.unpriced, None
+            guard.check.open(reason, at, loss_start)
+        verdict = guard.check.judge(loss_now, step, min_steps)
+        if verdict is None:
+            continue
+        if verdict.harmed:
+            guard.before.restore(trainer.lightning_module, trainer.optimizers)
+            context.log.add_intervention(Intervention("undo", step, guard.source, verdict.evidence()))
+            undone.append(verdict)
+        guard.before.clear()
+    return undone
