@@ -25,7 +25,7 @@ from lightning_convergence.rules.phase_timeline import COMPUTE_PHASES, PhaseTime
 from lightning_convergence.rules.wall_time import RunTimes, SpeedThresholds, StepWindow, WallTimeRule
 from lightning_convergence.validation import check_positive_float, check_positive_int
 
-FETCH_HISTORY = 2000  # in-epoch waits kept for the run's median (the latest ones)
+FETCH_HISTORY = 2000  # in-epoch waits kept for the run's median (at least the latest this many)
 
 
 class TrainingSpeedMonitor(ConvergenceCallback):
@@ -105,7 +105,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
     def _reset_run(self) -> None:
         self._timeline = PhaseTimeline(self.clock or time.perf_counter)
         self._window, self._previous = StepWindow(), StepWindow()
-        self._window_phases = zero_phases()
+        self._window_from = zero_phases()  # the timeline's totals when the window began
         self._window_first_step = 0
         self._fetches: list[float] = []
         self._epoch_starts: list[float] = []
@@ -126,7 +126,6 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         self._precision: str | None = None  # and the device type, read at on_train_start
         self._device_type: str | None = None
         self._profiler: _phase_profiler.PhaseProfiler | None = None
-        self._gc_started: float | None = None
         self._device: DeviceClock | None = None
 
     def _wall(self) -> float:
@@ -149,19 +148,12 @@ class TrainingSpeedMonitor(ConvergenceCallback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._timeline.start("other")
+        self._window_from = dict(self._timeline.totals)
         self._window_first_step = trainer.global_step
-        if self._gc_hook not in gc.callbacks:
-            gc.callbacks.append(self._gc_hook)
+        if self._timeline.gc_callback not in gc.callbacks:
+            gc.callbacks.append(self._timeline.gc_callback)
         self._device = DeviceClock.create(pl_module.device)
         self._precision, self._device_type = str(trainer.precision), trainer.strategy.root_device.type
-
-    def _gc_hook(self, phase: str, info: dict) -> None:
-        # Called by the interpreter inside any allocation: touch numbers only.
-        if phase == "start":
-            self._gc_started = self._wall()
-        elif self._gc_started is not None:
-            self._timeline.gc_pause(self._wall() - self._gc_started)
-            self._gc_started = None
 
     def action_started(self, kind: str, name: str) -> None:
         """A marked action of Lightning's began (see :mod:`._phase_profiler`)."""
@@ -247,8 +239,6 @@ class TrainingSpeedMonitor(ConvergenceCallback):
             return
         step = self._timeline.take_step()
         self._timeline.switch(self._between)  # the logger connector's work follows, then the next fetch
-        for phase, seconds in step.items():
-            self._window_phases[phase] += seconds
         self._steps += 1
         if self._device is not None:
             self._device.end_sample(sum(step.values()))
@@ -259,7 +249,9 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         else:
             self._window.add(step["fetch"], sum(step[p] for p in COMPUTE_PHASES), self._cpu() - self._batch_cpu,
                              self._wall() - self._batch_wall, sum(step.values()), self._samples)
-            self._fetches = [*self._fetches[-FETCH_HISTORY + 1:], step["fetch"]]
+            self._fetches.append(step["fetch"])
+            if len(self._fetches) > 2 * FETCH_HISTORY:
+                del self._fetches[:-FETCH_HISTORY]
         if self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer)):
             self._close_window(trainer, trainer.global_step - 1, at_end=False)
 
@@ -320,8 +312,9 @@ class TrainingSpeedMonitor(ConvergenceCallback):
             if finding is not None:
                 self.record(trainer, finding, step=last_step)
             if self._device is not None:  # a CUDA device (unverified here: no GPU on this project's machines)
-                total = sum(self._window_phases.values())
-                compute = sum(self._window_phases[p] for p in COMPUTE_PHASES) / total if total > 0 else None
+                phases = self._window_phases()
+                total = sum(phases.values())
+                compute = sum(phases[p] for p in COMPUTE_PHASES) / total if total > 0 else None
                 readings = self._device.read(window, self.flops_per_batch, trainer.precision, compute)
                 log_scalars(trainer, {k: v for k, v in self._device.metrics(readings).items() if v is not None},
                             last_step)
@@ -336,13 +329,18 @@ class TrainingSpeedMonitor(ConvergenceCallback):
                 self.record(trainer, found, step=last_step)
         if len(self._window):
             self._previous = self._window
-        self._window, self._window_phases = StepWindow(), zero_phases()
+        self._window, self._window_from = StepWindow(), dict(self._timeline.totals)
         self._window_first_step = last_step + 1
+
+    def _window_phases(self) -> dict[str, float]:
+        """Seconds per phase since the window began."""
+        return {p: s - self._window_from.get(p, 0.0) for p, s in self._timeline.totals.items()}
 
     def _log_window(self, trainer: Trainer, window: StepWindow, step: int) -> None:
         summary = window.summary()
-        total = sum(self._window_phases.values())
-        metrics = {tags.speed_share(p): s / total for p, s in self._window_phases.items() if total > 0}
+        phases = self._window_phases()
+        total = sum(phases.values())
+        metrics = {tags.speed_share(p): s / total for p, s in phases.items() if total > 0}
         metrics.update({tags.SPEED_STEP_MS: summary.get("step_ms"),
                         tags.SPEED_SAMPLES_PER_S: summary.get("samples_per_s"),
                         tags.DATA_WAIT_FRACTION: summary.get("fetch_share"),
@@ -386,8 +384,8 @@ class TrainingSpeedMonitor(ConvergenceCallback):
 
     @override
     def _remove_hooks(self) -> None:
-        if self._gc_hook in gc.callbacks:
-            gc.callbacks.remove(self._gc_hook)
+        if self._timeline.gc_callback in gc.callbacks:
+            gc.callbacks.remove(self._timeline.gc_callback)
         trainer = self._trainer_ref() if self._trainer_ref is not None else None
         if trainer is not None:
             _phase_profiler.uninstall(trainer, self._profiler)

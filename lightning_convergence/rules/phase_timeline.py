@@ -74,6 +74,7 @@ class PhaseTimeline:
         self._stack: list[str] = []
         self._last: float | None = None
         self._gc_pending = 0.0
+        self._gc_started: float | None = None
 
     @property
     def running(self) -> bool:
@@ -127,6 +128,15 @@ class PhaseTimeline:
         Safe to call from ``gc.callbacks`` at any moment (it only adds to a number)."""
         if seconds > 0:
             self._gc_pending += seconds
+
+    def gc_callback(self, phase: str, info: dict) -> None:
+        """For ``gc.callbacks``: times each collection and takes it out of the phase it interrupted.
+        The interpreter calls it inside any allocation, so it touches numbers only."""
+        if phase == "start":
+            self._gc_started = self.clock()
+        elif self._gc_started is not None:
+            self.gc_pause(self.clock() - self._gc_started)
+            self._gc_started = None
 
     def take_step(self) -> dict[str, float]:
         """Charge the time up to now; the seconds per phase since the last call (and reset)."""

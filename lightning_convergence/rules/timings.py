@@ -48,9 +48,11 @@ class StepWindow:
 
     def add(self, fetch_s: float, compute_s: float, cpu_s: float, busy_s: float, wall_s: float,
             samples: int = 0) -> None:
-        for name, value in (("fetch_s", fetch_s), ("compute_s", compute_s), ("cpu_s", cpu_s), ("busy_s", busy_s),
-                            ("wall_s", wall_s)):
-            getattr(self, name).append(float(value))
+        self.fetch_s.append(float(fetch_s))
+        self.compute_s.append(float(compute_s))
+        self.cpu_s.append(float(cpu_s))
+        self.busy_s.append(float(busy_s))
+        self.wall_s.append(float(wall_s))
         self.samples += int(samples)
 
     def __len__(self) -> int:

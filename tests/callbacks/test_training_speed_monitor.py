@@ -148,7 +148,7 @@ def test_a_gc_pause_is_charged_to_gc_not_to_the_loader(tmp_path):
         gc.callbacks.remove(pause)
     assert found(monitor, "info") == []
     assert monitor.breakdown()["shares"]["gc"] > 0.5 and monitor.breakdown()["shares"]["fetch"] < 0.05
-    assert monitor._gc_hook not in gc.callbacks
+    assert monitor._timeline.gc_callback not in gc.callbacks
 
 
 def test_a_descheduled_process_is_not_blamed_on_the_loader(tmp_path):

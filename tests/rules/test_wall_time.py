@@ -256,3 +256,18 @@ def test_validation_loader_restarts_are_the_loaders_not_validating_too_often():
     findings = WallTimeRule().judge_run(times, LoaderSettings(val_num_workers=2, val_persistent_workers=True),
                                         RunSettings())
     assert [f.causes[0].cause for f in findings] == ["validation_too_frequent"]
+
+
+def test_the_gc_callback_times_a_collection_and_takes_it_out_of_the_phase_it_interrupted():
+    clock = Clock()
+    timeline = PhaseTimeline(clock)
+    timeline.start("fetch")
+    clock.now = 0.002
+    timeline.gc_callback("start", {"generation": 2})
+    clock.now = 0.217  # a 215 ms collection while fetching
+    timeline.gc_callback("stop", {"generation": 2})
+    clock.now = 0.219
+    step = timeline.take_step()
+    assert step["gc"] == pytest.approx(0.215) and step["fetch"] == pytest.approx(0.004)
+    timeline.gc_callback("stop", {})  # a stop without its start (registered mid-collection): nothing
+    assert timeline.take_step()["gc"] == 0.0
