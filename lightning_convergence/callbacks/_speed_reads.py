@@ -37,7 +37,8 @@ def run_settings(trainer: Trainer) -> RunSettings:
     """The Trainer's knobs for logging and validation cadence."""
     return RunSettings(log_every_n_steps=trainer.log_every_n_steps or None,
                        val_check_interval=getattr(trainer, "val_check_interval", None),
-                       check_val_every_n_epoch=getattr(trainer, "check_val_every_n_epoch", None))
+                       check_val_every_n_epoch=getattr(trainer, "check_val_every_n_epoch", None),
+                       max_epochs=_int(trainer, "max_epochs") if (_int(trainer, "max_epochs") or 0) > 0 else None)
 
 
 def batch_size(batch: Any) -> int:

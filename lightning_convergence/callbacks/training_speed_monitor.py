@@ -372,6 +372,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
                         validation_s=list(self._validation_s), checkpoint_s=list(self._checkpoint_s),
                         validation_starts_s=list(self._validation_starts),
                         callbacks_s=dict(self._callbacks_s), own_callbacks_s=self._own_s,
+                        suite_callbacks=frozenset(n for n, ours in self._callback_names.values() if ours),
                         samples=self._total_samples, sequence_length=self.sequence_length,
                         precision=self._precision, device=self._device_type)
 

@@ -30,6 +30,7 @@ class RunSettings:
     log_every_n_steps: int | None = None
     val_check_interval: float | None = None
     check_val_every_n_epoch: int | None = None
+    max_epochs: int | None = None  # the run's length, beyond which "validate less often" means never
 
 
 @dataclass
@@ -95,6 +96,7 @@ class RunTimes:
     checkpoint_s: list[float] = field(default_factory=list)  # each checkpoint's
     callbacks_s: dict[str, float] = field(default_factory=dict)  # per callback class, its hooks' time
     own_callbacks_s: float = 0.0  # the convergence suite's own callbacks (in ``callbacks_s`` and the shares)
+    suite_callbacks: frozenset[str] = frozenset()  # their class names in ``callbacks_s``
     samples: int = 0  # training samples seen (the first dimension of each batch)
     sequence_length: int | None = None  # tokens per sample, when told
     precision: str | None = None  # Lightning's precision string ("32-true", "bf16-mixed", ...)

@@ -288,6 +288,7 @@ class WallTimeRule:
                     "validation_ms_each": round(1000 * per_run, 1), "train_ms_between": round(1000 * between, 1),
                     "validate_less_often_by": less_often}
         interval = settings.val_check_interval
+        fewer = f"validate on a sample: limit_val_batches={min(0.5, 1 / less_often):.2g} (a fraction of the set)"
         if isinstance(interval, float) and interval < 1:
             wanted = interval * less_often  # in epochs
             knob = (f"val_check_interval={wanted:.2g} (now {interval:g})" if wanted <= 1 else
@@ -297,10 +298,13 @@ class WallTimeRule:
         else:
             every = settings.check_val_every_n_epoch or 1
             knob = f"check_val_every_n_epoch={every * less_often} (now {every})"
+            if settings.max_epochs and every * less_often > settings.max_epochs:
+                knob = None  # less often than the run is long: validate on fewer batches instead
         sentence = (f"{share:.0%} went to validation ({run.validations} runs of {1000 * per_run:.0f} ms against "
                     f"{1000 * between:.0f} ms of training between them)")
+        remedies = [fewer] if knob is None else [f"validate {less_often}x less often: {knob}", f"or {fewer}"]
         return (Cause("validation_too_frequent", _confidence(share, self.thresholds.validation_share), evidence),
-                sentence, [f"validate {less_often}x less often: {knob}, or fewer batches (limit_val_batches)"])
+                sentence, remedies)
 
     def _logging(self, run: RunTimes, settings: RunSettings, wall: float) -> Overhead | None:
         # The suite's own hooks are in the shares, but not blamed here: what they cost is measured
@@ -311,15 +315,17 @@ class WallTimeRule:
         if share < self.thresholds.logging_share or cost < self.thresholds.min_overhead_s:
             return None
         logging_share, callbacks_share = run.phases.get("logging", 0.0) / wall, others / wall
-        top = sorted(run.callbacks_s.items(), key=lambda kv: -kv[1])[:3]
+        top = sorted(((k, v) for k, v in run.callbacks_s.items() if k not in run.suite_callbacks),
+                     key=lambda kv: -kv[1])[:3]
         evidence = {"logging_share": round(logging_share, 4), "callbacks_share": round(callbacks_share, 4),
                     "costliest_callbacks_ms": {k: round(1000 * v, 1) for k, v in top},
                     "log_every_n_steps": settings.log_every_n_steps}
         every = settings.log_every_n_steps or 50
         factor = max(2, math.ceil(share / self.thresholds.target_share))
         named = ", ".join(f"{k} {v / wall:.0%}" for k, v in top)
-        sentence = (f"{share:.0%} went to logging ({logging_share:.0%}) and callbacks' hooks ({callbacks_share:.0%}"
-                    + (f": {named}" if named else "") + ")")
+        sentence = f"{logging_share:.0%} went to logging (metrics reduced and written to the loggers between steps)"
+        if callbacks_share >= 0.01:
+            sentence += f" and {callbacks_share:.0%} to callbacks' hooks ({named})"
         remedies = [f"log less often: log_every_n_steps={every * factor} (now {every})"]
         if callbacks_share > logging_share and top:
             remedies.append(f"make the costliest callbacks cheaper or less frequent ({named}); a progress bar: "

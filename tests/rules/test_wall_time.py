@@ -271,3 +271,12 @@ def test_the_gc_callback_times_a_collection_and_takes_it_out_of_the_phase_it_int
     assert step["gc"] == pytest.approx(0.215) and step["fetch"] == pytest.approx(0.004)
     timeline.gc_callback("stop", {})  # a stop without its start (registered mid-collection): nothing
     assert timeline.take_step()["gc"] == 0.0
+
+
+def test_validating_less_often_than_the_run_is_long_is_not_advised():
+    phases, steps = run(validation=2.0)
+    times = RunTimes(phases, steps=steps, validations=4, validation_s=[0.5] * 4)
+    long_run = WallTimeRule().judge_run(times, LoaderSettings(), RunSettings(check_val_every_n_epoch=1, max_epochs=100))
+    short_run = WallTimeRule().judge_run(times, LoaderSettings(), RunSettings(check_val_every_n_epoch=1, max_epochs=4))
+    assert long_run[0].remedies[0].startswith("validate 19x less often: check_val_every_n_epoch=19")
+    assert short_run[0].remedies == ("validate on a sample: limit_val_batches=0.053 (a fraction of the set)",)
