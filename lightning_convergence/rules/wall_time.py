@@ -143,19 +143,21 @@ class WallTimeRule:
             return None  # descheduled: every phase is slow, the wait is not the loader's
         if s["fetch_share"] < t.fetch_share or s["fetch_ms"] < t.min_fetch_ms:
             return None
-        workers = suggest_num_workers(s["fetch_ms"] / 1000, s["compute_ms"] / 1000, loader.num_workers,
-                                      loader.cpu_count)
+        needed = suggest_num_workers(s["fetch_ms"] / 1000, s["compute_ms"] / 1000, loader.num_workers, None)
+        workers = min(needed, loader.cpu_count) if loader.cpu_count else needed
         setting = "" if loader.num_workers is None else f" (num_workers={loader.num_workers})"
         seen = (f"Training waited for its next batch {s['fetch_share']:.0%} of each step over steps {first_step}-"
                 f"{last_step} ({len(window)} steps): {s['fetch_ms']:.1f} ms waiting against {s['compute_ms']:.1f} ms "
                 f"computing per step (medians){setting}.")
         evidence = {**{k: round(v, 4) for k, v in s.items() if math.isfinite(v)}, "steps": len(window),
-                    "num_workers": loader.num_workers, "suggested_num_workers": workers, "cpu_count": loader.cpu_count}
-        remedies = [f"raise the DataLoader's num_workers to about {workers} (the wait per batch over the compute per "
-                    "step, measured)"]
-        if loader.cpu_count and workers >= loader.cpu_count:
-            remedies.append(f"this machine has {loader.cpu_count} cores: also move decoding and augmentation off the "
-                            "hot path (pre-process once, cache, or do it on the GPU)")
+                    "num_workers": loader.num_workers, "suggested_num_workers": workers, "cpu_count": loader.cpu_count,
+                    "workers_to_keep_up": needed}
+        remedies = [f"raise the DataLoader's num_workers to about {workers} (from the measured wait per batch over the "
+                    "compute per step)"]
+        if needed > workers:
+            remedies.append(f"{needed} workers would keep up, and this process may use {loader.cpu_count} cores: "
+                            "also move decoding and augmentation off the hot path (pre-process once, cache, or do it "
+                            "on the GPU)")
         if not loader.on_cpu:
             remedies.append("pin_memory=True")
         cause = Cause("data_loader_bottleneck", _confidence(s["fetch_share"], t.fetch_share),
