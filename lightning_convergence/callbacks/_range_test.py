@@ -14,6 +14,7 @@ and, under DDP, one all_reduce of the loss per probe step, and an :class:`ExactS
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -74,21 +75,23 @@ class InRunRangeTest:
             return None  # not started, or inside a gradient accumulation
         self._last_step = trainer.global_step
         loss = batch_loss(trainer, outputs)
-        value = torch.tensor(float("nan")) if loss is None else loss.detach().float().reshape(())
+        value = torch.tensor(math.nan, device=pl_module.device) if loss is None else loss.detach().float().reshape(())
         if not curve.add(float(over_ranks(trainer, value, "mean"))):
             return None
-        self._snapshot.restore(pl_module, trainer.optimizers, schedulers=_schedulers(trainer))
-        self.cancel()
+        self.cancel()  # the state from before the probe comes back
         self.last_curve = curve
         return suggest(curve)
 
     def cancel(self) -> None:
-        """End the probe without a result (or after one): no LR factor of ours remains, the suite's
-        callbacks resume, the snapshot is freed."""
-        trainer, self._trainer, self._curve = self._trainer, None, None
-        self._snapshot.clear()
+        """End the probe (done, or the fit ends or fails during it): the state from before it comes
+        back, no LR factor of ours remains, the suite's callbacks resume, the snapshot is freed."""
+        trainer, running = self._trainer, self._curve is not None
+        self._trainer, self._curve = None, None
         if trainer is None:
             return
+        if running and self._snapshot.taken and trainer.lightning_module is not None:
+            self._snapshot.restore(trainer.lightning_module, trainer.optimizers, schedulers=_schedulers(trainer))
+        self._snapshot.clear()
         context = run_context(trainer)
         context.probing = False
         for optimizer in trainer.optimizers:

@@ -166,9 +166,10 @@ class RangeTestResult:
     diverged: bool
 
     def detail(self) -> dict:
-        """The curve and the pick, for an intervention's detail (JSON-ready)."""
-        clean = [None if not math.isfinite(v) else round(v, 6) for v in self.smoothed]
-        return {"range_lrs": [float(f"{lr:.4g}") for lr in self.lrs], "range_losses": clean,
+        """The curve (the raw loss of each probe step) and the pick, for an intervention's
+        detail (JSON-ready; every rule can be applied to it again)."""
+        clean = [None if not math.isfinite(v) else round(v, 6) for v in self.losses]
+        return {"range_lrs": [float(f"{lr:.6g}") for lr in self.lrs], "range_losses": clean,
                 "range_pick": self.pick, "range_diverged": self.diverged}
 
 

@@ -105,6 +105,15 @@ def test_restore_after_the_probe_is_exact_weights_buffers_optimizer_scheduler_an
     assert all(not c._owners for c in run_context(trainer)._lr_controls.values())  # no factor of ours left
 
 
+def test_a_fit_that_ends_during_the_probe_ends_with_the_state_from_before_it(tmp_path):
+    L.seed_everything(0, verbose=False)
+    probe = Probe(at=4, plan=RangeTestPlan(1.0, 1e4, num_steps=30))
+    model = NormDropMLP(lr=0.01)
+    L.Trainer(**trainer_kwargs(tmp_path, logger=False, max_steps=10), callbacks=[probe]).fit(model)
+    assert probe.result is None  # it never finished ...
+    assert _same(model.state_dict(), probe.before["model"])  # ... and its steps were undone
+
+
 def test_without_probing_the_same_state_differs(tmp_path):
     """The comparison above can fail: two states 8 steps apart are not the same."""
     L.seed_everything(0, verbose=False)
