@@ -32,6 +32,7 @@ RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x
 RANGE_TEST_COST = 0.25  # at most this share of the steps left in the fit goes to a probe
 MIN_RANGE_RAISE = 1.5  # a pick below this multiple of the LR leaves it as it is
 MAX_RANGE_TESTS = 2  # per fit: a second probe when the first raise was not enough, no more
+MAX_HIGH_CUTS = 2  # per fit: LR cuts for warnings whose top cause is a learning rate too high
 
 
 class PlateauAdvisor(ConvergenceCallback):
@@ -143,6 +144,7 @@ class PlateauAdvisor(ConvergenceCallback):
         self._check = InterventionCheck()
         self._use_train_loss = monitor is None
         self._range_tests = 0
+        self._high_cuts, self._seen_diagnoses = 0, 0
         self._user_plateau = False
 
     def factor_of(self, index: int, group: int) -> float:
@@ -161,6 +163,7 @@ class PlateauAdvisor(ConvergenceCallback):
             self.warn("a ReduceLROnPlateau is configured already; plateaus are advised, not acted on, so the LR "
                       "is not reduced twice (divergence and oscillation remedies still act).")
         self._losses.to(pl_module.device)  # restored on the CPU
+        self._seen_diagnoses = len(self.context(trainer).log.diagnoses)  # those of a resumed fit are old
         self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
         if self.is_acting(trainer):
             self.own_lr(trainer, self.factor_of)
@@ -209,6 +212,7 @@ class PlateauAdvisor(ConvergenceCallback):
                 self._range_tests += 1
                 self._policy.raised_lr, by = True, None  # instead of the opt-in tenfold raise
             self._apply(trainer, pl_module, self._policy.on_window(kinds, self._regime.steady, step, hold, by), step)
+            self._cut_if_named_too_high(trainer, step, answered=bool({"divergence", "oscillation"} & set(kinds)))
         if self._use_train_loss and self._regime.ema is not None and not {"divergence", "oscillation"} & set(kinds):
             self._plateau_check(trainer, self._regime.ema, step, "the smoothed training loss")
 
@@ -229,7 +233,8 @@ class PlateauAdvisor(ConvergenceCallback):
 
     def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int,
                detail: dict | None = None) -> None:
-        if reason in ("learning_rate_too_low", "plateau", "lr_range_test") and self._regime.ema is not None:
+        if reason in ("learning_rate_too_low", "learning_rate_too_high", "plateau", "lr_range_test") \
+                and self._regime.ema is not None:
             # Judged at the next window against the loss now; undone from this state if it hurt
             # (a range test's raise answers a learning rate too low, and is blocked with it).
             self._before.take(trainer.lightning_module, trainer.optimizers, step)
@@ -238,6 +243,23 @@ class PlateauAdvisor(ConvergenceCallback):
         for change in self._factors.scale(trainer.optimizers, multipliers):
             self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": self._regime.ema,
                                                                  **change, **(detail or {})})
+
+    def _cut_if_named_too_high(self, trainer: Trainer, step: int, answered: bool) -> None:
+        """A warning of any callback since the last window whose top cause, named by evidence, is
+        a learning rate too high (dead units, exploding gradients, ...): the LR x
+        ``divergence_factor``, judged at the next window like every LR remedy; at most
+        :data:`MAX_HIGH_CUTS` per fit, one verdict at a time. Not when this window's divergence or
+        oscillation was ``answered`` already, and divergence and oscillation never count here
+        (their own remedy answers them)."""
+        log, seen = self.context(trainer).log.diagnoses, self._seen_diagnoses
+        self._seen_diagnoses = len(log)
+        named = [d for d in log[seen:] if d.severity != "info" and d.kind not in ("divergence", "oscillation")
+                 and d.causes and d.causes[0]["cause"] == "learning_rate_too_high" and d.causes[0].get("evidence")]
+        if (named and not answered and self._high_cuts < MAX_HIGH_CUTS and self._check.pending is None
+                and self._check.allowed("learning_rate_too_high")):
+            self._high_cuts += 1
+            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
+                        "learning_rate_too_high", step, {"named_by": named[0].kind})
 
     def _range_test_fits(self, trainer: Trainer) -> bool:
         """Whether a probe may run now: configured, none running, and its steps at most
@@ -349,7 +371,8 @@ class PlateauAdvisor(ConvergenceCallback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **{name: part.state_dict() for name, part in self._parts().items()},
-                "use_train_loss": self._use_train_loss, "range_tests": self._range_tests}
+                "use_train_loss": self._use_train_loss, "range_tests": self._range_tests,
+                "high_cuts": self._high_cuts}
 
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
@@ -360,3 +383,4 @@ class PlateauAdvisor(ConvergenceCallback):
             part.load_state_dict(state_dict.get(name, {}) if name in ("late", "check") else state_dict[name])
         self._use_train_loss = bool(state_dict.get("use_train_loss", self.monitor is None))
         self._range_tests = int(state_dict.get("range_tests", 0))
+        self._high_cuts = int(state_dict.get("high_cuts", 0))

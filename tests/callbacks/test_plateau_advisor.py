@@ -227,6 +227,7 @@ def test_state_dict_survives_weights_only_load(tmp_path):
     ({"max_recoveries": 0}, ValueError, "max_recoveries"), ({"rollback": "yes"}, TypeError, "rollback"),
     ({"snapshot_every_n_steps": 0}, ValueError, "snapshot_every_n_steps"),
     ({"rewarmup_steps": -5}, ValueError, "rewarmup_steps"), ({"thresholds": {}}, TypeError, "thresholds"),
+    ({"range_test_steps": 4}, ValueError, "range_test_steps"), ({"range_test_steps": 2.5}, TypeError, "range_test_steps"),
 ])
 def test_bad_arguments_raise_naming_the_argument(kwargs, error, named):
     with pytest.raises(error, match=named):
@@ -291,3 +292,36 @@ def test_a_learning_rate_too_low_is_raised_by_the_measured_amount_and_undone_whe
     with open(os.path.join(tmp_path, "convergence_report.json")) as handle:
         summary = json.load(handle)["summary"]
     assert summary["healthy"] is False and "undo" in summary["remedied"]
+
+
+class NamesTheLRTooHigh(L.Callback):
+    """At step ``at`` another callback's warning lands in the run's log, its top cause a learning
+    rate too high, named by evidence (what GradientNormMonitor or DeadNeuronTracker would post)."""
+
+    def __init__(self, at: int, kind: str = "exploding_gradients"):
+        self.at, self.kind = at, kind
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from lightning_convergence.callbacks._context import run_context
+        from lightning_convergence.recorder.records import Diagnosis
+
+        if trainer.global_step == self.at:
+            run_context(trainer).log.add_diagnosis(Diagnosis(
+                self.kind, "warning", step=self.at, epoch=0, source="Planted", observation="Planted.",
+                causes=[{"cause": "learning_rate_too_high", "confidence": 0.6,
+                         "evidence": {"update_ratio_median": 0.5}}]))
+
+
+@pytest.mark.parametrize("kind,cuts", [("exploding_gradients", 1), ("dead_units", 1), ("divergence", 0)])
+def test_a_warning_whose_top_cause_is_a_learning_rate_too_high_cuts_it_whatever_its_kind(tmp_path, kind, cuts):
+    """The remedy follows the top cause: a warning of another callback naming the learning rate
+    too high (by evidence) gets the LR cut at the advisor's next window. A divergence has its own
+    remedy (rollback and cut), so it is not answered twice."""
+    L.seed_everything(0, verbose=False)
+    advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=10)
+    trainer = fit(tmp_path, DigitsMLP(lr=0.05), [NamesTheLRTooHigh(12, kind), advisor], max_epochs=2)
+    found = [i for i in interventions(advisor, trainer, "lr_scale") if i["detail"]["reason"] == "learning_rate_too_high"]
+    assert len(found) == cuts
+    if cuts:
+        assert found[0]["step"] == 19 and found[0]["detail"]["factor"] == [pytest.approx(0.1)]
+        assert found[0]["detail"]["named_by"] == kind
