@@ -245,8 +245,9 @@ class PlateauAdvisor(ConvergenceCallback):
                                                                  **change, **(detail or {})})
 
     def _cut_if_named_too_high(self, trainer: Trainer, step: int, answered: bool) -> None:
-        """A warning of any callback since the last window whose top cause, named by evidence, is
-        a learning rate too high (dead units, exploding gradients, ...): the LR x
+        """A warning of any callback since the last window whose top cause is a learning rate too
+        high, named by the update ratios (dead units, exploding gradients, ...; a rule's own
+        evidence, such as the dead units' negative biases, names a bad initialization as well): the LR x
         ``divergence_factor``, judged at the next window like every LR remedy; at most
         :data:`MAX_HIGH_CUTS` per fit, one verdict at a time. Not when this window's divergence or
         oscillation was ``answered`` already, and divergence and oscillation never count here
@@ -254,7 +255,8 @@ class PlateauAdvisor(ConvergenceCallback):
         log, seen = self.context(trainer).log.diagnoses, self._seen_diagnoses
         self._seen_diagnoses = len(log)
         named = [d for d in log[seen:] if d.severity != "info" and d.kind not in ("divergence", "oscillation")
-                 and d.causes and d.causes[0]["cause"] == "learning_rate_too_high" and d.causes[0].get("evidence")]
+                 and d.causes and d.causes[0]["cause"] == "learning_rate_too_high"
+                 and any(k.startswith("update_ratio") for k in d.causes[0].get("evidence") or {})]
         if (named and not answered and self._high_cuts < MAX_HIGH_CUTS and self._check.pending is None
                 and self._check.allowed("learning_rate_too_high")):
             self._high_cuts += 1

@@ -298,8 +298,8 @@ class NamesTheLRTooHigh(L.Callback):
     """At step ``at`` another callback's warning lands in the run's log, its top cause a learning
     rate too high, named by evidence (what GradientNormMonitor or DeadNeuronTracker would post)."""
 
-    def __init__(self, at: int, kind: str = "exploding_gradients"):
-        self.at, self.kind = at, kind
+    def __init__(self, at: int, kind: str, evidence: dict):
+        self.at, self.kind, self.evidence = at, kind, evidence
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         from lightning_convergence.callbacks._context import run_context
@@ -308,18 +308,22 @@ class NamesTheLRTooHigh(L.Callback):
         if trainer.global_step == self.at:
             run_context(trainer).log.add_diagnosis(Diagnosis(
                 self.kind, "warning", step=self.at, epoch=0, source="Planted", observation="Planted.",
-                causes=[{"cause": "learning_rate_too_high", "confidence": 0.6,
-                         "evidence": {"update_ratio_median": 0.5}}]))
+                causes=[{"cause": "learning_rate_too_high", "confidence": 0.6, "evidence": self.evidence}]))
 
 
-@pytest.mark.parametrize("kind,cuts", [("exploding_gradients", 1), ("dead_units", 1), ("divergence", 0)])
-def test_a_warning_whose_top_cause_is_a_learning_rate_too_high_cuts_it_whatever_its_kind(tmp_path, kind, cuts):
+@pytest.mark.parametrize("kind,evidence,cuts", [
+    ("exploding_gradients", {"update_ratio_median": 0.5}, 1), ("dead_units", {"update_ratio_peak": 0.5}, 1),
+    ("divergence", {"update_ratio_median": 0.5}, 0),  # answered by its own remedy
+    ("dead_units", {"dead_bias_mean": -3.0}, 0),  # a bias names a bad initialization as well: no cut
+])
+def test_a_warning_whose_top_cause_is_a_learning_rate_too_high_cuts_it_whatever_its_kind(tmp_path, kind, evidence,
+                                                                                          cuts):
     """The remedy follows the top cause: a warning of another callback naming the learning rate
     too high (by evidence) gets the LR cut at the advisor's next window. A divergence has its own
     remedy (rollback and cut), so it is not answered twice."""
     L.seed_everything(0, verbose=False)
     advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=10)
-    trainer = fit(tmp_path, DigitsMLP(lr=0.05), [NamesTheLRTooHigh(12, kind), advisor], max_epochs=2)
+    trainer = fit(tmp_path, DigitsMLP(lr=0.05), [NamesTheLRTooHigh(12, kind, evidence), advisor], max_epochs=2)
     found = [i for i in interventions(advisor, trainer, "lr_scale") if i["detail"]["reason"] == "learning_rate_too_high"]
     assert len(found) == cuts
     if cuts:
