@@ -24,13 +24,12 @@ Three rules pick the learning rate from the curve (:func:`suggest`):
   second: ``avg / (1 - beta ** (k + 2))``, which lowers the first points). Kept to check the probe
   against ``Tuner.lr_find`` on the same curve.
 
-Why the default: on the zoo's MLP at 1/100 of its tuned SGD rate, a 40-step probe from the
-stalled run fell fastest at 400-840x the rate (4-8x above the tuned rate: a short probe rewards
-rates that a long run cannot sustain), reached its lowest loss at 1200-2400x and diverged just
-above; "minimum" picked 120-240x, "steepest" 400-840x, "lightning" 4x on two of three seeds
-(with respect to the learning rate itself, the minibatch noise of the flat start is divided by
-the smallest spacings, so the start wins; the moving average also lags about 9 steps, more than
-a decade of the probe).
+Why the default (measured: ``benchmarks/results/lr_range_test.md``): on the zoo's MLP at 1/100 of
+its tuned SGD rate, a 40-step probe from the stalled run reached its lowest loss at 590-1200x the
+rate and diverged just above; "minimum" picked 59-119x (the tuned rate: 100x), while "steepest"
+(840-10,000x) and "lightning" (840-1700x) picked rates a short probe rewards and a long run cannot
+sustain. With respect to the learning rate itself, the minibatch noise of the flat start is
+divided by the smallest spacings, and the moving average lags about ``beta / (1 - beta)`` steps.
 
 References:
     L. N. Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017 (the LR
