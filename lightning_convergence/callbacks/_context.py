@@ -49,6 +49,7 @@ class RunContext:
     # that are undone afterwards, so the callbacks that judge the run pause.
     probing: bool = False
     guards: dict = field(default_factory=dict)  # owner -> its guarded remedy (``callbacks._guard``)
+    lr_remedy_pending: bool = False  # PlateauAdvisor's last LR remedy waits for its verdict
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
     _lr_controls: dict[int, LRControl] = field(default_factory=dict)

@@ -7,8 +7,12 @@ its optimizers is copied (an :class:`~lightning_convergence.remedies.snapshot.Sn
 with the smoothed training loss of that moment. The loss judge (PlateauAdvisor) calls
 :func:`judge_guards` at each of its windows: once a full window has passed, a loss worse by more
 than the check's margin puts the state back, records an ``undo`` for the remedy's owner, and
-blocks that remedy for the rest of the fit. Without a loss judge in the suite nothing is judged
-and the snapshot is dropped at the end of fit.
+blocks that remedy for the rest of the fit. Without a loss judge in the fit there is no guard:
+the remedy acts as it would alone.
+
+One remedy is judged at a time across the suite (:func:`remedy_pending`): while one waits for its
+verdict no other acts, so no restore point can hold another remedy's effect, and a rollback or an
+undo of PlateauAdvisor's closes the guards that were open (:func:`close_guards`).
 """
 
 from __future__ import annotations
@@ -36,17 +40,33 @@ class Guard:
     unpriced: tuple[str, int] | None = None  # (reason, step) of a remedy taken before any loss was judged
 
 
-def may_act(context: RunContext, owner: str, reason: str) -> bool:
-    """Whether ``owner`` may act for ``reason`` now: not while its last remedy waits for a
-    verdict, and not after a remedy for the same reason did harm."""
+def judged(trainer: Trainer) -> bool:
+    """Whether a callback of this fit judges the training loss (and so can judge a remedy)."""
+    return any(getattr(c, "judges_loss", False) for c in trainer.callbacks)
+
+
+def remedy_pending(context: RunContext) -> bool:
+    """Whether any remedy of the suite still waits for its verdict."""
+    return context.lr_remedy_pending or any(
+        g.check.pending is not None or g.unpriced is not None for g in context.guards.values())
+
+
+def may_act(context: RunContext, trainer: Trainer, owner: str, reason: str) -> bool:
+    """Whether ``owner`` may act for ``reason`` now: not while a remedy waits for its verdict, and
+    not after a remedy of ``owner`` for the same reason did harm (always, when nothing judges)."""
+    if not judged(trainer):
+        return True
     guard = context.guards.get(owner)
-    return guard is None or (guard.check.pending is None and guard.unpriced is None and guard.check.allowed(reason))
+    return not remedy_pending(context) and (guard is None or guard.check.allowed(reason))
 
 
 def open_guard(context: RunContext, trainer: Trainer, owner: str, source: str, reason: str, step: int) -> None:
     """Right before ``owner`` acts for ``reason`` at ``step`` (when :func:`may_act`): keep the
     state and open the check against the smoothed loss now, or, before the loss was judged once
-    (a layer dead from the start is revived at the first window), against the loss at the start."""
+    (a layer dead from the start is revived at the first window), against the loss at the start.
+    Nothing when no callback of the fit judges the loss."""
+    if not judged(trainer):
+        return
     guard = context.guards.setdefault(owner, Guard(source))
     loss = context.evidence.snapshot().get("loss_ema")
     guard.before.take(trainer.lightning_module, trainer.optimizers, step)
@@ -54,6 +74,13 @@ def open_guard(context: RunContext, trainer: Trainer, owner: str, source: str, r
         guard.unpriced = (reason, step)
     else:
         guard.check.open(reason, step, loss)
+
+
+def close_guards(context: RunContext) -> None:
+    """Drop every open check and its state (a rollback or an undo restored an earlier state)."""
+    for guard in context.guards.values():
+        guard.check.pending, guard.unpriced = None, None
+        guard.before.clear()
 
 
 def judge_guards(context: RunContext, trainer: Trainer, loss_now: float | None, step: int,

@@ -176,7 +176,7 @@ class DeadNeuronTracker(ConvergenceCallback):
         sites = self._sites.read(reduce)
         # ReDo acts under a guard: judged by the loss over the next window, undone (and not
         # tried again) if it hurt; one at a time.
-        acting = self.is_acting(trainer) and may_act(self.context(trainer), self.state_key, "dead_units")
+        acting = self.is_acting(trainer) and may_act(self.context(trainer), trainer, self.state_key, "dead_units")
         verdict = self._rule.judge(sites, last_step, act=acting)
         self._log(trainer, sites, verdict, last_step)
         findings = [self.rank(trainer, f) for f in verdict.findings]

@@ -11,12 +11,13 @@ from typing_extensions import override
 
 from lightning_convergence import tags
 from lightning_convergence.callbacks._trainer_reads import logged_metric, module_num_classes, over_ranks
-from lightning_convergence.callbacks._guard import judge_guards
+from lightning_convergence.callbacks._guard import close_guards, judge_guards, remedy_pending
+from lightning_convergence.callbacks._lr_remedies import RANGE_TEST_SPAN, LRRemedies
 from lightning_convergence.callbacks._range_test import InRunRangeTest
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
-from lightning_convergence.remedies.lr_range_test import RangeTestPlan, RangeTestResult
+from lightning_convergence.remedies.lr_range_test import RangeTestPlan
 from lightning_convergence.remedies.snapshot import Snapshot
 from lightning_convergence.rules.late_progress import LateProgressRule
 from lightning_convergence.rules.loss_regime import TAIL_MIN_STEPS, LossRegimeRule, RegimeThresholds
@@ -28,14 +29,9 @@ from lightning_convergence.rules.remedy_choice import raise_factor, remedy_for
 from lightning_convergence.stats.step_series import StepSeries
 from lightning_convergence.validation import check_bool, check_positive_int
 
-RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
-RANGE_TEST_COST = 0.25  # at most this share of the steps left in the fit goes to a probe
-MIN_RANGE_RAISE = 1.5  # a pick below this multiple of the LR leaves it as it is
-MAX_RANGE_TESTS = 2  # per fit: a second probe when the first raise was not enough, no more
-MAX_HIGH_CUTS = 2  # per fit: LR cuts for warnings whose top cause is a learning rate too high
 
 
-class PlateauAdvisor(ConvergenceCallback):
+class PlateauAdvisor(LRRemedies, ConvergenceCallback):
     """Tells plateau, oscillation, divergence, overfitting and no learning apart, and acts.
 
     Regimes are judged on the training loss smoothed per step (EMA over about 10 steps) every
@@ -125,8 +121,7 @@ class PlateauAdvisor(ConvergenceCallback):
         if range_test_steps is not None and range_test_steps < 5:
             raise ValueError(f"`range_test_steps` must be at least 5 (or None), got {range_test_steps!r}.")
         self.range_test_steps = range_test_steps
-        self._probe = None if range_test_steps is None else InRunRangeTest(
-            RangeTestPlan(1.0, RANGE_TEST_SPAN, num_steps=range_test_steps))
+
         self.monitor, self.mode, self.factor, self.patience = monitor, mode, float(factor), patience
         self.threshold, self.threshold_mode, self.cooldown = float(threshold), threshold_mode, cooldown
         self.min_lr, self.eps, self.strict, self.num_classes = float(min_lr), float(eps), strict, num_classes
@@ -143,8 +138,10 @@ class PlateauAdvisor(ConvergenceCallback):
         self._before = Snapshot()  # the state just before the last LR remedy, kept until it is judged
         self._check = InterventionCheck()
         self._use_train_loss = monitor is None
+        self._probe = None if range_test_steps is None else InRunRangeTest(
+            RangeTestPlan(1.0, RANGE_TEST_SPAN, num_steps=range_test_steps), owner=f"lr_range_test:{self.state_key}")
         self._range_tests = 0
-        self._high_cuts, self._seen_diagnoses = 0, 0
+        self._high_cuts, self._seen_diagnoses, self._window_lr = 0, 0, None
         self._user_plateau = False
 
     def factor_of(self, index: int, group: int) -> float:
@@ -163,7 +160,12 @@ class PlateauAdvisor(ConvergenceCallback):
             self.warn("a ReduceLROnPlateau is configured already; plateaus are advised, not acted on, so the LR "
                       "is not reduced twice (divergence and oscillation remedies still act).")
         self._losses.to(pl_module.device)  # restored on the CPU
-        self._seen_diagnoses = len(self.context(trainer).log.diagnoses)  # those of a resumed fit are old
+        # A fresh fit reads its log from the start; a resumed one from its first window (the
+        # callbacks restore their old records in their own on_train_start, after or before this).
+        self._seen_diagnoses = 0 if trainer.global_step == 0 else None
+        self._window_lr = None
+        if trainer.global_step == 0:
+            self._range_tests = self._high_cuts = 0
         self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
         if self.is_acting(trainer):
             self.own_lr(trainer, self.factor_of)
@@ -188,7 +190,10 @@ class PlateauAdvisor(ConvergenceCallback):
         # One collective (every rank is here at the same step): all judge the same averaged losses.
         steps, losses = self._losses.take(lambda values: over_ranks(trainer, values, "mean"))
         ratio = self.context(trainer).evidence.snapshot().get("update_ratio_median")
-        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses, ratio)]
+        # While the scheduled LR still rises (a warmup), small updates are the schedule's doing.
+        lr_now, lr_before = self._scheduled_lr(trainer), self._window_lr
+        self._window_lr, warming = lr_now, lr_now is not None and lr_before is not None and lr_now > 1.01 * lr_before
+        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses, None if warming else ratio)]
         self._late.observe(step, self._regime.ema, ratio)
         metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
                    tags.lr_factor("plateau_advisor"): self.factor_of(0, 0)}
@@ -198,21 +203,26 @@ class PlateauAdvisor(ConvergenceCallback):
         kinds = [f.kind for f in findings]
         self.judge_consequences(trainer, self._regime.ema, kinds, loss_start=self._regime.initial)
         # The other callbacks' guarded remedies (ReDo), judged on the same loss.
-        for verdict in judge_guards(self.context(trainer), trainer, self._regime.ema, step,
-                                    self.logging_cadence(trainer), loss_start=self._regime.initial):
+        context = self.context(trainer)
+        undone = judge_guards(context, trainer, self._regime.ema, step, self.logging_cadence(trainer),
+                              loss_start=self._regime.initial)
+        for verdict in undone:
             self._regime.restart_from(verdict.check.loss_before)
-        if self.is_acting(trainer) and not self._undo_if_harmful(trainer, pl_module, step):
+        if self.is_acting(trainer) and not undone and not self._undo_if_harmful(trainer, pl_module, step):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]
             by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
-            # One raise at a time: the next waits for the verdict on the last one.
-            by = by if self._check.allowed("learning_rate_too_low") and self._check.pending is None else None
+            # One remedy judged at a time across the suite: the next waits for the last one's verdict.
+            free = not remedy_pending(context) and not warming
+            by = by if free and self._check.allowed("learning_rate_too_low") else None
             if by is not None and self._range_test_fits(trainer):
                 self._probe.start(trainer, pl_module)  # the next steps; the LR is set when it ends
                 self._range_tests += 1
                 self._policy.raised_lr, by = True, None  # instead of the opt-in tenfold raise
             self._apply(trainer, pl_module, self._policy.on_window(kinds, self._regime.steady, step, hold, by), step)
-            self._cut_if_named_too_high(trainer, step, answered=bool({"divergence", "oscillation"} & set(kinds)))
+            answered = bool({"divergence", "oscillation"} & set(kinds)) or self._probe_running or not free
+            self._cut_if_named_too_high(trainer, step, answered)
+        context.lr_remedy_pending = self._check.pending is not None
         if self._use_train_loss and self._regime.ema is not None and not {"divergence", "oscillation"} & set(kinds):
             self._plateau_check(trainer, self._regime.ema, step, "the smoothed training loss")
 
@@ -227,80 +237,30 @@ class PlateauAdvisor(ConvergenceCallback):
             elif action.kind == "rollback":
                 self._snapshot.restore(pl_module, trainer.optimizers)
                 self._regime.restart_from_mark()
+                close_guards(self.context(trainer))  # what they would restore is gone
+                self._check.pending = None
+                self._before.clear()
                 self.record_intervention(trainer, "rollback", step, dict(action.detail))
             elif action.kind == "stop":  # every rank judged the same averaged numbers
                 self.stop_training(trainer, step, action.reason, action.detail, action.finding)
 
-    def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int,
-               detail: dict | None = None) -> None:
-        if reason in ("learning_rate_too_low", "learning_rate_too_high", "plateau", "lr_range_test") \
-                and self._regime.ema is not None:
-            # Judged at the next window against the loss now; undone from this state if it hurt
-            # (a range test's raise answers a learning rate too low, and is blocked with it).
-            self._before.take(trainer.lightning_module, trainer.optimizers, step)
-            cause = "learning_rate_too_low" if reason == "lr_range_test" else reason
-            self._check.open(cause, step, self._regime.ema, multipliers[0][0] if multipliers.get(0) else 1.0)
-        for change in self._factors.scale(trainer.optimizers, multipliers):
-            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": self._regime.ema,
-                                                                 **change, **(detail or {})})
-
-    def _cut_if_named_too_high(self, trainer: Trainer, step: int, answered: bool) -> None:
-        """A warning of any callback since the last window whose top cause is a learning rate too
-        high, named by the update ratios (dead units, exploding gradients, ...; a rule's own
-        evidence, such as the dead units' negative biases, names a bad initialization as well): the LR x
-        ``divergence_factor``, judged at the next window like every LR remedy; at most
-        :data:`MAX_HIGH_CUTS` per fit, one verdict at a time. Not when this window's divergence or
-        oscillation was ``answered`` already, and divergence and oscillation never count here
-        (their own remedy answers them)."""
-        log, seen = self.context(trainer).log.diagnoses, self._seen_diagnoses
-        self._seen_diagnoses = len(log)
-        named = [d for d in log[seen:] if d.severity != "info" and d.kind not in ("divergence", "oscillation")
-                 and d.causes and d.causes[0]["cause"] == "learning_rate_too_high"
-                 and any(k.startswith("update_ratio") for k in d.causes[0].get("evidence") or {})]
-        if (named and not answered and self._high_cuts < MAX_HIGH_CUTS and self._check.pending is None
-                and self._check.allowed("learning_rate_too_high")):
-            self._high_cuts += 1
-            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
-                        "learning_rate_too_high", step, {"named_by": named[0].kind})
-
-    def _range_test_fits(self, trainer: Trainer) -> bool:
-        """Whether a probe may run now: configured, none running, and its steps at most
-        :data:`RANGE_TEST_COST` of those left in the fit."""
-        if self._probe is None or self._probe.running or self._range_tests >= MAX_RANGE_TESTS:
-            return False
-        left = trainer.estimated_stepping_batches - trainer.global_step
-        return self._probe.plan.num_steps <= RANGE_TEST_COST * left
-
-    def _after_range_test(self, trainer: Trainer, result: RangeTestResult) -> None:
-        """The probe ended and the state from before it is back: apply its pick (a multiple of
-        the LR before it), or say why the LR stays."""
-        step, detail = trainer.global_step, {"probe_start_step": self._probe.start_step, **result.detail()}
-        if result.pick is None or result.pick < MIN_RANGE_RAISE:
-            # The probe's steps were spent all the same: recorded, as a scale by 1.
-            self.record_intervention(trainer, "lr_scale", step, {"reason": "lr_range_test", "factor": [1.0],
-                                                                 "applied": False, **detail})
-            return
-        self._scale(trainer, LRFactors.uniform(trainer.optimizers, result.pick), "lr_range_test", step, detail)
-
-    def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:
-        """Judge the last LR remedy against the loss before it; undo it if it did harm."""
-        verdict = self._check.judge(self._regime.ema, step, min_steps=self.logging_cadence(trainer))
-        if verdict is None or not verdict.harmed:
-            if self._check.pending is None:
-                self._before.clear()
-            return False
-        self._before.restore(pl_module, trainer.optimizers)
-        self._before.clear()
-        self._regime.restart_from(verdict.check.loss_before)
-        revert = LRFactors.uniform(trainer.optimizers, 1.0 / verdict.check.factor)
-        self._factors.scale(trainer.optimizers, revert)
-        self.record_intervention(trainer, "undo", step, verdict.evidence())
-        return True
-
     # ----------------------------------------------------------------- validation
 
     @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Validation (and the early stopping after it) sees the run's weights, not a probe's.
+        if self._probe_running and not trainer.sanity_checking:
+            self._probe.suspend(pl_module)
+
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._probe_running:  # a checkpoint inside a probe (every_n_train_steps) holds the state before it
+            checkpoint.update(self._probe.checkpoint_view(checkpoint))
+
+    @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._probe_running:
+            self._probe.resume(pl_module)  # after the metrics were read by the callbacks before this one
         if trainer.sanity_checking or self._use_train_loss or self.monitor is None or self.probing(trainer):
             return
         current, step = logged_metric(trainer, self.monitor), trainer.global_step
@@ -333,7 +293,8 @@ class PlateauAdvisor(ConvergenceCallback):
         # that never learned is not helped by a smaller LR); without progress on the training loss
         # itself, that is no_learning, which the regime reports.
         acting = (self.is_acting(trainer) and not self._user_plateau and self._regime.progress_made
-                  and self._check.allowed("plateau"))
+                  and self._check.allowed("plateau") and not remedy_pending(self.context(trainer))
+                  and not self._probe_running)
         finding, ratios = self._schedule.check(value, first, what, acting,
                                                hold=self._use_train_loss and not self._regime.progress_made)
         if finding is None:

@@ -119,6 +119,8 @@ class WarmupScheduler(ConvergenceCallback):
                                   "optimizer": optimizer_index})
 
     def _after_step(self, trainer: Trainer, index: int) -> None:
+        if self.probing(trainer):
+            return  # a range test's steps are undone: the warmup does not advance
         step = self._steps.get(index, 0) + 1
         self._steps[index] = step
         periods = self._periods[index]

@@ -2,8 +2,8 @@
 curve, and the learning rate picked from it.
 
 The test trains for a few dozen steps with a learning rate that grows exponentially, records the
-loss of each step, stops when the loss diverges, and picks the learning rate where the smoothed
-loss falls fastest. This module holds the arithmetic only (no Lightning): the callback side
+loss of each step, stops when the loss diverges, and picks a learning rate from the curve (by
+default a tenth of the one where the loss was lowest). This module holds the arithmetic only (no Lightning): the callback side
 (``callbacks._range_test``) runs the steps from a snapshot and restores it afterwards.
 
 The curve follows the conventions of Lightning's ``Tuner.lr_find`` so that the two agree on a
@@ -174,7 +174,7 @@ class RangeTestResult:
 
 def suggest(curve: RangeCurve, rule: Literal["minimum", "steepest", "lightning"] = "minimum",
             skip_begin: int | None = None, skip_end: int = 1, half_width: int = 2) -> RangeTestResult:
-    """The learning rate where the loss falls fastest (see the module docstring for the rules).
+    """The learning rate the curve suggests (see the module docstring for the rules).
 
     Args:
         curve: the recorded probe.
@@ -188,17 +188,19 @@ def suggest(curve: RangeCurve, rule: Literal["minimum", "steepest", "lightning"]
         skip_end: points dropped at the end (the one that stopped the probe).
 
     Returns:
-        The curve and the pick; no pick when fewer than 2 finite points remain or when the loss
-        never falls there.
+        The curve and the pick; no pick when fewer than 2 finite points remain, when the loss
+        never falls there, or (``"minimum"``) when its lowest point is not clearly below the
+        start: by 5% of it and by twice the minibatch noise of the first 5 losses (a flat, noisy
+        curve picks nothing).
 
     Example:
         >>> curve = RangeCurve(RangeTestPlan(1e-4, 1.0, num_steps=5, beta=0.0))
-        >>> for loss in (2.3, 2.1, 1.4, 1.35, 30.0):
+        >>> for loss in (2.3, 2.25, 1.4, 1.35, 30.0):
         ...     _ = curve.add(loss)
         >>> round(suggest(curve, "steepest", half_width=1).pick, 6), round(suggest(curve, half_width=0).pick, 6)
         (0.001, 0.01)
-        >>> suggest(curve, "lightning", skip_begin=0).pick_index  # the smallest spacing wins
-        0
+        >>> suggest(curve, "lightning", skip_begin=0).pick_index
+        2
     """
     lightning = rule == "lightning"
     skip = (max(1, curve.plan.num_steps // 10) if lightning else 0) if skip_begin is None else skip_begin
@@ -211,7 +213,7 @@ def suggest(curve: RangeCurve, rule: Literal["minimum", "steepest", "lightning"]
         if rule == "minimum":
             means = _local_means(y, half_width)
             best = min(range(len(means)), key=means.__getitem__)
-            if means[best] < means[0]:  # it fell: a tenth of where it was lowest
+            if means[0] - means[best] > _noise_floor(y[:5], means[0]):  # it fell: a tenth of where it was lowest
                 index, pick = points[best][0], points[best][1] / 10.0
         else:
             slopes = (_gradient([lr for _, lr, _ in points], y) if lightning
@@ -220,6 +222,14 @@ def suggest(curve: RangeCurve, rule: Literal["minimum", "steepest", "lightning"]
             if slopes[best] < 0:
                 index, pick = points[best][0], points[best][1]
     return RangeTestResult(list(curve.lrs), list(curve.losses), list(curve.smoothed), pick, index, curve.diverged)
+
+
+def _noise_floor(first: list[float], level: float) -> float:
+    """How far the loss must fall to count: 5% of its level, and twice the minibatch noise of its
+    first points (from their successive differences, which a trend barely lifts)."""
+    diffs = [b - a for a, b in zip(first, first[1:])]
+    noise = (sum(d * d for d in diffs) / (2 * len(diffs))) ** 0.5 if diffs else 0.0
+    return max(0.05 * abs(level), 2.0 * noise)
 
 
 def _lightning_smoothing(losses: list[float], beta: float) -> list[float]:

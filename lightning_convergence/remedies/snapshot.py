@@ -84,7 +84,8 @@ class ExactSnapshot(Snapshot):
     """A :class:`Snapshot` that restores everything a few probe steps change, so that training
     then goes on exactly as if they had not run: the weights and buffers (BatchNorm statistics),
     the optimizer's state and its param groups' hyperparameters, the LR schedulers' state, and the
-    random number generators (Python's, NumPy's, torch's CPU and CUDA generators).
+    random number generators (Python's, NumPy's, torch's CPU and CUDA generators), and an fp16
+    loss scaler when given.
 
     What it cannot restore is the data: batches drawn from the loader meanwhile count as consumed.
 
@@ -105,17 +106,29 @@ class ExactSnapshot(Snapshot):
         self._schedulers: list[dict] = []
         self._groups: list[list[dict]] = []
         self._rng: dict = {}
+        self._scaler: dict | None = None
 
     def take(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], step: int,
-             schedulers: list | None = None) -> None:
+             schedulers: list | None = None, scaler=None) -> None:
         super().take(model, optimizers, step)
+        self._scaler = None if scaler is None else copy.deepcopy(scaler.state_dict())
         self._groups = [[{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups]
                         for o in optimizers]
         self._schedulers = [copy.deepcopy(s.state_dict()) for s in schedulers or []]
         self._rng = capture_rng()
 
-    def restore(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list | None = None) -> int:
+    def saved(self) -> tuple[dict, list[dict], list[dict]]:
+        """The saved model state, optimizer state dicts (with their param groups as taken) and
+        scheduler states, as they were taken (copies)."""
+        if self._model is None or self._optimizers is None:
+            raise RuntimeError("no snapshot was taken")
+        return dict(self._model), copy.deepcopy(self._optimizers), copy.deepcopy(self._schedulers)
+
+    def restore(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list | None = None,
+                scaler=None) -> int:
         step = super().restore(model, optimizers)
+        if scaler is not None and self._scaler is not None:
+            scaler.load_state_dict(copy.deepcopy(self._scaler))
         for optimizer, groups in zip(optimizers, self._groups):
             for group, saved in zip(optimizer.param_groups, groups):
                 group.update(copy.deepcopy(saved))
@@ -126,7 +139,7 @@ class ExactSnapshot(Snapshot):
 
     def clear(self) -> None:
         super().clear()
-        self._schedulers, self._groups, self._rng = [], [], {}
+        self._schedulers, self._groups, self._rng, self._scaler = [], [], {}, None
 
 
 def capture_rng() -> dict:

@@ -72,6 +72,29 @@ def remedy_for(causes: Sequence[Cause]) -> Remedy:
     return "usual"
 
 
+def named_too_high(diagnoses: Sequence) -> str | None:
+    """The kind of the first warning in ``diagnoses`` (records with ``kind``, ``severity`` and
+    ``causes`` as dicts) whose top cause is a learning rate too high, named by the update ratios,
+    other than a divergence or an oscillation (their own remedy answers them); else ``None``. A
+    rule's own evidence (a dead layer's negative biases) names a bad initialization as well.
+
+    Example:
+        >>> from types import SimpleNamespace as D
+        >>> top = [{"cause": "learning_rate_too_high", "evidence": {"update_ratio_peak": 0.4}}]
+        >>> named_too_high([D(kind="dead_units", severity="warning", causes=top)])
+        'dead_units'
+        >>> named_too_high([D(kind="divergence", severity="critical", causes=top)]) is None
+        True
+    """
+    for d in diagnoses:
+        top = d.causes[0] if d.causes else {}
+        if (d.severity != "info" and d.kind not in ("divergence", "oscillation")
+                and top.get("cause") == "learning_rate_too_high"
+                and any(key.startswith("update_ratio") for key in top.get("evidence") or {})):
+            return d.kind
+    return None
+
+
 def raise_factor(update_ratio: float | None) -> float | None:
     """How much to raise a learning rate whose updates move the weights by ``update_ratio`` of
     their norm per step: to :data:`TARGET_UPDATE_RATIO` (the ratio scales with the learning

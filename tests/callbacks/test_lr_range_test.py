@@ -136,10 +136,10 @@ def test_every_ddp_rank_takes_the_same_decision(tmp_path):
 
     L.seed_everything(0, verbose=False)
     strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
-    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=2, devices=2, strategy=strategy)
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=4, devices=2, strategy=strategy)  # 32 steps
     kwargs.pop("deterministic")
-    probe = Probe(at=2, plan=RangeTestPlan(1.0, 1e5, num_steps=12), out_dir=str(tmp_path))
-    L.Trainer(callbacks=[probe], **kwargs).fit(DigitsMLP(lr=1e-4))
+    probe = Probe(at=2, plan=RangeTestPlan(1.0, 1e4, num_steps=20), out_dir=str(tmp_path))
+    L.Trainer(callbacks=[probe], **kwargs).fit(DigitsMLP(lr=1e-3))
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     assert ranks[0]["detail"] == ranks[1]["detail"] and ranks[0]["pick"] is not None
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # and the weights are still the same after it
@@ -200,3 +200,34 @@ def test_plateau_advisor_recovers_a_run_10000x_too_low_with_the_range_test(tmp_p
     assert probed and probed[0]["detail"]["range_pick"] > 1000  # a raise of three decades or more
     assert len(probed[0]["detail"]["range_losses"]) == len(probed[0]["detail"]["range_lrs"])
     assert remedied <= 1.5 * reference, (remedied, reference)
+
+
+def test_validation_and_checkpoints_inside_a_probe_see_the_state_before_it(tmp_path):
+    """PlateauAdvisor's probe starts at step 50 (no learning at 1e-7) and runs across the
+    validation at the end of the second epoch, which sees the weights from before it; the
+    checkpoints written inside it (every 5 steps) hold that state too, not the probe's weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_convergence import GradientNormMonitor
+
+    class ValWeights(L.Callback):
+        seen: dict = {}
+
+        def on_validation_start(self, trainer, pl_module):
+            self.seen[trainer.global_step] = copy.deepcopy(pl_module.state_dict())
+
+    L.seed_everything(0, verbose=False)
+    model = DigitsMLP(lr=1e-7, optimizer="adam", n=1797, batch_size=64)  # 29 steps per epoch
+    advisor, seen = PlateauAdvisor(auto_remediate=True, log_every_n_steps=10), ValWeights()
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1, filename="{step}")
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=8, enable_checkpointing=True)
+    trainer = L.Trainer(**kwargs, callbacks=[GradientNormMonitor(log_every_n_steps=10), advisor, seen, checkpoints])
+    trainer.fit(model)
+    probed = [i for i in advisor._records_state(trainer)["interventions"] if i["detail"].get("reason") == "lr_range_test"]
+    start, end = probed[0]["detail"]["probe_start_step"], probed[0]["step"]
+    validations = [step for step in seen.seen if start < step < end]
+    saved = [step for step in range(start + 1, end) if step % 5 == 0]
+    assert start == 50 and validations and len(saved) >= 2  # validation and checkpoints inside the probe
+    inside = [torch.load(tmp_path / "ckpt" / f"step={s}.ckpt", weights_only=False)["state_dict"] for s in saved]
+    assert all(_same(inside[0], other) for other in inside[1:])  # all hold the state from before the probe ...
+    assert _same(seen.seen[validations[0]], inside[0])  # ... which validation saw too

@@ -1,0 +1,108 @@
+"""PlateauAdvisor's learning-rate remedies: a raise from the range test, a cut when the top
+cause of a warning is the learning rate, and the undo of any of them that did harm.
+
+A mixin of :class:`~lightning_convergence.callbacks.plateau_advisor.PlateauAdvisor`, which owns
+the state these methods use (its factors, check, snapshots, loss regime and probe).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+
+from lightning_convergence.remedies.lr_factors import LRFactors
+from lightning_convergence.remedies.lr_range_test import RangeTestResult
+from lightning_convergence.rules.remedy_choice import named_too_high
+
+RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
+RANGE_TEST_COST = 0.25  # at most this share of the steps left in the fit goes to a probe
+MIN_RANGE_RAISE = 1.5  # a pick below this multiple of the LR leaves it as it is
+MAX_RANGE_TESTS = 2  # per fit: a second probe when the first raise was not enough, no more
+MAX_HIGH_CUTS = 2  # per fit: LR cuts for warnings whose top cause is a learning rate too high
+
+
+class LRRemedies:
+    """The LR remedies of PlateauAdvisor (see the module docstring)."""
+
+    _factors: Any
+    _check: Any
+    _before: Any
+    _regime: Any
+    _probe: Any
+
+    def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int,
+               detail: dict | None = None) -> None:
+        if reason in ("learning_rate_too_low", "learning_rate_too_high", "plateau", "lr_range_test") \
+                and self._regime.ema is not None:
+            # Judged at the next window against the loss now; undone from this state if it hurt
+            # (a range test's raise answers a learning rate too low, and is blocked with it).
+            self._before.take(trainer.lightning_module, trainer.optimizers, step)
+            cause = "learning_rate_too_low" if reason == "lr_range_test" else reason
+            self._check.open(cause, step, self._regime.ema, multipliers[0][0] if multipliers.get(0) else 1.0)
+            self.context(trainer).lr_remedy_pending = self._check.pending is not None
+        for change in self._factors.scale(trainer.optimizers, multipliers):
+            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": self._regime.ema,
+                                                                 **change, **(detail or {})})
+
+    def _cut_if_named_too_high(self, trainer: Trainer, step: int, answered: bool) -> None:
+        """A warning of any callback since the last window whose top cause is a learning rate too
+        high, named by the update ratios (dead units, exploding gradients, ...; a rule's own
+        evidence, such as the dead units' negative biases, names a bad initialization as well): the LR x
+        ``divergence_factor``, judged at the next window like every LR remedy; at most
+        :data:`MAX_HIGH_CUTS` per fit, one verdict at a time. Not when this window's divergence or
+        oscillation was ``answered`` already, and divergence and oscillation never count here
+        (their own remedy answers them)."""
+        log = self.context(trainer).log.diagnoses
+        seen = len(log) if self._seen_diagnoses is None else self._seen_diagnoses  # None: the first after a resume
+        self._seen_diagnoses = len(log)
+        kind = named_too_high(log[seen:])
+        if (kind is not None and not answered and self._high_cuts < MAX_HIGH_CUTS
+                and self._check.allowed("learning_rate_too_high")):
+            self._high_cuts += 1
+            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
+                        "learning_rate_too_high", step, {"named_by": kind})
+
+    @property
+    def _probe_running(self) -> bool:
+        return self._probe is not None and self._probe.running
+
+    def _scheduled_lr(self, trainer: Trainer) -> float | None:
+        """The first group's LR as the schedule and the other remedies set it, without ours."""
+        lrs = self.context(trainer).lr_control(trainer.optimizers[0]).last_effective_lrs if trainer.optimizers else []
+        own = self.factor_of(0, 0)
+        return lrs[0] / own if lrs and own > 0 else None
+
+    def _range_test_fits(self, trainer: Trainer) -> bool:
+        """Whether a probe may run now: configured, none running, and its steps at most
+        :data:`RANGE_TEST_COST` of those left in the fit."""
+        if self._probe is None or self._probe.running or self._range_tests >= MAX_RANGE_TESTS:
+            return False
+        left = trainer.estimated_stepping_batches - trainer.global_step
+        return self._probe.plan.num_steps <= RANGE_TEST_COST * left
+
+    def _after_range_test(self, trainer: Trainer, result: RangeTestResult) -> None:
+        """The probe ended and the state from before it is back: apply its pick (a multiple of
+        the LR before it), or say why the LR stays."""
+        step, detail = trainer.global_step, {"probe_start_step": self._probe.start_step, **result.detail()}
+        if result.pick is None or result.pick < MIN_RANGE_RAISE:
+            # The probe's steps were spent all the same: recorded, as a scale by 1.
+            self.record_intervention(trainer, "lr_scale", step, {"reason": "lr_range_test", "factor": [1.0],
+                                                                 "applied": False, **detail})
+            return
+        self._scale(trainer, LRFactors.uniform(trainer.optimizers, result.pick), "lr_range_test", step, detail)
+
+    def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:
+        """Judge the last LR remedy against the loss before it; undo it if it did harm."""
+        verdict = self._check.judge(self._regime.ema, step, min_steps=self.logging_cadence(trainer))
+        if verdict is None or not verdict.harmed:
+            if self._check.pending is None:
+                self._before.clear()
+            return False
+        self._before.restore(pl_module, trainer.optimizers)
+        self._before.clear()
+        self._regime.restart_from(verdict.check.loss_before)
+        revert = LRFactors.uniform(trainer.optimizers, 1.0 / verdict.check.factor)
+        self._factors.scale(trainer.optimizers, revert)
+        self.record_intervention(trainer, "undo", step, verdict.evidence())
+        return True
