@@ -13,6 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.lr_range_test import RangeTestResult
+from lightning_convergence.rules.causes import UPDATE_RATIO_LOW
 from lightning_convergence.rules.remedy_choice import named_too_high
 
 RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
@@ -62,6 +63,18 @@ class LRRemedies:
             self._high_cuts += 1
             self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
                         "learning_rate_too_high", step, {"named_by": kind})
+
+    def _barely_moving(self, ratio: float | None) -> float | None:
+        """``ratio`` when the weights move by less than ``UPDATE_RATIO_LOW`` of their norm per step
+        and the loss made no progress for a third of ``no_learning_steps`` (50): evidence enough
+        to act on a learning rate too low before ``no_learning`` is said at 150 steps (a warning
+        that early would fire on runs that converge later; a remedy is judged and undone if it
+        hurts), else ``None``."""
+        regime = self._regime
+        early = regime.thresholds.no_learning_steps // 3
+        if ratio is None or not 0 < ratio < UPDATE_RATIO_LOW or regime.progress_made or regime.steps_seen < early:
+            return None
+        return ratio
 
     @property
     def _probe_running(self) -> bool:

@@ -193,7 +193,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         # While the scheduled LR still rises (a warmup), small updates are the schedule's doing.
         lr_now, lr_before = self._scheduled_lr(trainer), self._window_lr
         self._window_lr, warming = lr_now, lr_now is not None and lr_before is not None and lr_now > 1.01 * lr_before
-        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses, None if warming else ratio)]
+        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses)]
         self._late.observe(step, self._regime.ema, ratio)
         metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
                    tags.lr_factor("plateau_advisor"): self.factor_of(0, 0)}
@@ -211,7 +211,8 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         if self.is_acting(trainer) and not undone and not self._undo_if_harmful(trainer, pl_module, step):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]
-            by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
+            by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median") if raises
+                              else self._barely_moving(ratio))
             # One remedy judged at a time across the suite: the next waits for the last one's verdict.
             free = not remedy_pending(context) and not warming
             by = by if free and self._check.allowed("learning_rate_too_low") else None
