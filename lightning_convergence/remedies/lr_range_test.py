@@ -190,7 +190,7 @@ def suggest(curve: RangeCurve, rule: Literal["minimum", "steepest", "lightning"]
     Returns:
         The curve and the pick; no pick when fewer than 2 finite points remain, when the loss
         never falls there, or (``"minimum"``) when its lowest point is not clearly below the
-        start: by 5% of it and by twice the minibatch noise of the first 5 losses (a flat, noisy
+        start: by 3% of it and by twice the minibatch noise of the first 5 losses (a flat, noisy
         curve picks nothing).
 
     Example:
@@ -225,11 +225,11 @@ def suggest(curve: RangeCurve, rule: Literal["minimum", "steepest", "lightning"]
 
 
 def _noise_floor(first: list[float], level: float) -> float:
-    """How far the loss must fall to count: 5% of its level, and twice the minibatch noise of its
+    """How far the loss must fall to count: 3% of its level, and twice the minibatch noise of its
     first points (from their successive differences, which a trend barely lifts)."""
     diffs = [b - a for a, b in zip(first, first[1:])]
     noise = (sum(d * d for d in diffs) / (2 * len(diffs))) ** 0.5 if diffs else 0.0
-    return max(0.05 * abs(level), 2.0 * noise)
+    return max(0.03 * abs(level), 2.0 * noise)
 
 
 def _lightning_smoothing(losses: list[float], beta: float) -> list[float]:
