@@ -211,11 +211,13 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         if self.is_acting(trainer) and not undone and not self._undo_if_harmful(trainer, pl_module, step):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]
-            by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median") if raises
-                              else self._barely_moving(ratio))
+            early = None if raises else self._barely_moving(ratio)
+            by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median") if raises else early)
             # One remedy judged at a time across the suite: the next waits for the last one's verdict.
             free = not remedy_pending(context) and not warming
             by = by if free and self._check.allowed("learning_rate_too_low") else None
+            if by is not None and early is not None:
+                self._say_acting_early(trainer, early, step)
             if by is not None and self._range_test_fits(trainer):
                 self._probe.start(trainer, pl_module)  # the next steps; the LR is set when it ends
                 self._range_tests += 1
