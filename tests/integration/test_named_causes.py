@@ -351,13 +351,7 @@ def test_k_a_run_shorter_than_one_window_is_judged_at_its_end(tmp_path):
     # end of fit judges the 39 steps after the epoch's first.
     clock = [0.0]
 
-    class Timed(torch.utils.data.Dataset):
-        def __init__(self):
-            self.x, self.y = digits_tensors(1280)
-
-        def __len__(self):
-            return len(self.x)
-
+    class Timed(SleepyDigits):  # each sample costs 4 ms on the injected clock, none in fact
         def __getitem__(self, index):
             clock[0] += 0.004
             return self.x[index], self.y[index]
@@ -368,7 +362,7 @@ def test_k_a_run_shorter_than_one_window_is_judged_at_its_end(tmp_path):
             return super().training_step(batch, batch_idx)
 
         def train_dataloader(self):
-            return DataLoader(Timed(), batch_size=32, num_workers=0)
+            return DataLoader(Timed(1280, 0.0), batch_size=32, num_workers=0)
 
     L.seed_everything(0, verbose=False)
     callbacks = default_callbacks(log_every_n_steps=50, TrainingSpeedMonitor={
