@@ -13,8 +13,6 @@ from lightning.pytorch import LightningModule, Trainer
 
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.lr_range_test import RangeTestResult
-from lightning_convergence.rules.causes import UPDATE_RATIO_LOW
-from lightning_convergence.rules.findings import Finding
 from lightning_convergence.rules.remedy_choice import named_too_high
 
 RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
@@ -64,29 +62,6 @@ class LRRemedies:
             self._high_cuts += 1
             self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
                         "learning_rate_too_high", step, {"named_by": kind})
-
-    def _barely_moving(self, ratio: float | None) -> float | None:
-        """``ratio`` when the weights move by less than ``UPDATE_RATIO_LOW`` of their norm per step
-        and the loss made no progress for a third of ``no_learning_steps`` (50): evidence enough
-        to act on a learning rate too low before ``no_learning`` is said at 150 steps (a warning
-        that early would fire on runs that converge later; a remedy is judged and undone if it
-        hurts), else ``None``."""
-        regime = self._regime
-        early = regime.thresholds.no_learning_steps // 3
-        if ratio is None or not 0 < ratio < UPDATE_RATIO_LOW or regime.progress_made or regime.steps_seen < early:
-            return None
-        return ratio
-
-    def _say_acting_early(self, trainer: Trainer, ratio: float, step: int) -> None:
-        """The acting suite answers a learning rate too low before ``no_learning`` is due: the
-        report says why it acted, as that warning (an observing suite waits for 150 steps)."""
-        regime = self._regime
-        seen = (f"The smoothed training loss has not moved meaningfully in {regime.steps_seen} steps (it started "
-                f"at {regime.initial:.4g}, its best is {regime.best:.4g}) while the weights move by {ratio:.1e} of "
-                "their norm per step: the learning rate is too low, so the suite acts now.")
-        evidence = {"initial": regime.initial, "best": regime.best, "steps": regime.steps_seen,
-                    "update_ratio_median": ratio}
-        self.record(trainer, Finding("no_learning", "warning", seen, evidence=evidence), step=step)
 
     @property
     def _probe_running(self) -> bool:

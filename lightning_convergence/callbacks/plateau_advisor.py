@@ -190,10 +190,13 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         # One collective (every rank is here at the same step): all judge the same averaged losses.
         steps, losses = self._losses.take(lambda values: over_ranks(trainer, values, "mean"))
         ratio = self.context(trainer).evidence.snapshot().get("update_ratio_median")
-        # While the scheduled LR still rises (a warmup), small updates are the schedule's doing.
         lr_now, lr_before = self._scheduled_lr(trainer), self._window_lr
         self._window_lr, warming = lr_now, lr_now is not None and lr_before is not None and lr_now > 1.01 * lr_before
-        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses)]
+        # Acting, the regime may say no_learning (or a collapse) after 50 steps on the update ratio,
+        # so that the remedy comes early; observing, it waits 150 (no early warning on runs that
+        # converge later). While the scheduled LR still rises (a warmup), small updates are its doing.
+        early = ratio if self.is_acting(trainer) and not warming else None
+        findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses, early)]
         self._late.observe(step, self._regime.ema, ratio)
         metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
                    tags.lr_factor("plateau_advisor"): self.factor_of(0, 0)}
@@ -211,13 +214,10 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         if self.is_acting(trainer) and not undone and not self._undo_if_harmful(trainer, pl_module, step):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]
-            early = None if raises else self._barely_moving(ratio)
-            by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median") if raises else early)
+            by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
             # One remedy judged at a time across the suite: the next waits for the last one's verdict.
             free = not remedy_pending(context) and not warming
             by = by if free and self._check.allowed("learning_rate_too_low") else None
-            if by is not None and early is not None:
-                self._say_acting_early(trainer, early, step)
             if by is not None and self._range_test_fits(trainer):
                 self._probe.start(trainer, pl_module)  # the next steps; the LR is set when it ends
                 self._range_tests += 1

@@ -17,7 +17,11 @@ keeps a few floats of state and returns findings. The loss is smoothed per step 
   (``oscillation_noise_ratio`` x the standard error of a chunk mean) and by a sizeable share of
   its level (``oscillation_level``), while the trend itself is smaller than the swings.
 - ``no_learning``: after ``no_learning_steps`` steps the smoothed loss has never been
-  ``no_learning_progress`` below where it started; with ``num_classes`` known, "near chance"
+  ``no_learning_progress`` below where it started (after a third of those steps when the caller
+  passes an update ratio below ``UPDATE_RATIO_LOW``, the signature of a learning rate too low,
+  ``rules.causes``: PlateauAdvisor does when it acts, so that its remedy comes early; an
+  observing run waits the full count, which on the calibration sweep put no warning on runs that
+  converged later); with ``num_classes`` known, "near chance"
   when it sits within ``chance_tolerance`` of log(K). If it had jumped well above the start
   first (the smoothed loss by half of ``divergence_above_start``, or a single batch's loss by that
   much and by 6 typical minibatch deviations) it is a collapse after an early divergence, and
@@ -34,6 +38,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from lightning_convergence.rules.causes import UPDATE_RATIO_LOW
 from lightning_convergence.rules.findings import Finding
 from lightning_convergence.validation import check_fields, check_open_fraction, check_positive_float, check_positive_int
 
@@ -114,8 +119,9 @@ class LossRegimeRule:
         """Whether the smoothed loss ever went clearly below where it started."""
         return self.initial is not None and self.best < _lowered(self.initial, self.thresholds.no_learning_progress)
 
-    def evaluate(self, steps: list[int], losses: list[float]) -> list[Finding]:
-        """Judge one window of per-step losses; returns the findings (possibly none)."""
+    def evaluate(self, steps: list[int], losses: list[float], update_ratio: float | None = None) -> list[Finding]:
+        """Judge one window of per-step losses; returns the findings (possibly none).
+        ``update_ratio``: the latest median relative update of the weights per step, if measured."""
         if not losses:
             return []
         t = self.thresholds
@@ -132,7 +138,7 @@ class LossRegimeRule:
         oscillation = self._oscillation(finite, steps)
         if oscillation is not None and not findings:
             findings.append(oscillation)
-        no_learning = self._no_learning()
+        no_learning = self._no_learning(update_ratio)
         if no_learning is not None and not findings:
             findings.append(no_learning)
         return findings
@@ -234,9 +240,11 @@ class LossRegimeRule:
 
     # ----------------------------------------------------------------- no learning
 
-    def _no_learning(self) -> Finding | None:
+    def _no_learning(self, update_ratio: float | None = None) -> Finding | None:
         t = self.thresholds
-        if self.initial is None or self.steps_seen < t.no_learning_steps or self.progress_made:
+        barely_moving = update_ratio is not None and 0 < update_ratio < UPDATE_RATIO_LOW
+        needed = t.no_learning_steps // 3 if barely_moving else t.no_learning_steps
+        if self.initial is None or self.steps_seen < needed or self.progress_made:
             return None
         jump = self.initial + 0.5 * t.divergence_above_start * abs(self.initial)
         # One batch's loss counts only when it stands far out of the minibatch noise too.
@@ -254,6 +262,8 @@ class LossRegimeRule:
         seen = (f"The smoothed training loss has not moved meaningfully in {self.steps_seen} steps: it started at "
                 f"{self.initial:.4g} and its best is {self.best:.4g}.")
         evidence = {"initial": self.initial, "best": self.best, "steps": self.steps_seen}
+        if barely_moving:
+            evidence["update_ratio_median"] = update_ratio
         if self.num_classes:
             chance = math.log(self.num_classes)
             evidence["chance_level"] = chance
