@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
+from lightning_convergence.callbacks._sharding import ShardLayout, local_gradients
 from lightning_convergence.remedies.lr_control import LRControl
 from lightning_convergence.recorder.run_log import ConvergenceLog
 from lightning_convergence.rules.causes import Evidence
@@ -52,6 +53,7 @@ class RunContext:
     lr_remedy_pending: bool = False  # PlateauAdvisor's last LR remedy waits for its verdict
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
+    _layouts: dict[int, ShardLayout | None] = field(default_factory=dict)  # per optimizer; None: not sharded
     _lr_controls: dict[int, LRControl] = field(default_factory=dict)
 
     def lr_control(self, optimizer: torch.optim.Optimizer) -> LRControl:
@@ -80,6 +82,15 @@ class RunContext:
             cached = self._parameters[id(optimizer)] = (params, [names[id(p)] for p in params])
         return cached
 
+    def shard_layout(self, trainer: Trainer, pl_module: LightningModule,
+                     optimizer: torch.optim.Optimizer) -> ShardLayout | None:
+        """How ``optimizer``'s parameters are sharded (DTensors under FSDP2 or tensor
+        parallelism), or ``None`` when every rank holds them whole (one process, DDP)."""
+        if id(optimizer) not in self._layouts:
+            params, _ = self.parameters(pl_module, optimizer)
+            self._layouts[id(optimizer)] = ShardLayout.of(trainer, params)
+        return self._layouts[id(optimizer)]
+
     def gradient_statistics(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer,
         backend: str, full: bool,
@@ -88,17 +99,30 @@ class RunContext:
 
         Computed once per optimizer step however many callbacks ask, and always from the
         gradients as they were when the first callback asked (before any clipping or skip).
+
+        Under sharding (DTensor parameters) the values are global and the same on every rank: each
+        rank measures its local shards, and ONE all_reduce(SUM) per computed pass merges them
+        (``full`` packs the non-finite flags and every rank's maxima into that same buffer).
+        Whether a pass is computed depends only on the step and the callbacks' settings, which are
+        the same on every rank, so every rank reaches the collective. Without sharding there is
+        no collective: under DDP the gradients are already the same on every rank.
         """
         params, _ = self.parameters(pl_module, optimizer)
         key = (id(optimizer), trainer.global_step, backend)
         cached = self._gradient_pass
         if cached is None or cached.key != key:
             cached = self._gradient_pass = _GradientPass(key)
+        layout = self.shard_layout(trainer, pl_module, optimizer)
+        grads = [p.grad for p in params] if layout is None else local_gradients(params)
         if full and cached.full is None:
-            cached.full = tensor_stats([p.grad for p in params], backend=backend, count_nonfinite=False)
+            cached.full = tensor_stats(grads, backend=backend, count_nonfinite=False)
+            if layout is not None:
+                cached.full = layout.tensor_stats(cached.full)  # collective: one all_reduce(SUM)
             cached.sumsq = cached.full[:, 0]
         elif cached.sumsq is None:
-            cached.sumsq = sum_of_squares([p.grad for p in params], backend=backend)
+            cached.sumsq = sum_of_squares(grads, backend=backend)
+            if layout is not None:
+                cached.sumsq = layout.sum_of_squares(cached.sumsq)  # collective: one all_reduce(SUM)
         return cached.sumsq, cached.full
 
 
@@ -131,3 +155,4 @@ def finish_run_context(trainer: Trainer) -> None:
         context._gradient_pass = None  # holds gradient statistics tensors
         context.guards.clear()  # snapshots of remedies still waiting for a verdict
         context._parameters.clear()  # holds references to the model's parameters
+        context._layouts.clear()

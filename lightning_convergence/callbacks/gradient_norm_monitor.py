@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,11 +17,12 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_convergence.callbacks._layers import ForwardOrderRecorder, GroupBy, layer_of, ordered_layers
+from lightning_convergence.callbacks._sharding import ShardLayout, local_gradients
+from lightning_convergence.callbacks._update_ratios import UpdateSample
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence import tags
 from lightning_convergence.rules.causes import is_adaptive
 from lightning_convergence.rules.findings import Finding
-from lightning_convergence.stats.weight_sample import sample_positions, values_at
 from lightning_convergence.rules.gradient_health import is_rising, norm_trend
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
@@ -30,7 +31,6 @@ from lightning_convergence.stats import (
     NONFINITE,
     Backend,
     sum_by_group,
-    sum_of_squares,
     tensor_stats,
     validate_backend,
 )
@@ -38,7 +38,6 @@ from lightning_convergence.validation import check_positive_float, check_positiv
 
 
 _HISTOGRAM_SAMPLES = 4096  # values per layer histogram
-_UPDATE_SAMPLES = 4096  # values per weight tensor kept to estimate the update/weight ratio
 # Update/weight ratios are also measured on these first optimizer steps, before the first logging
 # step: a learning rate far too high shows in the first updates, and the run may be ruined by the
 # first logging step.
@@ -55,11 +54,9 @@ class _Track:
     window: GradientWindow
     spike: SpikeDetector
     rule: GradientHealthRule
+    layout: ShardLayout | None = None  # how the parameters are sharded; None: whole on every rank
     consecutive_skips: int = 0
-    snapshot: list[Tensor] | None = None  # sampled weights before a logging step's update
-    sample_index: list[Tensor | None] | None = None  # per parameter, the positions sampled (drawn once)
-    snapshot_step: int = -1
-    snapshot_pending: bool = False
+    updates: UpdateSample = field(default_factory=UpdateSample)  # sampled weights before an update
 
 
 class GradientNormMonitor(ConvergenceCallback):
@@ -166,6 +163,7 @@ class GradientNormMonitor(ConvergenceCallback):
             window=GradientWindow(len(layers), trace_capacity=self.logging_cadence(trainer)),
             spike=SpikeDetector(self.spike_history, self.spike_factor, self.min_history),
             rule=GradientHealthRule(layers, self.thresholds),
+            layout=self.context(trainer).shard_layout(trainer, pl_module, optimizer),
         )
         pending = self._pending_tracks.pop(index, None)
         if pending is not None:
@@ -207,18 +205,20 @@ class GradientNormMonitor(ConvergenceCallback):
         track.window.update(step, total_norm, spike, median, layer_sumsq.sqrt(), ~torch.isfinite(layer_sumsq))
         if logging:  # before a skip drops the gradients, so a bad step's values are still counted
             self._log_window(trainer, pl_module, track, step, full, layer_sumsq)
-        elif self.track_updates and step in _EARLY_UPDATE_STEPS and not track.snapshot_pending:
-            self._take_snapshot(track, step)
+        elif self.track_updates and step in _EARLY_UPDATE_STEPS and not track.updates.pending:
+            track.updates.take(track.params, step)
         if self.is_acting(trainer) and _scaler(trainer) is None:
             self._skip_if_nonfinite(trainer, track, total_norm, step)
 
     def _skip_if_nonfinite(self, trainer: Trainer, track: _Track, total_norm: Tensor, step: int) -> None:
         # The one host read per step that acting needs (as GradScaler's own found_inf check).
-        # Gradients are identical on every DDP rank here, so every rank decides the same.
+        # Every rank decides the same: gradients are identical on every DDP rank here, and under
+        # sharding ``total_norm`` was reduced over the ranks. So every rank or none reaches the
+        # collective in ``skip_step`` (a second all_reduce, on such a step only).
         if math.isfinite(total_norm.item()):
             track.consecutive_skips = 0
             return
-        counts = tensor_stats([p.grad for p in track.params], backend=self.backend)[:, NONFINITE]
+        counts = tensor_stats(local_gradients(track.params), backend=self.backend)[:, NONFINITE]
         # Finite values whose squares overflow count 0: an explosion for the rules, not a skip.
         if not self.skip_step(trainer, track.params, counts, step, "nonfinite_gradients",
                               consecutive=track.consecutive_skips + 1):
@@ -246,7 +246,8 @@ class GradientNormMonitor(ConvergenceCallback):
         if track is not None and loss is not None:
             track.window.update_loss(step, loss)
         for track in self._tracks.values():
-            if track.snapshot_pending and trainer.global_step > track.snapshot_step:
+            # Decided by the step alone, the same on every rank (a collective under sharding).
+            if track.updates.pending and trainer.global_step > track.updates.step:
                 self._log_updates(trainer, track)
 
     # ----------------------------------------------------------------- logging steps
@@ -265,9 +266,12 @@ class GradientNormMonitor(ConvergenceCallback):
         metrics[tags.GRAD_NONFINITE_STEPS] = summary.nonfinite_grad_steps
         metrics[tags.GRAD_SPIKE_STEPS] = summary.spike_steps
         if nonfinite_tensors:
-            # This step has NaN/Inf somewhere: count them exactly (a pass only on such steps).
-            counts = tensor_stats([p.grad for p in track.params], backend=self.backend)[:, NONFINITE]
-            metrics[tags.GRAD_NONFINITE_VALUES] = counts.sum().item()
+            # This step has NaN/Inf somewhere: count them exactly (a pass only on such steps). The
+            # branch is on reduced values, so under sharding every rank makes the count's collective.
+            counts = tensor_stats(local_gradients(track.params), backend=self.backend)
+            if track.layout is not None:
+                counts = track.layout.tensor_stats(counts, count_nonfinite=True)  # collective: all_reduce
+            metrics[tags.GRAD_NONFINITE_VALUES] = counts[:, NONFINITE].sum().item()
         for trace_step, norm in summary.total_norm_trace[:-1]:
             log_scalars(trainer, {tags.GRAD_NORM_TOTAL: norm}, trace_step)
         if summary.total_norm_trace:
@@ -284,7 +288,7 @@ class GradientNormMonitor(ConvergenceCallback):
         if self.histogram_every_n_steps and (step + 1) % self.histogram_every_n_steps == 0:
             self._write_histograms(trainer, track, step)
         if self.track_updates:
-            self._take_snapshot(track, step)
+            track.updates.take(track.params, step)
 
     def _evaluate(self, trainer: Trainer, track: _Track, summary) -> None:
         scaler = _scaler(trainer)
@@ -300,10 +304,11 @@ class GradientNormMonitor(ConvergenceCallback):
             self.record(trainer, finding)
 
     def _write_histograms(self, trainer: Trainer, track: _Track, step: int) -> None:
+        # Under sharding, from this rank's local shards (no gather): rank 0's histogram shows its shard.
         by_layer: dict[str, list[Tensor]] = {}
-        for layer_index, param in zip(track.group_index.tolist(), track.params):
-            if param.grad is not None and param.grad.layout == torch.strided:
-                by_layer.setdefault(track.layers[layer_index], []).append(param.grad.reshape(-1))
+        for layer_index, grad in zip(track.group_index.tolist(), local_gradients(track.params)):
+            if grad is not None and grad.layout == torch.strided:
+                by_layer.setdefault(track.layers[layer_index], []).append(grad.reshape(-1))
         tensors = {}
         for layer, grads in by_layer.items():
             # An evenly strided sample (no RNG) keeps a write cheap on a large layer: a histogram
@@ -312,31 +317,11 @@ class GradientNormMonitor(ConvergenceCallback):
             tensors[tags.grad_hist(layer)] = torch.cat([g[::stride] for g in grads])
         write_histograms(trainer, tensors, step)
 
-    def _take_snapshot(self, track: _Track, step: int) -> None:
-        """Keep a sample of each weight tensor (``_UPDATE_SAMPLES`` values at fixed random
-        positions) from before a logging step's update.
-
-        A sample, not a copy: a full copy of the weights cost as much memory as the model's
-        parameters. The update/weight ratio is estimated from the sampled values, each tensor's
-        sums scaled up by its numel over its sample size; the weight norm itself is exact.
-        """
-        if track.sample_index is None:
-            track.sample_index = [sample_positions(p, _UPDATE_SAMPLES, seed) for seed, p in enumerate(track.params)]
-        track.snapshot = [values_at(p.detach(), index) for p, index in zip(track.params, track.sample_index)]
-        track.snapshot_step = step
-        track.snapshot_pending = True
-
     def _log_updates(self, trainer: Trainer, track: _Track) -> None:
-        track.snapshot_pending = False
-        now = [values_at(p.detach(), index) for p, index in zip(track.params, track.sample_index)]
-        scale = torch.tensor([p.numel() / max(s.numel(), 1) for p, s in zip(track.params, now)],
-                             dtype=torch.float64, device=track.group_index.device)  # [params]
-        before_sq = sum_of_squares(track.snapshot, self.backend).double() * scale
-        update_sq = sum_of_squares(torch._foreach_sub(track.snapshot, now), self.backend).double() * scale
-        weight_sq = sum_of_squares([p.detach() for p in track.params], self.backend).double()
-        rows = torch.stack([weight_sq, before_sq, update_sq])  # [3, params]
-        exact_sq, sampled_sq, change_sq = sum_by_group(rows, track.group_index, len(track.layers)).tolist()
-        track.snapshot = None
+        """Log exact weight norms and update/weight ratios estimated from the sampled values,
+        each tensor's sums scaled up by its numel over its sample size (``_update_ratios``)."""
+        exact_sq, sampled_sq, change_sq = track.updates.measure(
+            track.params, track.group_index, len(track.layers), self.backend, track.layout)
         metrics: dict[str, float] = {}
         ratios = []
         for name, w, b, u in zip(track.layers, exact_sq, sampled_sq, change_sq):
@@ -344,9 +329,9 @@ class GradientNormMonitor(ConvergenceCallback):
             if b > 0:
                 metrics[tags.update_ratio(name)] = math.sqrt(u / b)
                 ratios.append(math.sqrt(u / b))
-        log_scalars(trainer, metrics, track.snapshot_step)
+        log_scalars(trainer, metrics, track.updates.step)
         if ratios and track is self._tracks.get(0):
-            self._post_update_ratios(trainer, sorted(ratios), track.snapshot_step)
+            self._post_update_ratios(trainer, sorted(ratios), track.updates.step)
 
     def _post_update_ratios(self, trainer: Trainer, ratios: list[float], step: int) -> None:
         """Post the ratios' median and maximum over layers, and the highest median so far (the first
@@ -364,7 +349,7 @@ class GradientNormMonitor(ConvergenceCallback):
     @override
     def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
         for track in self._tracks.values():
-            track.snapshot, track.snapshot_pending = None, False  # free the weights' copy
+            track.updates.clear()  # free the sampled weights
             summary, _ = track.window.read()
             track.window.reset()
             self._evaluate(trainer, track, summary)
