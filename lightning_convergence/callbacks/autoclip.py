@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_convergence.callbacks._sharding import ShardLayout, local_gradients, unreadable_sharding, world_sum
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies.clipping import (
     PercentileThreshold,
@@ -18,15 +19,16 @@ from lightning_convergence.remedies.clipping import (
     clip_coefficient,
     scale_gradients_,
 )
+from lightning_convergence.remedies.sharded_clipping import sharded_adaptive_clip_
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.stats import Backend, validate_backend
+from lightning_convergence.stats.sharding import local_view
 from lightning_convergence.stats.window import DeviceWindow
 from lightning_convergence.validation import check_bool, check_positive_float, check_positive_int
 
 Mode = Literal["percentile", "zscore", "agc"]
 _DEFAULT_WARMUP = {"percentile": 0, "zscore": 25, "agc": 0}
-_SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAFSDPStrategy")
 
 
 class AutoClip(ConvergenceCallback):
@@ -50,8 +52,15 @@ class AutoClip(ConvergenceCallback):
     present. Every per-step decision is a ``clamp``/``where`` on the device: no host read except
     on logging steps. Non-finite norms never enter the history and are never clipped (the skip
     remedy of GradientNormMonitor handles them); a step the fp16 scaler will skip (Inf gradients)
-    leaves the history alone. Sharded strategies (FSDP, DeepSpeed) are refused at setup: their
-    global norm needs a reduce across ranks that this callback does not make.
+    leaves the history alone.
+
+    Under FSDP2 or tensor parallelism (DTensor parameters, ``ModelParallelStrategy``) the global
+    norm is the shared pass's reduced one (one all_reduce per step), the same on every rank, so
+    every rank clips its local shards by the same coefficient. AGC clips a unit on its local rows
+    when its unit dimension is not split (``Shard(0)`` of a matrix) and merges the norms of the
+    other tensors over the ranks in one all_reduce. Parameters the suite cannot read (FSDP1's flat
+    views, DeepSpeed's partitions) are refused when training starts, by what they are, not by the
+    strategy's name.
 
     Args:
         mode: ``"percentile"``, ``"zscore"`` or ``"agc"``.
@@ -156,16 +165,6 @@ class AutoClip(ConvergenceCallback):
         return None
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        strategy = type(trainer.strategy).__name__
-        if stage == "fit" and strategy in _SHARDED_STRATEGIES:
-            raise RuntimeError(
-                f"AutoClip does not support {strategy}: with sharded parameters the global norm needs a "
-                "sum-of-squares reduce across ranks, and clipping with a rank-local norm would be wrong."
-            )
-
-    @override
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -180,7 +179,8 @@ class AutoClip(ConvergenceCallback):
         active = self._steps >= self.clip_warmup_steps and self.is_acting(trainer)
         self._steps += 1
         if self.mode == "agc":
-            fraction = self._clip_agc(params, names, active)  # of units clipped this step
+            layout = context.shard_layout(trainer, pl_module, optimizer)
+            fraction = self._clip_agc(params, names, active, layout)  # of units clipped this step
             clipped = (fraction > 0).to(torch.float32)
             norm = threshold = post = torch.full((), math.nan, device=fraction.device)
         else:
@@ -190,7 +190,9 @@ class AutoClip(ConvergenceCallback):
             coefficient = clip_coefficient(norm, threshold, self.max_norm)
             clipped = (coefficient < 1.0).to(torch.float32)
             if active:
-                scale_gradients_([p.grad for p in params], coefficient)
+                # The coefficient comes from the global norm (reduced under sharding): every rank
+                # scales its local shards by the same factor.
+                scale_gradients_(local_gradients(params), coefficient)
             else:
                 clipped = torch.zeros_like(clipped)
             post = norm.to(torch.float64) * coefficient if active else norm.to(torch.float64)
@@ -202,15 +204,23 @@ class AutoClip(ConvergenceCallback):
         if self._clock.closes_window(step, self.logging_cadence(trainer)):
             self._log(trainer, step)
 
-    def _clip_agc(self, params: list, names: list[str], active: bool) -> Tensor:
+    def _clip_agc(self, params: list, names: list[str], active: bool, layout: ShardLayout | None) -> Tensor:
+        all_params, kept = params, {id(p) for p in params}
         if self.exclude_final_layer and self._final_module is not None:
             final = self._final_module
             # A parameter of the final module is named "<final>.<name>" with no further dot.
             params = [p for p, n in zip(params, names) if n.rsplit(".", 1)[0] != final and n != final]
+            kept = {id(p) for p in params}
+        device = local_view(params[0]).device if params else torch.device("cpu")
         if not active:
-            return torch.zeros((), device=params[0].device if params else "cpu")
+            return torch.zeros((), device=device)
+        if layout is not None:
+            # Under sharding: one all_reduce(SUM) per step, reached by every rank (``active`` and
+            # the parameters are the same on every rank).
+            weights = layout.weights[[i for i, p in enumerate(all_params) if id(p) in kept]]
+            return sharded_adaptive_clip_(params, self.clip_factor, self.eps, weights, world_sum).to(device)
         fraction = adaptive_clip_(params, self.clip_factor, self.eps)
-        return fraction.to(params[0].device if params else "cpu")
+        return fraction.to(device)
 
     def _update_window(self, step: int, clipped: Tensor, fraction: Tensor) -> None:
         """Accumulate on the device: steps, clipped steps, first/last clipped step, unit fraction."""
@@ -254,6 +264,12 @@ class AutoClip(ConvergenceCallback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        # The model is sharded by now (configure_model and the strategy's setup ran). Every rank
+        # sees the same parameters' kinds, so every rank refuses alike.
+        reason = unreadable_sharding(trainer, pl_module)
+        if reason is not None:
+            raise RuntimeError(f"AutoClip cannot clip this run's gradients: {reason}. Clipping with a "
+                               "rank-local norm would be wrong.")
         # The final layer for AGC: the last module, in registration order, owning parameters.
         owners = [name for name, m in pl_module.named_modules() if any(True for _ in m.parameters(recurse=False))]
         self._final_module = owners[-1] if owners else None

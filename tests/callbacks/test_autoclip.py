@@ -214,15 +214,19 @@ def test_suite_with_auto_remediate_includes_zscore_autoclip():
         "TrainingSpeedMonitor"]
 
 
-def test_sharded_strategy_is_refused(tmp_path):
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    clip = AutoClip()
-    trainer = L.Trainer(callbacks=[clip], logger=False, accelerator="cpu", devices=1)
-    trainer.strategy.__class__ = type("FSDPStrategy", (type(trainer.strategy),), {})  # the name is what is checked
-    with pytest.raises(RuntimeError, match="AutoClip does not support FSDPStrategy"):
-        clip.setup(trainer, DigitsMLP(), "fit")
-    assert FSDPStrategy  # the real class exists; FSDP itself cannot run on this CPU-only machine
+def test_unreadable_sharding_is_refused_by_capability_not_by_name(tmp_path):
+    """Parameters flattened by FSDP1 (torch marks them ``_fsdp_flattened``) cannot be read: refused
+    when training starts, whatever the strategy's class is called; a strategy merely named like a
+    sharded one trains."""
+    model = DigitsMLP()
+    model.net[0].weight._fsdp_flattened = True  # what FSDP1 sets on its flat views
+    trainer = L.Trainer(callbacks=[AutoClip()], **trainer_kwargs(tmp_path, logger=False, max_steps=2))
+    with pytest.raises(RuntimeError, match="flat FSDP1 view"):
+        trainer.fit(model)
+    trainer = L.Trainer(callbacks=[AutoClip()], **trainer_kwargs(tmp_path, logger=False, max_steps=2))
+    trainer.strategy.__class__ = type("FSDPStrategy", (type(trainer.strategy),), {})
+    trainer.fit(DigitsMLP())
+    assert trainer.global_step == 2
 
 
 @pytest.mark.parametrize(
