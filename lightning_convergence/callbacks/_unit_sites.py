@@ -218,12 +218,17 @@ class UnitSites:
     def site_calls(self) -> dict[str, tuple[str, int]]:
         return {name: (site.module_name, site.call_index) for name, site in self.sites.items()}
 
-    def resolve_wiring(self, loss: Tensor, say_skipped: bool = False) -> dict[str, UnitWiring | str]:
+    def resolve_wiring(self, loss: Tensor, say_skipped: bool = False,
+                       refuse: str | None = None) -> dict[str, UnitWiring | str]:
         """Each site's wiring, from the autograd graph of the probed forward (reads the graph
         only; nothing in training changes). The probe is removed. With ``say_skipped``, says
-        which sites' units cannot be re-initialised, and why."""
+        which sites' units cannot be re-initialised, and why; with ``refuse``, no site's units
+        are, for that reason (the graph is not read)."""
         self.probe.detach()
-        self.wiring = self.probe.resolve(loss, self.site_calls(), self.unit_dims_by_site())
+        if refuse is not None:
+            self.wiring = {name: refuse for name in self.sites}
+        else:
+            self.wiring = self.probe.resolve(loss, self.site_calls(), self.unit_dims_by_site())
         self.probe.clear()
         for name, link in self.wiring.items():
             if say_skipped and isinstance(link, str):

@@ -22,6 +22,13 @@ from lightning_convergence.callbacks._trainer_reads import over_ranks
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.remedies.redo import reinit_units_
 from lightning_convergence.remedies.unit_wiring import UnitWiring
+from lightning_convergence.stats.sharding import is_dtensor
+
+# Why ReDo stays off under sharding: a unit's incoming rows and outgoing columns would be
+# re-initialised on each rank's shard of the producer and consumer, with their optimizer state.
+_SHARDED_REDO = ("the parameters are sharded DTensors (FSDP2 `fully_shard` or tensor parallelism), and ReDo "
+                 "does not re-initialise sharded units yet; dead units are still measured over every rank "
+                 "and reported")
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules.remedy_choice import remedy_for
 from lightning_convergence.rules.unit_health import SiteWindow, UnitHealthRule, UnitThresholds, UnitVerdict
@@ -130,6 +137,7 @@ class DeadNeuronTracker(ConvergenceCallback):
         self.seed = seed
         self._rule = UnitHealthRule(self.thresholds, self.dormant_tau, self.redo_on, self.redo_cooldown_steps)
         self._last_evaluated = -1
+        self._sharded = False  # DTensor parameters (set when training starts): no ReDo
 
     # ----------------------------------------------------------------- hooks on the model
 
@@ -137,6 +145,8 @@ class DeadNeuronTracker(ConvergenceCallback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._sites.attach(pl_module)  # replaces any hooks of an earlier fit; warns if there are none
+        # The same on every rank: whether the model's parameters are DTensors (FSDP2, TP).
+        self._sharded = any(is_dtensor(p) for p in pl_module.parameters())
         self._sites.to(pl_module.device)  # a window restored from a checkpoint is on the CPU
 
     @override
@@ -150,7 +160,8 @@ class DeadNeuronTracker(ConvergenceCallback):
     @override
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
         if self._sites.probe.attached:
-            self._sites.resolve_wiring(loss, say_skipped=self.auto_remediate)
+            self._sites.resolve_wiring(loss, say_skipped=self.auto_remediate,
+                                       refuse=_SHARDED_REDO if self._sharded else None)
 
     @override
     def on_train_batch_end(
