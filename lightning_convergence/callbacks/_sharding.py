@@ -46,8 +46,9 @@ class ShardLayout:
     @staticmethod
     def of(trainer: Trainer, params: list[Tensor]) -> "ShardLayout | None":
         """The layout of ``params``, or ``None`` when none is a DTensor (a single process, or DDP,
-        where every rank holds the same full gradients and no reduce is needed)."""
-        if trainer.world_size <= 1 or not any(is_dtensor(p) for p in params):
+        where every rank holds the same full gradients and no reduce is needed). DTensors in a
+        single process still get a layout: their statistics must be taken on local tensors."""
+        if not any(is_dtensor(p) for p in params):
             return None
         device = local_view(params[0]).device
         return ShardLayout(replication_weights(params, trainer.world_size, device),
