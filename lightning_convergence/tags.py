@@ -126,6 +126,7 @@ SPEED_HOST_SYNCS = speed("host_syncs_per_step")
 
 # --- text ------------------------------------------------------------------------------------
 DIAGNOSES = f"{ROOT}diagnoses"
+PREFLIGHT = f"{ROOT}preflight"  # PreflightCheck's checks, one text at step 0
 
 HISTOGRAMS: tuple[Family, ...] = (grad_hist, unit_activity)
 

@@ -66,6 +66,12 @@ _MONITOR = frozenset({"observe", "act"})
 # after GradientNormMonitor: a NaN batch's gradients are skipped by the monitor first, and the
 # checker names the cause.
 CALLBACKS: tuple[Registered, ...] = (
+    # First: its checks run in on_train_start, before the other callbacks' first step, and
+    # everything it touches is put back. In the suite it runs only when its steps cost at most
+    # 2% of the planned run (``enabled=None``).
+    Registered("PreflightCheck", "lightning_convergence.callbacks.preflight_check", _MONITOR,
+               example={"enabled": True, "range_test_steps": 5, "overfit_steps": 5, "num_batches": 2},
+               second_instance=None),
     Registered("GradientNormMonitor", "lightning_convergence.callbacks.gradient_norm_monitor", _MONITOR,
                second_instance={"group_by": "parameter"}),
     Registered("DeadNeuronTracker", "lightning_convergence.callbacks.dead_neuron_tracker", _MONITOR,

@@ -107,6 +107,8 @@ class ConvergenceLog:
         self.diagnoses: list[Diagnosis] = []
         self.interventions: list[Intervention] = []
         self.suppressed: Counter[str] = Counter()
+        # Extra top-level sections of the report, by name (``preflight``: PreflightCheck's checks).
+        self.sections: dict[str, Any] = {}
         self._last_emitted: dict[tuple[str, str | None], tuple[int, int]] = {}
 
     def add_diagnosis(self, diagnosis: Diagnosis) -> bool:
@@ -182,6 +184,7 @@ class ConvergenceLog:
         acted = remedied(self.interventions, final_loss)
         return {
             "version": REPORT_VERSION,
+            **{name: section for name, section in self.sections.items()},
             "diagnoses": [d.to_dict() for d in diagnoses],
             "interventions": [i.to_dict() for i in sorted(self.interventions, key=lambda i: i.step)],
             "summary": {

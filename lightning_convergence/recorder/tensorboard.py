@@ -66,6 +66,15 @@ def write_diagnosis_text(trainer: Trainer, diagnosis: Diagnosis) -> None:
         writer.add_text(tags.DIAGNOSES, text, global_step=diagnosis.step)
 
 
+def write_text(trainer: Trainer, tag: str, text: str, step: int = 0) -> None:
+    """Write markdown ``text`` under the suite's ``tag`` to TensorBoard (rank 0 only)."""
+    assert tags.is_suite_tag(tag), f"text tag {tag!r} is outside {tags.ROOT!r}"
+    if not trainer.is_global_zero:
+        return
+    for writer in tensorboard_writers(trainer):
+        writer.add_text(tag, text, global_step=step)
+
+
 def write_histograms(trainer: Trainer, tensors: Mapping[str, torch.Tensor], step: int) -> None:
     """Write value histograms (finite values only; empty ones skipped) to TensorBoard."""
     writers = tensorboard_writers(trainer)

@@ -47,6 +47,7 @@ class LRControl:
         self._handles: list = []
         self.last_effective_lrs: list[float] = []
         self.last_factors: list[float] = []
+        self.exclusive: str | None = None  # when set, only this owner's factor applies
 
     @property
     def attached(self) -> bool:
@@ -69,12 +70,20 @@ class LRControl:
         if not self._owners:
             self.detach()
 
+    def _active(self) -> dict[str, FactorFn]:
+        """The owners whose factors apply: all of them, or only ``exclusive`` (a probe that must
+        see the configured learning rate, without a warmup's or a remedy's factor)."""
+        if self.exclusive is not None and self.exclusive in self._owners:
+            return {self.exclusive: self._owners[self.exclusive]}
+        return self._owners
+
     def factors(self) -> list[float]:
-        """The product of every owner's factor, per param group."""
+        """The product of every active owner's factor, per param group."""
         values = []
+        active = self._active()
         for index in range(len(self.optimizer.param_groups)):
             product = 1.0
-            for factor in self._owners.values():
+            for factor in active.values():
                 product *= factor(index)
             values.append(product)
         return values
@@ -101,8 +110,10 @@ class LRControl:
             for group, lr in zip(optimizer.param_groups, self._saved):
                 group["lr"] = lr
             self._saved = None
-        for callback in list(self._after_step.values()):
-            callback()
+        active = self._active()
+        for owner, callback in list(self._after_step.items()):
+            if owner in active:
+                callback()
 
     def detach(self) -> None:
         """Remove the hooks (and restore the LRs if a step was interrupted between them)."""

@@ -206,6 +206,13 @@ REMEDIES: dict[str, tuple[str, ...]] = {
 }
 
 CAUSE_REMEDIES: dict[str, tuple[str, ...]] = {
+    "wrong_loss_for_task": ("return raw logits from the model: CrossEntropyLoss applies log-softmax itself (or use "
+                            "log_softmax with NLLLoss)", "check that the loss's input and target shapes match"),
+    "gradient_flow_cut": ("remove the torch.no_grad(), .detach() or requires_grad=False around the part named, "
+                          "unless freezing it is meant",),
+    "labels_mismatched": ("check that each label stays with its input through the data pipeline (a shuffle or sort "
+                          "applied to one and not the other, an index off by one)",),
+    "bad_initialization": ("use He (ReLU family) or Xavier (tanh, sigmoid) initialisation, and check the input scale",),
     "learning_rate_too_high": ("lower the learning rate about tenfold (a range test finds the edge: "
                                "Tuner.lr_find)",),
     "learning_rate_too_low": ("check the learning-rate scheduler: it reaches 0 or a tiny value too early "

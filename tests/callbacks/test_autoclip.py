@@ -206,11 +206,11 @@ def test_state_dict_weights_only_and_pickle(tmp_path):
 
 
 def test_suite_with_auto_remediate_includes_zscore_autoclip():
-    monitor, *_, clip = default_callbacks(auto_remediate=True, log_every_n_steps=7, AutoClip={"z_thresh": 3.0})
+    _, monitor, *_, clip = default_callbacks(auto_remediate=True, log_every_n_steps=7, AutoClip={"z_thresh": 3.0})
     assert isinstance(monitor, GradientNormMonitor) and isinstance(clip, AutoClip)
     assert clip.mode == "zscore" and clip.z_thresh == 3.0 and clip.alpha == 0.9 and clip.log_every_n_steps == 7
     assert [type(c).__name__ for c in default_callbacks(auto_remediate=True, AutoClip=None)] == [
-        "GradientNormMonitor", "DeadNeuronTracker", "InputSanityChecker", "InitializationAudit", "PlateauAdvisor",
+        "PreflightCheck", "GradientNormMonitor", "DeadNeuronTracker", "InputSanityChecker", "InitializationAudit", "PlateauAdvisor",
         "TrainingSpeedMonitor"]
 
 
@@ -265,7 +265,7 @@ def test_each_callback_keeps_its_records_after_fit(tmp_path):
             loss = super().training_step(batch, batch_idx)
             return loss * float("nan") if self.global_step == 40 else loss
 
-    monitor, *_, clip = default_callbacks(auto_remediate=True, AutoClip={"clip_warmup_steps": 10})
+    _, monitor, *_, clip = default_callbacks(auto_remediate=True, AutoClip={"clip_warmup_steps": 10})
     _fit(tmp_path, SpikyWithNaN(), [monitor, clip], max_epochs=3)
     assert [i["action"] for i in monitor.state_dict()["records"]["interventions"]] == ["skip_step"]
     assert {i["action"] for i in clip.state_dict()["records"]["interventions"]} == {"clip"}
@@ -274,7 +274,7 @@ def test_each_callback_keeps_its_records_after_fit(tmp_path):
 
 
 def test_suite_clipping_leaves_a_healthy_run_nearly_alone(tmp_path):
-    monitor, *_, clip = default_callbacks(auto_remediate=True)
+    _, monitor, *_, clip = default_callbacks(auto_remediate=True)
     _fit(tmp_path, DigitsMLP(n=1024), [monitor, clip], max_epochs=4)
     report = json.load(open(tmp_path / REPORT_FILENAME))
     clipped = sum(i["detail"]["clipped_steps"] for i in report["interventions"] if i["action"] == "clip")

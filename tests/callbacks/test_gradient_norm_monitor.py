@@ -170,9 +170,9 @@ def test_bad_arguments_raise_at_construction(kwargs, error, match):
 
 
 def test_default_callbacks_routes_overrides_and_rejects_unknown():
-    monitor = default_callbacks(log_every_n_steps=7)[0]
+    monitor = next(c for c in default_callbacks(log_every_n_steps=7) if type(c).__name__ == "GradientNormMonitor")
     assert not monitor.auto_remediate and monitor.log_every_n_steps == 7
-    monitor, *_, clip = default_callbacks(auto_remediate=True, GradientNormMonitor={"group_by": "parameter"})
+    _, monitor, *_, clip = default_callbacks(auto_remediate=True, GradientNormMonitor={"group_by": "parameter"})
     assert monitor.auto_remediate and monitor.group_by == "parameter" and clip.mode == "zscore"
     with pytest.raises(TypeError, match="`AutoClip` must be a dict"):
         default_callbacks(auto_remediate=True, AutoClip="zscore")

@@ -205,7 +205,7 @@ def test_state_dict_weights_only():
 
 def test_suite_adds_warmup_only_when_asked():
     names = [type(c).__name__ for c in default_callbacks(auto_remediate=True, warmup_steps=500)]
-    assert names[0] == "GradientNormMonitor" and names[-2:] == ["WarmupScheduler", "AutoClip"]
+    assert names[:2] == ["PreflightCheck", "GradientNormMonitor"] and names[-2:] == ["WarmupScheduler", "AutoClip"]
     assert "WarmupScheduler" not in [type(c).__name__ for c in default_callbacks(auto_remediate=True)]
     with pytest.raises(ValueError, match="Warmup changes training"):
         default_callbacks(warmup_steps=500)
