@@ -21,11 +21,13 @@ from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import write_text
 from lightning_convergence.remedies.lr_range_test import RangeCurve, RangeTestPlan, suggest
 from lightning_convergence.rules import preflight as rules
+from lightning_convergence.rules import preflight_training as training
 from lightning_convergence.rules.findings import Finding
 from lightning_convergence.validation import check_bool, check_positive_float, check_positive_int
 
 COST_SHARE = 0.02  # on by default when its steps are at most this share of the planned run
 HELDOUT_STEPS, HELDOUT_EVERY = 60, 10  # steps over the other batches; between two losses of the held-out one
+HELDOUT_CARRIES = 0.1  # a held-out loss down by this share already shows that learning carries
 STALL_STEPS, STALL_FALL = 30, 0.05  # an overfit that fell less than 5% in 30 steps stops there
 # The learning rates of the single-batch overfit, as multiples of the configured one, tried in
 # this order until one memorises the batch: lower first (a rate too high is the usual culprit).
@@ -244,9 +246,9 @@ class PreflightCheck(ConvergenceCallback):
             None if watch is None else watch.share, self._first_norms, evidence)
         pick = result.pick
         diverged_at = result.lrs[-1] if result.diverged and result.lrs else None
-        lr, lr_findings = rules.check_learning_rate(pick, diverged_at, result.lrs, result.losses)
+        lr, lr_findings = training.check_learning_rate(pick, diverged_at, result.lrs, result.losses)
         lr.seconds = range_time
-        overfit, overfit_findings = rules.check_overfit(runs, held, evidence, complete=complete)
+        overfit, overfit_findings = training.check_overfit(runs, held, evidence, complete=complete)
         overfit.seconds = overfit_time
         findings = data_findings + initial_findings + gradient_findings + lr_findings + overfit_findings
         return [data, initial, gradients, overfit, lr], findings, _remedy_factor(findings, pick, runs)
@@ -267,7 +269,7 @@ class PreflightCheck(ConvergenceCallback):
             done = curve.add(steps.step(batches[k % len(batches)], k % len(batches)))
         return curve
 
-    def _overfit_ladder(self, steps: PreflightSteps, batches: list, started: float) -> list[rules.OverfitRun]:
+    def _overfit_ladder(self, steps: PreflightSteps, batches: list, started: float) -> list[training.OverfitRun]:
         """Overfit the first batch at the configured learning rate; when that does not memorise
         it, from the same start at the next rate of :data:`LADDER`, until one does."""
         runs = []
@@ -283,7 +285,7 @@ class PreflightCheck(ConvergenceCallback):
                 break
         return runs
 
-    def _overfit(self, steps: PreflightSteps, batches: list, multiplier: float, started: float) -> rules.OverfitRun:
+    def _overfit(self, steps: PreflightSteps, batches: list, multiplier: float, started: float) -> training.OverfitRun:
         """Steps on the first batch at ``multiplier`` times the configured rate: its loss at each.
         Stops when the batch is memorised, the loss is not finite, out of time, or when after
         :data:`STALL_STEPS` steps it has fallen by less than :data:`STALL_FALL`."""
@@ -292,15 +294,16 @@ class PreflightCheck(ConvergenceCallback):
         for k in range(self.overfit_steps):
             loss = steps.step(batches[0], 0)
             losses.append(loss)
-            run = rules.OverfitRun(multiplier, tuple(losses))
+            run = training.OverfitRun(multiplier, tuple(losses))
             stalled = k + 1 == STALL_STEPS and run.fall < STALL_FALL
             if not math.isfinite(loss) or run.memorised or stalled or self._out_of_time(started):
                 break
-        return rules.OverfitRun(multiplier, tuple(losses))
+        return training.OverfitRun(multiplier, tuple(losses))
 
-    def _held_out(self, steps: PreflightSteps, batches: list, multiplier: float) -> rules.HeldOutRun:
-        """From the snapshot, :data:`HELDOUT_STEPS` steps over every batch read but the last, and
-        the last one's loss before and every few steps (evaluation mode, no update)."""
+    def _held_out(self, steps: PreflightSteps, batches: list, multiplier: float) -> training.HeldOutRun:
+        """From the snapshot, up to :data:`HELDOUT_STEPS` steps over every batch read but the last,
+        and the last one's loss before and every few steps (evaluation mode, no update), until it
+        fell by :data:`HELDOUT_CARRIES`."""
         steps.reset()
         steps.set_multiplier(multiplier)
         train, held = batches[:-1], batches[-1]
@@ -309,7 +312,10 @@ class PreflightCheck(ConvergenceCallback):
             steps.step(train[k % len(train)], k % len(train))
             if (k + 1) % HELDOUT_EVERY == 0:
                 losses.append(steps.loss(held, len(batches) - 1))
-        return rules.HeldOutRun(multiplier, tuple(losses))
+                fall = training.HeldOutRun(multiplier, tuple(losses)).fall
+                if fall is not None and fall >= HELDOUT_CARRIES:
+                    break  # what it learns clearly carries: no need to go on
+        return training.HeldOutRun(multiplier, tuple(losses))
 
     # ----------------------------------------------------------------- the outcome
 
@@ -347,7 +353,7 @@ class PreflightCheck(ConvergenceCallback):
         self.section = state_dict.get("section")
 
 
-def _remedy_factor(findings: list[Finding], pick: float | None, runs: list[rules.OverfitRun]) -> float | None:
+def _remedy_factor(findings: list[Finding], pick: float | None, runs: list[training.OverfitRun]) -> float | None:
     """The factor on the learning rate when a check named it too high or too low: the range
     test's pick when it lies on that side, else the rate at which one batch was memorised."""
     named = {f.top_cause.cause for f in findings if f.severity != "info" and f.top_cause is not None}

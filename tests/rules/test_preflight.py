@@ -7,9 +7,10 @@ import math
 import pytest
 
 from lightning_convergence.rules.input_health import PartSummary
-from lightning_convergence.rules.preflight import (HeldOutRun, OverfitRun, PreflightEvidence, check_data,
-                                                   check_gradients, check_initial_loss, check_learning_rate,
-                                                   check_overfit, collapse_paths, softmax_floor)
+from lightning_convergence.rules.preflight import (PreflightEvidence, check_data, check_gradients,
+                                                   check_initial_loss, collapse_paths)
+from lightning_convergence.rules.preflight_training import (HeldOutRun, OverfitRun, check_learning_rate,
+                                                            check_overfit, softmax_floor)
 
 
 def top_causes(findings):
