@@ -16,7 +16,7 @@ from lightning_convergence import tags
 from lightning_convergence.callbacks._preflight_data import class_dim, softmax_rows, summarize_batches
 from lightning_convergence.callbacks._preflight_steps import (PreflightSteps, StaleGradientWatch, batch_size_of,
                                                               output_capture, read_batches)
-from lightning_convergence.callbacks._trainer_reads import module_num_classes
+from lightning_convergence.callbacks._trainer_reads import module_num_classes, over_ranks
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import write_text
 from lightning_convergence.remedies.lr_range_test import RangeCurve, RangeTestPlan, suggest
@@ -25,6 +25,7 @@ from lightning_convergence.rules import preflight_training as training
 from lightning_convergence.rules.findings import Finding
 from lightning_convergence.validation import check_bool, check_positive_float, check_positive_int
 
+CHECKS = ("data", "initial_loss", "gradients", "overfit_one_batch", "lr_range_test")
 COST_SHARE = 0.02  # on by default when its steps are at most this share of the planned run
 HELDOUT_STEPS, HELDOUT_EVERY = 60, 10  # steps over the other batches; between two losses of the held-out one
 HELDOUT_CARRIES = 0.1  # a held-out loss down by this share already shows that learning carries
@@ -321,6 +322,7 @@ class PreflightCheck(ConvergenceCallback):
 
     def _finish(self, trainer: Trainer, results: list[rules.CheckResult], findings: list[Finding],
                 pick: float | None, seconds: float) -> None:
+        self._agree(trainer, results)
         for finding in findings:
             self.record(trainer, finding, step=0)
         if pick is not None and self.is_acting(trainer):
@@ -340,6 +342,20 @@ class PreflightCheck(ConvergenceCallback):
         write_text(trainer, tags.PREFLIGHT, line + "\n\n" + "\n".join(
             f"- {r.name}: {'passed' if r.passed else 'not run' if r.passed is None else 'FAILED'}"
             f"{' (' + r.note + ')' if r.note else ''}, {r.seconds:.2f} s" for r in results))
+
+    def _agree(self, trainer: Trainer, results: list[rules.CheckResult]) -> None:
+        """Under DDP, a check that failed on any rank fails on every rank (each rank read its own
+        batches). One all_reduce (MAX) of one flag per check; the losses the other checks judge
+        were already averaged over the ranks, so those verdicts agree by construction."""
+        if trainer.world_size <= 1:
+            return
+        flags = torch.tensor([float(any(r.name == name and r.passed is False for r in results)) for name in CHECKS],
+                             device=trainer.strategy.root_device)
+        agreed = over_ranks(trainer, flags, "max").tolist()  # any rank's failure fails all
+        for name, failed in zip(CHECKS, agreed):
+            for result in results:
+                if result.name == name and failed and result.passed is not False:
+                    result.passed, result.note = False, (result.note + "; " if result.note else "") + "failed on another rank"
 
     @override
     def _remove_hooks(self) -> None:
