@@ -215,6 +215,7 @@ class PreflightCheck(ConvergenceCallback):
             steps.set_multiplier(RANGE_START)
             with output_capture(pl_module, batch_size) as capture:
                 first = steps.step(batches[0], 0)  # the range test's first step: the loss and gradients at init
+            first_time = self.clock() - t0
             output = capture.output
             curve = self._range_test(steps, batches, first, started)
             range_time = self.clock() - t0
@@ -248,7 +249,8 @@ class PreflightCheck(ConvergenceCallback):
         pick = result.pick
         diverged_at = result.lrs[-1] if result.diverged and result.lrs else None
         lr, lr_findings = training.check_learning_rate(pick, diverged_at, result.lrs, result.losses)
-        lr.seconds = range_time
+        lr.seconds = range_time - first_time
+        initial.seconds = gradients.seconds = first_time  # both read off the one first step
         overfit, overfit_findings = training.check_overfit(runs, held, evidence, complete=complete)
         overfit.seconds = overfit_time
         findings = data_findings + initial_findings + gradient_findings + lr_findings + overfit_findings

@@ -232,16 +232,17 @@ def check_gradients(names: Sequence[str], missing: Iterable[str], zero: Iterable
         cut = ", ".join(f"`{p}`" for p in (missing + zero)[:6]) + (" ..." if len(missing + zero) > 6 else "")
         how = []
         if missing:
-            how.append(f"no gradient at all ({len(missing)})")
+            how.append("no gradient at all")
         if zero:
-            how.append(f"a gradient of exactly zero ({len(zero)})")
+            how.append("a gradient of exactly zero")
         seen = (f"Trainable parameters get {' and '.join(how)} from the first backward pass: {cut}. They will "
                 f"never change, while the rest of the model trains.")
         findings.append(finding("vanishing_gradients", "warning", seen, layer=(missing + zero)[0],
                                 evidence={"no_gradient": missing, "zero_gradient": zero},
                                 causes=(Cause("gradient_flow_cut", 0.9 if missing else 0.6,
                                               {"no_gradient": missing[:10], "zero_gradient": zero[:10]}),
-                                        Cause("dead_relu_units", 0.0 if missing else 0.3))))
+                                        # an exactly zero gradient can also be a layer whose ReLUs all died
+                                        *(() if missing else (Cause("dead_relu_units", 0.3),)))))
     if nonfinite and loss_finite:
         seen = (f"The gradient of {', '.join(f'`{p}`' for p in nonfinite[:6])} holds NaN/Inf while the loss is "
                 "finite: an operation in the forward pass has no finite derivative at some input.")
