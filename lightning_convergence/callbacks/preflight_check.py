@@ -23,6 +23,7 @@ from lightning_convergence.remedies.lr_range_test import RangeCurve, RangeTestPl
 from lightning_convergence.rules import preflight as rules
 from lightning_convergence.rules import preflight_training as training
 from lightning_convergence.rules.findings import Finding
+from lightning_convergence.stats.sharding import is_dtensor
 from lightning_convergence.validation import check_bool, check_positive_float, check_positive_int
 
 CHECKS = ("data", "initial_loss", "gradients", "overfit_one_batch", "lr_range_test")
@@ -66,7 +67,7 @@ class PreflightCheck(ConvergenceCallback):
     a TensorBoard text and one console line. Under DDP every rank runs it on its own batches; the
     losses it judges are averaged over the ranks, so the range test and overfit verdicts agree.
     It does not run (one info line) under manual optimisation with several optimizers, when
-    resuming from a checkpoint, or with ``fast_dev_run``.
+    resuming from a checkpoint, with ``fast_dev_run``, or on DTensor-sharded parameters (FSDP2).
 
     Cost: ``range_test_steps + overfit_steps`` optimizer steps at most (fewer when the loss
     diverges or the batch is memorised early), a few forward passes, ``num_batches`` batches read
@@ -135,6 +136,8 @@ class PreflightCheck(ConvergenceCallback):
             return "manual optimisation with several optimizers"
         if not trainer.optimizers:
             return "the module has no optimizer"
+        if any(is_dtensor(p) for p in pl_module.parameters()):
+            return "the parameters are sharded DTensors (FSDP2, tensor parallelism): not supported yet"
         return None
 
     def planned_cost(self) -> int:
