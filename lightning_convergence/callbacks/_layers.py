@@ -39,9 +39,21 @@ class ForwardOrderRecorder:
         return bool(self._handles)
 
     def attach(self, module: nn.Module) -> None:
+        """Hook the parameter-owning modules, except inside ``torch.compile``-d regions.
+
+        A hook added to a compiled region and removed after one step costs a recompile, and its
+        order would only say what the model's order says for most models: modules there are
+        ordered as the model registers them (see :func:`ordered_layers`).
+        """
         self.detach()
         self.order = []
+        if getattr(module, "_compiler_ctx", None):  # Lightning compiled the whole module
+            return
+        optimized = getattr(torch._dynamo.eval_frame, "OptimizedModule", ())
+        compiled = [name for name, child in module.named_modules() if isinstance(child, optimized)]
         for name, child in module.named_modules():
+            if any(name == c or name.startswith(f"{c}.") or c == "" for c in compiled):
+                continue
             if any(True for _ in child.parameters(recurse=False)):
                 self._handles.append(child.register_forward_pre_hook(self._make_hook(name)))
 

@@ -22,6 +22,12 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_convergence.callbacks._compiled_sites import (
+    is_compiled,
+    plain_name,
+    register_observer,
+    unregister_observer,
+)
 from lightning_convergence.recorder.console import ConvergenceWarning
 from lightning_convergence.remedies.unit_wiring import UnitWiring, WiringProbe
 from lightning_convergence.rules.unit_health import SiteWindow
@@ -100,11 +106,17 @@ class UnitSites:
         self._left_alone: set[str] = set()  # sites told to have units that cannot be revived
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._calls: dict[str, int] = {}
+        self._keys: list[int] = []  # this tracker's observers for compiled regions
+        self._token = torch.zeros(())  # see _compiled_sites: keeps the op in compiled graphs
+        self.compiled = False  # some of the model runs through torch.compile (set by attach)
 
     def modules(self, model: nn.Module) -> list[tuple[str, nn.Module, str]]:
-        """``(name, module, activation class name)`` of everything to hook, in model order."""
+        """``(name, module, activation class name)`` of everything to hook, in model order.
+
+        Names leave out the ``_orig_mod`` level of compiled submodules, as the user wrote them."""
         found = []
         for name, module in model.named_modules():
+            name = plain_name(name)
             if name in self.exclude:
                 continue
             if activation_kind(module) is not None or name in self.include:
@@ -115,12 +127,16 @@ class UnitSites:
         """Hook every activation module (replacing any earlier hooks); returns how many were
         hooked, and warns when there is nothing to hook."""
         self.detach()
+        self.compiled = is_compiled(model)
+        # The token lives where the activations are: a CPU token in a CUDA graph would keep
+        # inductor from using CUDA graphs.
+        self._token = torch.zeros((), device=next(model.parameters(), torch.zeros(())).device)
         found = self.modules(model)
         missing = sorted(set(self.include) - {name for name, _, _ in found})
         if missing:
             raise ValueError(f"`include` names modules that the model does not have: {missing}.")
         for name, module, _ in found:
-            self._handles.append(module.register_forward_hook(self._hook(name)))
+            self._handles.append(module.register_forward_hook(self._hook(name, module)))
         if not found:
             known = ", ".join(cls.__name__ for cls in ACTIVATION_KINDS)
             rank_zero_warn(NOTHING_TO_TRACK.format(known=known), category=ConvergenceWarning)
@@ -130,6 +146,9 @@ class UnitSites:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for key in self._keys:
+            unregister_observer(key)
+        self._keys = []
         self.probe.detach()
         self.probe.clear()
 
@@ -160,26 +179,41 @@ class UnitSites:
             self._warned_nothing_ran = True
             rank_zero_warn(NOTHING_RAN.format(hooked=len(self._handles)), category=ConvergenceWarning)
 
-    def _hook(self, module_name: str):
+    def _hook(self, module_name: str, module: nn.Module):
+        # Inside a compiled region the hook hands the activation to one opaque op and decides
+        # nothing (see _compiled_sites): what it read would become a guard and recompile.
+        key = register_observer(lambda output: self._observe(module_name, module, output))
+        self._keys.append(key)
+        token = self._token
+
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            if not self.sampling or not module.training or not isinstance(output, Tensor):
+            if not isinstance(output, Tensor):
                 return
-            index = self._calls.get(module_name, 0)
-            self._calls[module_name] = index + 1
-            name = module_name if index == 0 else f"{module_name}#{index + 1}"
-            site = self.sites.get(name)
-            if site is None:
-                site = None if name in self._dropped else self._new_site(name, module_name, index, module, output)
-                if site is None:
-                    return
-            try:
-                site.accumulator.update(output)
-            except ValueError as error:  # the unit count changed: the site cannot be tracked
-                self.problems.append(f"`{name}`: {error}")
-                self._dropped.add(name)
-                del self.sites[name]
+            if torch.compiler.is_compiling():
+                torch.ops.lightning_convergence.observe_activation(output.detach(), token, key)
+            else:
+                self._observe(module_name, module, output)
 
         return hook
+
+    def _observe(self, module_name: str, module: nn.Module, output: Tensor) -> None:
+        """One call of a hooked module: its output into its site's window, when sampling."""
+        if not self.sampling or not module.training:
+            return
+        index = self._calls.get(module_name, 0)
+        self._calls[module_name] = index + 1
+        name = module_name if index == 0 else f"{module_name}#{index + 1}"
+        site = self.sites.get(name)
+        if site is None:
+            site = None if name in self._dropped else self._new_site(name, module_name, index, module, output)
+            if site is None:
+                return
+        try:
+            site.accumulator.update(output)
+        except ValueError as error:  # the unit count changed: the site cannot be tracked
+            self.problems.append(f"`{name}`: {error}")
+            self._dropped.add(name)
+            del self.sites[name]
 
     def _new_site(self, name: str, module_name: str, index: int, module: nn.Module, output: Tensor) -> Site | None:
         kind: ActivationKind = activation_kind(module) or "signed"

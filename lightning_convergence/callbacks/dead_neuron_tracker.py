@@ -29,6 +29,11 @@ from lightning_convergence.stats.sharding import is_dtensor
 _SHARDED_REDO = ("the parameters are sharded DTensors (FSDP2 `fully_shard` or tensor parallelism), and ReDo "
                  "does not re-initialise sharded units yet; dead units are still measured over every rank "
                  "and reported")
+# Why ReDo stays off under torch.compile: the wiring is read from the autograd graph of one probed
+# forward, and a compiled region is one opaque node of that graph (the probe's own hooks would
+# also recompile it and break its graph).
+_COMPILED_REDO = ("the model runs through torch.compile, whose compiled regions hide the autograd graph "
+                  "that ReDo's wiring check reads; dead units are still measured and reported")
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules.remedy_choice import remedy_for
 from lightning_convergence.rules.unit_health import SiteWindow, UnitHealthRule, UnitThresholds, UnitVerdict
@@ -56,6 +61,12 @@ class DeadNeuronTracker(ConvergenceCallback):
     BatchNorm or dropout at most) and the consuming Linear/Conv (through dropout, pooling or a flatten at most),
     with no other reader of the tensors in between, checked on the autograd graph of the first sampled step.
     Other sites are skipped, and the reason is given.
+
+    Under ``torch.compile`` (a submodule compiled in ``configure_model``, or the whole module) the
+    hooks stay registered for the whole fit and hand each activation to one opaque op that the
+    compiled graph keeps (see ``_compiled_sites``): no graph break, no recompile, and training is
+    bit-identical. Sites keep the names the eager model has (without ``_orig_mod``); a 3-d output's
+    unit dimension is the last one; ReDo is refused, with the reason.
 
     Args:
         sample_every_n_steps: hook the forward of one optimizer step in this many.
@@ -154,14 +165,16 @@ class DeadNeuronTracker(ConvergenceCallback):
         sampled = (self._sites.attached and trainer.global_step % self.sample_every_n_steps == 0
                    and not self.probing(trainer))
         self._sites.start_batch(sampled)
-        if sampled and self._sites.wiring is None and not self._sites.probe.attached:
+        if sampled and self._sites.wiring is None and not self._sites.probe.attached and not self._sites.compiled:
             self._sites.probe.attach(pl_module)  # one forward, to learn the wiring (removed at backward)
 
     @override
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: Tensor) -> None:
-        if self._sites.probe.attached:
-            self._sites.resolve_wiring(loss, say_skipped=self.auto_remediate,
-                                       refuse=_SHARDED_REDO if self._sharded else None)
+        # Compiled: no probe ran; the sites are known after the first sampled forward.
+        compiled_first = self._sites.compiled and self._sites.wiring is None and bool(self._sites.sites)
+        if self._sites.probe.attached or compiled_first:
+            refuse = _SHARDED_REDO if self._sharded else _COMPILED_REDO if self._sites.compiled else None
+            self._sites.resolve_wiring(loss, say_skipped=self.auto_remediate, refuse=refuse)
 
     @override
     def on_train_batch_end(
