@@ -2,7 +2,11 @@
 
 Cost: one copy of every parameter and buffer plus the optimizer's state (for Adam, two more
 tensors per parameter), so about 3x the parameter memory in host RAM with Adam, 2x with SGD and
-momentum; the copy is made into buffers allocated once and reused. Rolling back restores the
+momentum. The copy is made into host buffers allocated at the first snapshot and reused by the
+next ones (the weights' and the optimizer state's alike); from a CUDA device the buffers are pinned
+and the copies do not block the host (``non_blocking=True``, one CUDA event recorded after them,
+waited on only when the snapshot is read). DTensor shards are copied as they were (a fresh
+host copy each time). Rolling back restores the
 weights and the optimizer's state (moments, step counts) but keeps the param groups' current
 hyperparameters, so that the user's LR scheduler keeps its own trajectory.
 """
@@ -36,6 +40,7 @@ class Snapshot:
         self.step: int | None = None
         self._model: dict[str, Tensor] | None = None
         self._optimizers: list[dict] | None = None
+        self._copied = None  # a CUDA event after the last snapshot's copies, until waited on
 
     @property
     def taken(self) -> bool:
@@ -44,40 +49,85 @@ class Snapshot:
     @torch.no_grad()
     def take(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], step: int) -> None:
         state = model.state_dict()
-        if self._model is None or self._model.keys() != state.keys():
-            self._model = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-        else:
-            for key, value in state.items():
-                self._model[key].copy_(value.detach())
-        self._optimizers = [_copy_to_cpu(opt.state_dict()) for opt in optimizers]
+        if self._model is not None and self._model.keys() != state.keys():
+            self._model = None
+        self._model = _copy_into(self._model, state)
+        previous = self._optimizers or []
+        self._optimizers = [_copy_into(previous[i] if i < len(previous) else None, opt.state_dict())
+                            for i, opt in enumerate(optimizers)]
+        self._copied = _copies_done(state)
         self.step = step
+
+    def _wait(self) -> None:
+        """Wait for the copies still in flight from a CUDA device (a no-op otherwise)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
 
     @torch.no_grad()
     def restore(self, model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> int:
         """Load the snapshot back; returns the step it was taken at."""
         if self._model is None or self._optimizers is None or self.step is None:
             raise RuntimeError("no snapshot was taken")
+        self._wait()
         model.load_state_dict(self._model)
         for optimizer, saved in zip(optimizers, self._optimizers):
             current = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-            optimizer.load_state_dict(saved)
+            # A copy: torch's load_state_dict keeps tensors already on the right device and dtype as
+            # they are, so the optimizer would step the snapshot's own buffers from then on.
+            optimizer.load_state_dict(_cloned(saved))
             for group, hyper in zip(optimizer.param_groups, current):
                 group.update(hyper)  # the scheduler's current LR, not the LR at snapshot time
         return self.step
 
     def clear(self) -> None:
-        self.step, self._model, self._optimizers = None, None, None
+        self.step, self._model, self._optimizers, self._copied = None, None, None, None
 
 
-def _copy_to_cpu(value):
-    """A deep copy of an optimizer state dict with every tensor copied to the CPU."""
+def _copy_into(old, new):
+    """``new`` (a state dict, or a part of one) copied to the host, into ``old``'s tensors where
+    they fit (same shape and dtype): buffers allocated once. A tensor from a CUDA device goes into
+    pinned memory without blocking the host; a DTensor is copied as it is."""
+    if isinstance(new, Tensor):
+        value = new.detach()
+        if _is_plain(value) and isinstance(old, Tensor) and old.shape == value.shape and old.dtype == value.dtype:
+            return old.copy_(value, non_blocking=value.is_cuda)
+        if not _is_plain(value) or not value.is_cuda:
+            return value.to("cpu", copy=True)
+        buffer = torch.empty(value.shape, dtype=value.dtype, device="cpu", pin_memory=True)
+        return buffer.copy_(value, non_blocking=True)
+    if isinstance(new, dict):
+        old = old if isinstance(old, dict) else {}
+        return {k: _copy_into(old.get(k), v) for k, v in new.items()}
+    if isinstance(new, list):
+        old = old if isinstance(old, list) and len(old) == len(new) else [None] * len(new)
+        return [_copy_into(o, v) for o, v in zip(old, new)]
+    return copy.deepcopy(new)
+
+
+def _cloned(value):
+    """``value`` with every tensor cloned (containers rebuilt, other values shared)."""
     if isinstance(value, Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.clone()
     if isinstance(value, dict):
-        return {k: _copy_to_cpu(v) for k, v in value.items()}
+        return {k: _cloned(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_copy_to_cpu(v) for v in value]
-    return copy.deepcopy(value)
+        return [_cloned(v) for v in value]
+    return value
+
+
+def _is_plain(tensor: Tensor) -> bool:
+    """A strided tensor of its own (not a DTensor or another tensor subclass)."""
+    return type(tensor) is Tensor or type(tensor) is torch.nn.Parameter
+
+
+def _copies_done(state: dict):
+    """A CUDA event recorded after the copies just queued, when any came from a CUDA device."""
+    if any(isinstance(v, Tensor) and v.is_cuda for v in state.values()):
+        event = torch.cuda.Event()
+        event.record()
+        return event
+    return None
 
 
 class ExactSnapshot(Snapshot):
@@ -119,9 +169,11 @@ class ExactSnapshot(Snapshot):
 
     def saved(self) -> tuple[dict, list[dict], list[dict]]:
         """The saved model state, optimizer state dicts (with their param groups as taken) and
-        scheduler states, as they were taken (copies)."""
+        scheduler states, as they were taken (the model's tensors are the snapshot's buffers,
+        overwritten by the next ``take``: use them at once)."""
         if self._model is None or self._optimizers is None:
             raise RuntimeError("no snapshot was taken")
+        self._wait()
         return dict(self._model), copy.deepcopy(self._optimizers), copy.deepcopy(self._schedulers)
 
     def restore(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list | None = None,
