@@ -14,10 +14,16 @@ from lightning_convergence.callbacks._trainer_reads import logged_metric, module
 from lightning_convergence.callbacks._guard import close_guards, judge_guards, remedy_pending
 from lightning_convergence.callbacks._lr_remedies import RANGE_TEST_SPAN, LRRemedies
 from lightning_convergence.callbacks._range_test import InRunRangeTest
+from lightning_convergence.callbacks._rollback_disk import (
+    load_rollback_checkpoint,
+    rollback_path,
+    save_rollback_checkpoint,
+)
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.lr_range_test import RangeTestPlan
+from lightning_convergence.remedies.rollback_point import RollbackPoint
 from lightning_convergence.remedies.snapshot import Snapshot
 from lightning_convergence.rules.late_progress import LateProgressRule
 from lightning_convergence.rules.loss_regime import TAIL_MIN_STEPS, LossRegimeRule, RegimeThresholds
@@ -29,6 +35,10 @@ from lightning_convergence.rules.remedy_choice import raise_factor, remedy_for
 from lightning_convergence.stats.step_series import StepSeries
 from lightning_convergence.validation import check_bool, check_positive_int
 
+
+
+# 4 GiB per rank: Adam's snapshot of a model up to about 350M fp32 parameters (on one rank).
+DEFAULT_MAX_SNAPSHOT_BYTES = 4 * 2**30
 
 
 class PlateauAdvisor(LRRemedies, ConvergenceCallback):
@@ -46,7 +56,9 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
       already configured, plateaus are only advised (with a warning), never reduced twice.
     - ``divergence``, ``oscillation``, ``no_learning``, ``overfitting``: the
       :class:`~lightning_convergence.rules.recovery.RecoveryPolicy` of the arguments below (the
-      rollback snapshot is held in host memory: about 3x the parameters with Adam).
+      rollback snapshot is held in host memory, about 3x the parameters with Adam, up to
+      ``max_snapshot_bytes`` per rank; a larger state is saved as a checkpoint under
+      ``trainer.log_dir``/``rollback`` at each snapshot step instead, and read back to roll back).
 
     Args:
         monitor: validation metric for plateau and overfitting decisions.
@@ -59,6 +71,10 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         thresholds: the regime thresholds (:class:`RegimeThresholds`).
         divergence_factor, rollback, snapshot_every_n_steps, rewarmup_steps, max_recoveries,
             stop_on_overfit, raise_lr_on_no_learning: as for :class:`RecoveryPolicy`.
+        max_snapshot_bytes: the largest rollback snapshot kept in host memory on one rank (its
+            model and optimizer state; under FSDP2 its own shards). Beyond it, the rollback
+            point is a checkpoint written through ``trainer.save_checkpoint``; when it cannot be
+            written, the advisor says so once and does not roll back. ``None``: no limit.
         range_test_steps: optimizer steps of the in-run learning-rate range test
             (:mod:`~lightning_convergence.remedies.lr_range_test`) that sets the LR when the top
             cause of a finding is a learning rate too low (multipliers 1 to 1e6 of the LR, stopped
@@ -102,6 +118,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         max_recoveries: int = 3,
         stop_on_overfit: bool = False,
         raise_lr_on_no_learning: bool = False,
+        max_snapshot_bytes: int | None = DEFAULT_MAX_SNAPSHOT_BYTES,
         range_test_steps: int | None = 40,
         log_every_n_steps: int | None = None,
         auto_remediate: bool = False,
@@ -117,6 +134,8 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
                                       max_recoveries, raise_lr_on_no_learning, stop_on_overfit)
         self._regime = LossRegimeRule(thresholds, num_classes)
         check_bool("strict", strict)
+        check_positive_int("max_snapshot_bytes", max_snapshot_bytes, allow_none=True)
+        self.max_snapshot_bytes = max_snapshot_bytes
         check_positive_int("range_test_steps", range_test_steps, allow_none=True)
         if range_test_steps is not None and range_test_steps < 5:
             raise ValueError(f"`range_test_steps` must be at least 5 (or None), got {range_test_steps!r}.")
@@ -134,7 +153,8 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         self._late = LateProgressRule()
         self._factors = LRFactors()
         self._losses = StepSeries()  # the training loss of each batch, on the device
-        self._snapshot = Snapshot()
+        self._snapshot = RollbackPoint(max_snapshot_bytes)
+        self._said_no_rollback = False
         self._before = Snapshot()  # the state just before the last LR remedy, kept until it is judged
         self._check = InterventionCheck()
         self._use_train_loss = monitor is None
@@ -235,10 +255,15 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             if action.kind == "lr_scale":
                 self._scale(trainer, LRFactors.uniform(trainer.optimizers, action.factor), action.reason, step)
             elif action.kind == "snapshot":
-                self._snapshot.take(pl_module, trainer.optimizers, step)
+                # The path only when saving: trainer.log_dir is a broadcast.
+                self._snapshot.take(pl_module, trainer.optimizers, step, save=lambda _: save_rollback_checkpoint(
+                    trainer, rollback_path(trainer, self.state_key)))
                 self._regime.mark()
             elif action.kind == "rollback":
-                self._snapshot.restore(pl_module, trainer.optimizers)
+                if self._snapshot.restore(pl_module, trainer.optimizers,
+                                          load=lambda path: load_rollback_checkpoint(trainer, path)) is None:
+                    self._say_no_rollback(trainer, step)
+                    continue
                 self._regime.restart_from_mark()
                 close_guards(self.context(trainer))  # what they would restore is gone
                 self._check.pending = None
@@ -246,6 +271,13 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
                 self.record_intervention(trainer, "rollback", step, dict(action.detail))
             elif action.kind == "stop":  # every rank judged the same averaged numbers
                 self.stop_training(trainer, step, action.reason, action.detail, action.finding)
+
+    def _say_no_rollback(self, trainer: Trainer, step: int) -> None:
+        if not self._said_no_rollback:
+            self._said_no_rollback = True
+            self.warn(f"no rollback at step {step}: the state to roll back to ({self._snapshot.last_bytes:,} bytes "
+                      f"on this rank) is above `max_snapshot_bytes` ({self.max_snapshot_bytes:,}) and no checkpoint "
+                      f"could be written to {rollback_path(trainer, self.state_key)}; the other remedies go ahead.")
 
     # ----------------------------------------------------------------- validation
 

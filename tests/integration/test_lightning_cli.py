@@ -148,7 +148,7 @@ WRONG = {
         "cooldown": "x", "min_lr": "x", "eps": "x", "strict": 3, "num_classes": "ten",
         "thresholds": {"chunk": "x"}, "divergence_factor": "x", "rollback": 3, "snapshot_every_n_steps": "x",
         "rewarmup_steps": "x", "max_recoveries": "x", "stop_on_overfit": 3, "raise_lr_on_no_learning": 3,
-        "range_test_steps": "x",
+        "max_snapshot_bytes": "x", "range_test_steps": "x",
         "log_every_n_steps": "x", "auto_remediate": 3, "report_window_steps": "x",
     },
     "InputSanityChecker": {
