@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,12 +15,13 @@ from typing_extensions import override
 
 from lightning_convergence import tags
 from lightning_convergence.callbacks._preflight_data import class_dim, softmax_rows, summarize_batches
+from lightning_convergence.callbacks._preflight_runs import HELDOUT_STEPS, RANGE_START, held_out, overfit, range_test
 from lightning_convergence.callbacks._preflight_steps import (PreflightSteps, StaleGradientWatch, batch_size_of,
                                                               output_capture, read_batches)
 from lightning_convergence.callbacks._trainer_reads import module_num_classes, over_ranks
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import write_text
-from lightning_convergence.remedies.lr_range_test import RangeCurve, RangeTestPlan, suggest
+from lightning_convergence.remedies.lr_range_test import RangeTestResult, suggest
 from lightning_convergence.rules import preflight as rules
 from lightning_convergence.rules import preflight_training as training
 from lightning_convergence.rules.findings import Finding
@@ -28,13 +30,24 @@ from lightning_convergence.validation import check_bool, check_positive_float, c
 
 CHECKS = ("data", "initial_loss", "gradients", "overfit_one_batch", "lr_range_test")
 COST_SHARE = 0.02  # on by default when its steps are at most this share of the planned run
-HELDOUT_STEPS, HELDOUT_EVERY = 60, 10  # steps over the other batches; between two losses of the held-out one
-HELDOUT_CARRIES = 0.1  # a held-out loss down by this share already shows that learning carries
-STALL_STEPS, STALL_FALL = 30, 0.05  # an overfit that fell less than 5% in 30 steps stops there
 # The learning rates of the single-batch overfit, as multiples of the configured one, tried in
 # this order until one memorises the batch: lower first (a rate too high is the usual culprit).
 LADDER = (1.0, 0.1, 10.0, 0.01, 100.0)
-RANGE_START, RANGE_END = 1e-3, 1e3  # the range test's learning rates, as multiples of the configured one
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What the preflight's steps measured, for the rules."""
+
+    first: float  # the loss at initialisation (the range test's first step)
+    first_seconds: float
+    range_result: RangeTestResult
+    range_seconds: float
+    runs: list[training.OverfitRun]
+    held: training.HeldOutRun | None
+    complete: bool  # every rate of the ladder that had to be tried was
+    overfit_seconds: float
+    stale_share: float | None
 
 
 class PreflightCheck(ConvergenceCallback):
@@ -117,12 +130,18 @@ class PreflightCheck(ConvergenceCallback):
         self.enabled, self.num_batches = enabled, num_batches
         self.range_test_steps, self.overfit_steps, self.max_seconds = range_test_steps, overfit_steps, max_seconds
         self.clock = clock
-        self.section: dict[str, Any] | None = None  # the report's ``preflight`` section, once run
+        self._section: dict[str, Any] | None = None
         self._steps: PreflightSteps | None = None
         self._grads: dict[str, Any] | None = None
         self._grad_norms: list[float] = []
         self._watch: StaleGradientWatch | None = None
         self._first_norms: list[float] = []
+
+    @property
+    def section(self) -> dict[str, Any] | None:
+        """The report's ``preflight`` section of this fit (or of the fit it resumed), once decided:
+        ``{"ran": False, "reason": ...}``, or ``{"ran": True, "seconds", "passed", "checks": [...]}``."""
+        return self._section
 
     # ----------------------------------------------------------------- when it runs
 
@@ -157,16 +176,16 @@ class PreflightCheck(ConvergenceCallback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if self.section is not None:  # resumed: the report keeps the checks that ran at the start
-            self.context(trainer).log.sections["preflight"] = self.section
+        if self._section is not None:  # resumed: the report keeps the checks that ran at the start
+            self.context(trainer).log.sections["preflight"] = self._section
             return
         if not self.due(trainer):
             return
         reason = self.refusal(trainer, pl_module)
         if reason is not None:
             rank_zero_info(f"PreflightCheck: not run: {reason}.")
-            self.section = {"ran": False, "reason": reason}
-            self.context(trainer).log.sections["preflight"] = self.section
+            self._section = {"ran": False, "reason": reason}
+            self.context(trainer).log.sections["preflight"] = self._section
             return
         started = self.clock()
         with PreflightSteps(trainer, pl_module) as steps:
@@ -202,6 +221,7 @@ class PreflightCheck(ConvergenceCallback):
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, steps: PreflightSteps,
              started: float) -> tuple[list[rules.CheckResult], list[Finding], float | None]:
+        """Measure (the steps), then judge (the rules, on host numbers)."""
         evidence = rules.PreflightEvidence(num_classes=module_num_classes(pl_module))
         t0 = self.clock()
         batches, sequential = read_batches(trainer, self.num_batches)
@@ -209,71 +229,65 @@ class PreflightCheck(ConvergenceCallback):
             return [rules.CheckResult("data", None, note="the training loader gave no batch")], [], None
         parts, distinct, target = summarize_batches(batches)
         batch_size = batch_size_of(batches[0]) or 1
-        read_time = self.clock() - t0
+        read_seconds = self.clock() - t0
+        m = self._measure(pl_module, steps, batches, target, evidence, started)
+        data, data_findings = rules.check_data(parts, distinct, batch_size, sequential, evidence)  # K known now
+        data.seconds = read_seconds
+        initial, initial_findings = rules.check_initial_loss(m.first, evidence)
+        grads = self._grads or {"names": [], "missing": [], "zero": [], "nonfinite": []}
+        frozen = [n for n, p in pl_module.named_parameters() if not p.requires_grad]
+        gradients, gradient_findings = rules.check_gradients(
+            grads["names"], grads["missing"], grads["zero"], grads["nonfinite"], frozen, math.isfinite(m.first),
+            m.stale_share, self._first_norms, evidence)
+        initial.seconds = gradients.seconds = m.first_seconds  # both read off the one first step
+        result = m.range_result
+        diverged_at = result.lrs[-1] if result.diverged and result.lrs else None
+        lr, lr_findings = training.check_learning_rate(result.pick, diverged_at, result.lrs, result.losses)
+        lr.seconds = m.range_seconds
+        overfit, overfit_findings = training.check_overfit(m.runs, m.held, evidence, complete=m.complete)
+        overfit.seconds = m.overfit_seconds
+        findings = data_findings + initial_findings + gradient_findings + lr_findings + overfit_findings
+        return [data, initial, gradients, overfit, lr], findings, _remedy_factor(findings, result.pick, m.runs)
+
+    def _measure(self, pl_module: LightningModule, steps: PreflightSteps, batches: list, target: Any,
+                 evidence: rules.PreflightEvidence, started: float) -> _Measured:
+        """The steps: the range test (its first step also gives the loss, output and gradients at
+        initialisation), then the overfit ladder and the held-out steps, each from the snapshot."""
         self._grads, self._grad_norms, self._first_norms = None, [], []
+        batch_size = batch_size_of(batches[0]) or 1
         watch = StaleGradientWatch([p for p in pl_module.parameters() if p.requires_grad]) if steps.manual else None
         self._watch = watch
         try:
             t0 = self.clock()
             steps.set_multiplier(RANGE_START)
             with output_capture(pl_module, batch_size) as capture:
-                first = steps.step(batches[0], 0)  # the range test's first step: the loss and gradients at init
-            first_time = self.clock() - t0
+                first = steps.step(batches[0], 0)
+            first_seconds = self.clock() - t0
+            curve = range_test(steps, batches, first, self.range_test_steps, lambda: self._out_of_time(started))
+            range_seconds = self.clock() - t0 - first_seconds
             output = capture.output
-            curve = self._range_test(steps, batches, first, started)
-            range_time = self.clock() - t0
-            steps.reset()
-            t0 = self.clock()
             dim = class_dim(output, target) if output is not None else None
             if evidence.num_classes is None and dim is not None:
                 evidence.num_classes = int(output.shape[dim])
             evidence.softmax_rows = dim is not None and softmax_rows(output, dim)
-            result = suggest(curve, half_width=1)  # 3 points: a short probe diverges soon after its minimum
+            t0 = self.clock()
             runs = self._overfit_ladder(steps, batches, started)
-            complete = bool(runs) and (runs[-1].memorised or len(runs) == len(LADDER)) and (
-                runs[-1].memorised or not self._out_of_time(started))
+            complete = bool(runs) and (runs[-1].memorised or (len(runs) == len(LADDER) and not self._out_of_time(started)))
             memorised = next((run.multiplier for run in runs if run.memorised), None)
             held = None
             if memorised is not None and len(batches) >= 3 and not steps.manual and not self._out_of_time(started):
-                held = self._held_out(steps, batches, memorised)
-            overfit_time = self.clock() - t0
+                held = held_out(steps, batches, memorised)
+            overfit_seconds = self.clock() - t0
         finally:
             if watch is not None:
                 watch.remove()
             self._watch = None
-        data, data_findings = rules.check_data(parts, distinct, batch_size, sequential, evidence)
-        data.seconds = read_time
-        initial, initial_findings = rules.check_initial_loss(first, evidence)
-        grads = self._grads or {"names": [], "missing": [], "zero": [], "nonfinite": []}
-        frozen = [n for n, p in pl_module.named_parameters() if not p.requires_grad]
-        gradients, gradient_findings = rules.check_gradients(
-            grads["names"], grads["missing"], grads["zero"], grads["nonfinite"], frozen, math.isfinite(first),
-            None if watch is None else watch.share, self._first_norms, evidence)
-        pick = result.pick
-        diverged_at = result.lrs[-1] if result.diverged and result.lrs else None
-        lr, lr_findings = training.check_learning_rate(pick, diverged_at, result.lrs, result.losses)
-        lr.seconds = range_time - first_time
-        initial.seconds = gradients.seconds = first_time  # both read off the one first step
-        overfit, overfit_findings = training.check_overfit(runs, held, evidence, complete=complete)
-        overfit.seconds = overfit_time
-        findings = data_findings + initial_findings + gradient_findings + lr_findings + overfit_findings
-        return [data, initial, gradients, overfit, lr], findings, _remedy_factor(findings, pick, runs)
+        return _Measured(first, first_seconds, suggest(curve, half_width=1),  # 3 points: a short probe diverges
+                         range_seconds, runs, held, complete, overfit_seconds,  # soon after its minimum
+                         None if watch is None else watch.share)
 
     def _out_of_time(self, started: float) -> bool:
         return self.clock() - started > self.max_seconds
-
-    def _range_test(self, steps: PreflightSteps, batches: list, first: float, started: float) -> RangeCurve:
-        """The range test over the batches read, the learning rate from 1e-3 to 1e3 times the
-        configured one; its first step (at 1e-4) was ``first``, taken by the caller."""
-        plan = RangeTestPlan(RANGE_START, RANGE_END, num_steps=self.range_test_steps)
-        curve = RangeCurve(plan)
-        done = curve.add(first)
-        for k in range(1, plan.num_steps):
-            if done or self._out_of_time(started):
-                break
-            steps.set_multiplier(plan.lr_at(k))
-            done = curve.add(steps.step(batches[k % len(batches)], k % len(batches)))
-        return curve
 
     def _overfit_ladder(self, steps: PreflightSteps, batches: list, started: float) -> list[training.OverfitRun]:
         """Overfit the first batch at the configured learning rate; when that does not memorise
@@ -284,44 +298,12 @@ class PreflightCheck(ConvergenceCallback):
                 break
             steps.reset()
             self._grad_norms = []
-            runs.append(self._overfit(steps, batches, multiplier, started))
+            runs.append(overfit(steps, batches[0], multiplier, self.overfit_steps, lambda: self._out_of_time(started)))
             if len(runs) == 1:
                 self._first_norms = list(self._grad_norms)  # the gradient norms at the configured rate
             if runs[-1].memorised:
                 break
         return runs
-
-    def _overfit(self, steps: PreflightSteps, batches: list, multiplier: float, started: float) -> training.OverfitRun:
-        """Steps on the first batch at ``multiplier`` times the configured rate: its loss at each.
-        Stops when the batch is memorised, the loss is not finite, out of time, or when after
-        :data:`STALL_STEPS` steps it has fallen by less than :data:`STALL_FALL`."""
-        steps.set_multiplier(multiplier)
-        losses: list[float] = []
-        for k in range(self.overfit_steps):
-            loss = steps.step(batches[0], 0)
-            losses.append(loss)
-            run = training.OverfitRun(multiplier, tuple(losses))
-            stalled = k + 1 == STALL_STEPS and run.fall < STALL_FALL
-            if not math.isfinite(loss) or run.memorised or stalled or self._out_of_time(started):
-                break
-        return training.OverfitRun(multiplier, tuple(losses))
-
-    def _held_out(self, steps: PreflightSteps, batches: list, multiplier: float) -> training.HeldOutRun:
-        """From the snapshot, up to :data:`HELDOUT_STEPS` steps over every batch read but the last,
-        and the last one's loss before and every few steps (evaluation mode, no update), until it
-        fell by :data:`HELDOUT_CARRIES`."""
-        steps.reset()
-        steps.set_multiplier(multiplier)
-        train, held = batches[:-1], batches[-1]
-        losses = [steps.loss(held, len(batches) - 1)]
-        for k in range(HELDOUT_STEPS):
-            steps.step(train[k % len(train)], k % len(train))
-            if (k + 1) % HELDOUT_EVERY == 0:
-                losses.append(steps.loss(held, len(batches) - 1))
-                fall = training.HeldOutRun(multiplier, tuple(losses)).fall
-                if fall is not None and fall >= HELDOUT_CARRIES:
-                    break  # what it learns clearly carries: no need to go on
-        return training.HeldOutRun(multiplier, tuple(losses))
 
     # ----------------------------------------------------------------- the outcome
 
@@ -336,9 +318,9 @@ class PreflightCheck(ConvergenceCallback):
                                                               "source_check": "preflight"})
         failed = [r.name for r in results if r.passed is False]
         skipped = [r.name for r in results if r.passed is None]
-        self.section = {"ran": True, "seconds": round(seconds, 3), "passed": not failed,
+        self._section = {"ran": True, "seconds": round(seconds, 3), "passed": not failed,
                         "checks": [r.to_dict() for r in results]}
-        self.context(trainer).log.sections["preflight"] = self.section
+        self.context(trainer).log.sections["preflight"] = self._section
         line = (f"PreflightCheck: {len(results) - len(failed) - len(skipped)}/{len(results)} checks passed in "
                 f"{seconds:.1f} s" + (f"; failed: {', '.join(failed)}" if failed else "")
                 + (f"; not run: {', '.join(f'{r.name} ({r.note})' for r in results if r.passed is None)}"
@@ -368,10 +350,10 @@ class PreflightCheck(ConvergenceCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "section": self.section}
+        return {**super().state_dict(), "section": self._section}
 
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
-        self.section = state_dict.get("section")
+        self._section = state_dict.get("section")
 
 
 def _remedy_factor(findings: list[Finding], pick: float | None, runs: list[training.OverfitRun]) -> float | None:

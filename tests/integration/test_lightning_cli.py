@@ -102,7 +102,8 @@ def test_yaml_builds_each_callback_with_exactly_its_arguments(tmp_path):
         # Every argument as given, every other one at its default.
         assert _settings(callback) == _settings(reference), type(callback).__name__
     # Dataclass arguments arrive as dataclasses, not dicts, with the YAML's fields set.
-    monitor, tracker = ours[0], ours[1]
+    monitor, tracker = (next(c for c in ours if type(c).__name__ == name)
+                        for name in ("GradientNormMonitor", "DeadNeuronTracker"))
     assert monitor.thresholds == GradientThresholds(vanishing_patience=3, spike_warning_steps=3)
     assert tracker.thresholds.dead_warning == 0.3 and tracker.auto_remediate is True
     advisor = next(c for c in ours if type(c).__name__ == "PlateauAdvisor")
@@ -132,6 +133,10 @@ def test_fit_from_yaml_runs_and_its_saved_config_parses_back(tmp_path):
 # For every constructor argument of every callback: a value of the wrong type, or outside the
 # names a Literal allows. Each must be refused by the parser, before the callback is built.
 WRONG = {
+    "PreflightCheck": {
+        "enabled": 3, "auto_remediate": 3, "num_batches": "x", "range_test_steps": 2.5, "overfit_steps": "x",
+        "max_seconds": "x", "clock": 3, "report_window_steps": "x",
+    },
     "GradientNormMonitor": {
         "group_by": "layer", "log_every_n_steps": "ten", "histogram_every_n_steps": 2.5, "track_updates": 3,
         "spike_factor": "high", "spike_history": "x", "min_history": 1.5, "thresholds": {"layer_growth": "x"},
@@ -205,7 +210,8 @@ def test_a_wrong_type_in_the_yaml_is_rejected_when_parsed(tmp_path, capsys, monk
 def test_an_out_of_range_value_is_refused_by_the_callback_naming_the_argument(tmp_path):
     # Types are the parser's; ranges are the callback's own checks, made when it is built.
     config = copy.deepcopy(_suite_config())
-    config["trainer"]["callbacks"][1]["init_args"]["sample_every_n_steps"] = 0
+    tracker = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith(".DeadNeuronTracker"))
+    tracker["init_args"]["sample_every_n_steps"] = 0
     path = _write_config(tmp_path, config)
     with pytest.raises(ValueError, match="`sample_every_n_steps` must be an int >= 1, got 0"):
         _example_main()(["--config", str(path), f"--trainer.default_root_dir={tmp_path}"], run=False)
