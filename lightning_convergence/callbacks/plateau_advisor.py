@@ -242,7 +242,8 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
                 self._probe.start(trainer, pl_module)  # the next steps; the LR is set when it ends
                 self._range_tests += 1
                 self._policy.raised_lr, by = True, None  # instead of the opt-in tenfold raise
-            self._apply(trainer, pl_module, self._policy.on_window(kinds, self._regime.steady, step, hold, by), step)
+            actions = self._policy.on_window(kinds, self._regime.steady, step, hold, by, loss=self._regime.ema)
+            self._apply(trainer, pl_module, actions, step)
             answered = bool({"divergence", "oscillation"} & set(kinds)) or self._probe_running or not free
             self._cut_if_named_too_high(trainer, step, answered)
         context.lr_remedy_pending = self._check.pending is not None

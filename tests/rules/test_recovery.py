@@ -88,3 +88,17 @@ def test_state_round_trip_keeps_the_counters_but_not_the_snapshot():
 def test_bad_settings_raise_naming_the_argument(kwargs, error, named):
     with pytest.raises(error, match=named):
         RecoveryPolicy(**kwargs)
+
+
+@pytest.mark.parametrize("losses, snapshots", [
+    ([2.0, 1.95, 1.9, 1.8], [50, 200]),  # 1.8 is more than 5% below 2.0; 1.95 and 1.9 are not
+    ([2.0, 1.5, 1.0, 0.9], [50, 100, 150, 200]),  # every window makes progress: every one is new
+    ([2.0, 2.0, 2.0, 2.0], [50]),  # no progress: the first snapshot is as good as any
+    ([2.0, 2.2, 1.9, 1.85], [50, 200]),  # a worse window never replaces a better snapshot
+])
+def test_a_snapshot_is_replaced_only_when_the_loss_fell_since(losses, snapshots):
+    policy = RecoveryPolicy()
+    policy.start(step=0)
+    taken = [step for step, loss in zip((50, 100, 150, 200), losses)
+             if [a.kind for a in policy.on_window([], True, step, loss=loss)] == ["snapshot"]]
+    assert taken == snapshots
