@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from torch import nn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
@@ -20,14 +21,17 @@ from lightning_convergence.callbacks._preflight_steps import (PreflightSteps, St
                                                               output_capture, read_batches)
 from lightning_convergence.callbacks._trainer_reads import module_num_classes, over_ranks
 from lightning_convergence.callbacks.base import ConvergenceCallback
+from lightning_convergence.callbacks.initialization_audit import layers_and_activations
 from lightning_convergence.recorder.tensorboard import write_text
 from lightning_convergence.remedies.lr_range_test import RangeTestResult, suggest
 from lightning_convergence.rules import preflight as rules
 from lightning_convergence.rules import preflight_training as training
 from lightning_convergence.rules.findings import Finding
+from lightning_convergence.rules.init_audit import audit_weight
 from lightning_convergence.stats.sharding import is_dtensor
 from lightning_convergence.validation import check_bool, check_positive_float, check_positive_int
 
+DEGENERATE = ("all_zero", "identical_rows", "nonfinite")  # the audit's problems that stop a model learning
 CHECKS = ("data", "initial_loss", "gradients", "overfit_one_batch", "lr_range_test")
 COST_SHARE = 0.02  # on by default when its steps are at most this share of the planned run
 # The learning rates of the single-batch overfit, as multiples of the configured one, tried in
@@ -215,6 +219,7 @@ class PreflightCheck(ConvergenceCallback):
                 "missing": [n for n, p in params if p.grad is None],
                 "zero": [n for n, p in params if p.grad is not None and not bool(p.grad.ne(0).any())],
                 "nonfinite": [n for n, p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all())],
+                "ratio": _first_to_last_rms([p.grad for _, p in params if p.dim() >= 2]),
             }
 
     # ----------------------------------------------------------------- the checks
@@ -222,7 +227,9 @@ class PreflightCheck(ConvergenceCallback):
     def _run(self, trainer: Trainer, pl_module: LightningModule, steps: PreflightSteps,
              started: float) -> tuple[list[rules.CheckResult], list[Finding], float | None]:
         """Measure (the steps), then judge (the rules, on host numbers)."""
-        evidence = rules.PreflightEvidence(num_classes=module_num_classes(pl_module))
+        evidence = rules.PreflightEvidence(num_classes=module_num_classes(pl_module), bad_init=_bad_init(pl_module),
+                                           saturating=any(isinstance(m, (nn.Sigmoid, nn.Tanh))
+                                                          for m in pl_module.modules()))
         t0 = self.clock()
         batches, sequential = read_batches(trainer, self.num_batches)
         if not batches:
@@ -234,7 +241,8 @@ class PreflightCheck(ConvergenceCallback):
         data, data_findings = rules.check_data(parts, distinct, batch_size, sequential, evidence)  # K known now
         data.seconds = read_seconds
         initial, initial_findings = rules.check_initial_loss(m.first, evidence)
-        grads = self._grads or {"names": [], "missing": [], "zero": [], "nonfinite": []}
+        grads = self._grads or {"names": [], "missing": [], "zero": [], "nonfinite": [], "ratio": None}
+        evidence.grad_ratio = grads["ratio"]
         frozen = [n for n, p in pl_module.named_parameters() if not p.requires_grad]
         gradients, gradient_findings = rules.check_gradients(
             grads["names"], grads["missing"], grads["zero"], grads["nonfinite"], frozen, math.isfinite(m.first),
@@ -368,3 +376,23 @@ def _remedy_factor(findings: list[Finding], pick: float | None, runs: list[train
             if memorised is not None and side(memorised):
                 return memorised
     return None
+
+
+def _first_to_last_rms(grads: list) -> float | None:
+    """The gradient RMS of the first weight matrix over the last one's (module order), or ``None``."""
+    grads = [g for g in grads if g is not None and g.numel()]
+    if len(grads) < 2:
+        return None
+    first, last = (float(g.detach().float().pow(2).mean().sqrt()) for g in (grads[0], grads[-1]))
+    return first / last if last > 0 and math.isfinite(first) and math.isfinite(last) else None
+
+
+def _bad_init(pl_module: LightningModule) -> list[str]:
+    """The layers whose initial weights the initialisation audit calls degenerate (all zero, or
+    identical output units), by module path."""
+    flagged = []
+    for name, module, activation in layers_and_activations(pl_module):
+        finding = audit_weight(name, module.weight.detach(), activation)
+        if finding is not None and finding.evidence.get("problem") in DEGENERATE:
+            flagged.append(name)
+    return flagged

@@ -47,6 +47,7 @@ INITIAL_LOSS_RATIO = 2.0  # loss at init over ln K above this: the start is mis-
 LR_FACTOR_WARN = 30.0  # the configured LR this many times off the range test's pick
 TARGET_SCALE_HIGH = 1e3
 SHUFFLED_SHARE = 0.5  # distinct labels per batch over what a shuffled batch of that size holds
+VANISHING_RATIO = 1e-3  # first layer's gradient RMS over the last one's, below which gradients vanish
 
 
 @dataclass
@@ -81,9 +82,29 @@ class PreflightEvidence:
     target_scale: float | None = None
     invalid_targets: bool = False
     unnormalized_inputs: bool = False
-    no_gradient: list[str] = field(default_factory=list)
+    no_gradient: list[str] = field(default_factory=list)  # module paths whose gradient is None
+    zero_gradient: list[str] = field(default_factory=list)  # module paths whose gradient is exactly zero
     stale_share: float | None = None
     initial_loss: float | None = None
+    bad_init: list[str] = field(default_factory=list)  # layers the initialisation audit flags (zero, identical rows)
+    grad_ratio: float | None = None  # the first weight's gradient RMS over the last one's, at the first step
+    saturating: bool = False  # the model has sigmoid or tanh activations
+
+    @property
+    def vanishing(self) -> bool:
+        """The first layer gets gradients orders of magnitude smaller than the last."""
+        return self.grad_ratio is not None and self.grad_ratio < VANISHING_RATIO
+
+    def model_causes(self) -> list[Cause]:
+        """Causes in the model itself that the measurements support: a degenerate initialisation,
+        gradients that vanish before the first layer."""
+        causes = []
+        if self.bad_init:
+            causes.append(Cause("bad_initialization", 0.8, {"layers": self.bad_init[:10]}))
+        if self.vanishing:
+            cause = "saturating_activations" if self.saturating else "missing_normalization_or_residuals"
+            causes.append(Cause(cause, 0.75, {"first_to_last_gradient_rms": self.grad_ratio}))
+        return causes
 
 
 def collapse_paths(flagged: Iterable[str], names: Sequence[str]) -> list[str]:
@@ -223,7 +244,7 @@ def check_gradients(names: Sequence[str], missing: Iterable[str], zero: Iterable
     """
     missing, zero = collapse_paths(missing, names), collapse_paths(zero, names)
     nonfinite = collapse_paths(nonfinite, names)
-    evidence.no_gradient, evidence.stale_share = missing + zero, stale_share
+    evidence.no_gradient, evidence.zero_gradient, evidence.stale_share = missing, zero, stale_share
     numbers: dict[str, Any] = {"trainable": len(names), "no_gradient": missing, "zero_gradient": zero,
                                "nonfinite_gradient": nonfinite, "frozen": collapse_paths(frozen, list(frozen)),
                                "stale_share": stale_share, "grad_norms": list(grad_norms)}
@@ -239,10 +260,11 @@ def check_gradients(names: Sequence[str], missing: Iterable[str], zero: Iterable
                 f"never change, while the rest of the model trains.")
         findings.append(finding("vanishing_gradients", "warning", seen, layer=(missing + zero)[0],
                                 evidence={"no_gradient": missing, "zero_gradient": zero},
-                                causes=(Cause("gradient_flow_cut", 0.9 if missing else 0.6,
-                                              {"no_gradient": missing[:10], "zero_gradient": zero[:10]}),
-                                        # an exactly zero gradient can also be a layer whose ReLUs all died
-                                        *(() if missing else (Cause("dead_relu_units", 0.3),)))))
+                                # None: nothing connects it to the loss; exactly zero: usually a layer whose
+                                # ReLUs all died (no unit passes a gradient), less often a product with 0
+                                causes=(Cause("gradient_flow_cut", 0.9, {"no_gradient": missing[:10]}),) if missing
+                                else (Cause("dead_relu_units", 0.6, {"zero_gradient": zero[:10]}),
+                                      Cause("gradient_flow_cut", 0.3, {"zero_gradient": zero[:10]}))))
     if nonfinite and loss_finite:
         seen = (f"The gradient of {', '.join(f'`{p}`' for p in nonfinite[:6])} holds NaN/Inf while the loss is "
                 "finite: an operation in the forward pass has no finite derivative at some input.")

@@ -124,7 +124,8 @@ def check_overfit(runs: Sequence[OverfitRun], held: HeldOutRun | None, evidence:
                     f"({done.start:.4g} -> {done.best:.4g}). The configured rate is too high for this model.")
             findings.append(finding("divergence" if rose else "no_learning", "warning", seen, step=0, evidence=rate,
                                     causes=(Cause("learning_rate_too_high", 0.85, rate),)))
-        elif first.fall < 0.5 * (1.0 - OVERFIT_FALL) and not evidence.no_gradient:
+        elif (first.fall < 0.5 * (1.0 - OVERFIT_FALL) and not (evidence.no_gradient or evidence.zero_gradient)
+              and not evidence.model_causes()):
             seen = (f"At the configured learning rate one batch's loss fell only {first.fall:.0%} in {steps} steps; at "
                     f"{done.multiplier:g}x that rate the model memorised it ({done.start:.4g} -> {done.best:.4g}).")
             findings.append(finding("no_learning", "warning", seen, step=0, evidence=rate,
@@ -151,8 +152,10 @@ def check_overfit(runs: Sequence[OverfitRun], held: HeldOutRun | None, evidence:
                 "what labels that do not belong to their inputs give.")
         findings.append(finding("no_learning", "warning", seen, step=0,
                                 evidence={"heldout_start": held.heldout[0], "heldout_best": min(held.heldout)},
-                                causes=(Cause("labels_mismatched", 0.75, {"heldout_fall": round(held_fall, 4),
-                                                                          "batch_fall": round(done.fall, 4)}),
+                                # a degenerate model learns slowly and carries little, whatever its labels
+                                causes=(*evidence.model_causes(),
+                                        Cause("labels_mismatched", 0.75 if not evidence.model_causes() else 0.3,
+                                              {"heldout_fall": round(held_fall, 4), "batch_fall": round(done.fall, 4)}),
                                         Cause("label_noise", 0.2), Cause("too_little_data", 0.1))))
     passed = not any(f.severity != "info" for f in findings)
     note = "" if passed else findings[0].causes[0].cause
@@ -178,8 +181,11 @@ def _overfit_causes(run: OverfitRun, e: PreflightEvidence) -> tuple[Cause, ...]:
         causes.append(Cause("unnormalized_targets", 0.8, {"target_rms": e.target_scale}))
     if e.no_gradient:
         causes.append(Cause("gradient_flow_cut", 0.6, {"no_gradient": e.no_gradient[:10]}))
+    if e.zero_gradient:
+        causes.append(Cause("dead_relu_units", 0.6, {"zero_gradient": e.zero_gradient[:10]}))
     if e.unnormalized_inputs:
         causes.append(Cause("unnormalized_inputs", 0.5, {"unnormalized_inputs": True}))
+    causes += e.model_causes()
     if not causes:
         if fall >= 0.3:  # it learns, but cannot hold one batch: the model is too small for it
             causes.append(Cause("too_little_capacity", 0.5, {"fall": round(fall, 4)}))

@@ -69,7 +69,7 @@ NAMES = ["encoder.0.weight", "encoder.0.bias", "head.weight", "head.bias"]
 @pytest.mark.parametrize("missing, zero, nonfinite, stale, causes", [
     ([], [], [], None, []),
     (["encoder.0.weight", "encoder.0.bias"], [], [], None, ["gradient_flow_cut"]),
-    ([], ["head.bias"], [], None, ["gradient_flow_cut"]),
+    ([], ["head.bias"], [], None, ["dead_relu_units"]),  # exactly zero: usually a layer of dead ReLUs
     ([], [], ["head.weight"], None, ["non_differentiable_operation"]),
     ([], [], [], 0.95, ["stale_gradients"]),
     ([], [], [], 0.1, []),  # a few parameters reused across steps on purpose
@@ -95,6 +95,10 @@ def run(multiplier, start, end, steps=40):
      ["wrong_loss_for_task"]),
     ([run(m, 2.3, 2.0) for m in (1, 0.1, 10, 0.01, 100)], PreflightEvidence(stale_share=1.0), ["stale_gradients"]),
     ([run(m, 2.3, 1.2) for m in (1, 0.1, 10, 0.01, 100)], PreflightEvidence(), ["too_little_capacity"]),
+    ([run(m, 2.3, 2.2) for m in (1, 0.1, 10, 0.01, 100)], PreflightEvidence(grad_ratio=1e-5, saturating=True),
+     ["saturating_activations"]),  # gradients vanish before the first layer of a sigmoid stack
+    ([run(m, 2.3, 2.2) for m in (1, 0.1, 10, 0.01, 100)], PreflightEvidence(zero_gradient=["net.0"]),
+     ["dead_relu_units"]),
 ])
 def test_overfit_ladder(runs, evidence, causes):
     result, findings = check_overfit(runs, None, evidence)
@@ -106,12 +110,14 @@ def test_a_ladder_cut_short_by_the_clock_is_inconclusive():
     assert result.passed is None and findings == []
 
 
-@pytest.mark.parametrize("held, causes", [
-    ((2.3, 2.31, 2.35, 2.4), ["labels_mismatched"]),
-    ((2.3, 2.2, 1.5, 0.9), []),
+@pytest.mark.parametrize("held, evidence, causes", [
+    ((2.3, 2.31, 2.35, 2.4), PreflightEvidence(), ["labels_mismatched"]),
+    ((2.3, 2.2, 1.5, 0.9), PreflightEvidence(), []),
+    # identical hidden units (a constant init) learn slowly and carry little, whatever the labels
+    ((2.3, 2.31, 2.35, 2.4), PreflightEvidence(bad_init=["net.0"]), ["bad_initialization"]),
 ])
-def test_memorised_but_nothing_carries(held, causes):
-    _, findings = check_overfit([run(1.0, 2.3, 0.2)], HeldOutRun(1.0, held), PreflightEvidence())
+def test_memorised_but_nothing_carries(held, evidence, causes):
+    _, findings = check_overfit([run(1.0, 2.3, 0.2)], HeldOutRun(1.0, held), evidence)
     assert top_causes(findings) == causes
 
 
