@@ -17,7 +17,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_convergence.callbacks._layers import ForwardOrderRecorder, GroupBy, layer_of, ordered_layers
-from lightning_convergence.callbacks._sharding import ShardLayout, local_gradients
+from lightning_convergence.callbacks._sharding import ShardLayout, local_gradients, unreadable_sharding
 from lightning_convergence.callbacks._update_ratios import UpdateSample
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence import tags
@@ -141,6 +141,7 @@ class GradientNormMonitor(ConvergenceCallback):
         self.max_consecutive_skips = max_consecutive_skips
         self.backend = validate_backend(backend)
         self._tracks: dict[int, _Track] = {}
+        self._unreadable: str | None = None  # why this run's gradients cannot be read (FSDP1, DeepSpeed)
         self._pending_tracks: dict[int, dict] = {}
         self._order = ForwardOrderRecorder()
 
@@ -178,6 +179,12 @@ class GradientNormMonitor(ConvergenceCallback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._tracks = {}
+        # A capability check, the same on every rank: rank-local pieces of flat (FSDP1) or
+        # partitioned (DeepSpeed) parameters would give wrong norms, so say so and measure nothing.
+        self._unreadable = unreadable_sharding(trainer, pl_module)
+        if self._unreadable is not None:
+            self.warn(f"not measuring gradients: {self._unreadable}.")
+            return
         if not self._order.order:
             self._order.attach(pl_module)  # detached after the first optimizer step
 
@@ -189,7 +196,7 @@ class GradientNormMonitor(ConvergenceCallback):
     ) -> None:
         super().on_before_optimizer_step(trainer, pl_module, optimizer)
         self._order.detach()
-        if self.probing(trainer):
+        if self.probing(trainer) or self._unreadable is not None:
             return
         track = self._track(trainer, pl_module, optimizer)
         if not track.params:

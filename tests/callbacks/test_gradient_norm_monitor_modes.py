@@ -65,3 +65,22 @@ def test_bf16_nan_batch_is_skipped(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     report = json.load(open(os.path.join(tmp_path, REPORT_FILENAME)))
     assert [i["step"] for i in report["interventions"]] == [4]
+
+
+def test_unreadable_sharding_is_said_once_and_nothing_is_measured(tmp_path):
+    """Parameters flattened by FSDP1 (torch marks them ``_fsdp_flattened``): their rank-local pieces
+    would give wrong norms, so the monitor says what works instead and measures nothing, without
+    stopping the user's run."""
+    import warnings as _warnings
+
+    model = DigitsMLP()
+    model.net[0].weight._fsdp_flattened = True  # what FSDP1 sets on its flat views
+    monitor = GradientNormMonitor(log_every_n_steps=2)
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, logger=False, max_steps=4))
+        trainer.fit(model)
+    assert trainer.global_step == 4
+    said = [str(w.message) for w in caught if "not measuring gradients" in str(w.message)]
+    assert len(said) == 1 and "FSDP1" in said[0] and "fully_shard" in said[0]
+    assert monitor.records()["diagnoses"] == [] and not monitor._tracks
