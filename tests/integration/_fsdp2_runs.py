@@ -127,6 +127,9 @@ def main(run: str, strategy_name: str, out: str) -> None:
     if run == "norms":  # the observing suite, and the acting clipper at p=10 (clips most steps)
         callbacks = default_callbacks(log_every_n_steps=2) + [AutoClip(percentile=10, log_every_n_steps=2)]
         model, steps = Digits(), dict(max_steps=6)
+    elif run == "agc":  # AGC alone at a tight factor (clips most units): local rows under FSDP2
+        callbacks, model, steps = [AutoClip(mode="agc", clip_factor=1e-3, log_every_n_steps=2)], Digits(), \
+            dict(max_steps=6)
     elif run == "nan":
         callbacks, model, steps = default_callbacks(auto_remediate=True, log_every_n_steps=3), Digits(nan_rank1=True), \
             dict(max_steps=8)

@@ -55,6 +55,20 @@ def test_fsdp2_norms_equal_ddp_and_autoclip_clips_alike(tmp_path):
     assert fsdp[0]["records"] == fsdp[1]["records"]
 
 
+def test_fsdp2_agc_clips_each_unit_as_ddp_does(tmp_path):
+    """AGC (per output unit, gradient norm capped at 1e-3 x the unit's weight norm, so nearly every
+    unit is clipped): under FSDP2 each rank clips the rows it holds, biases merged over the ranks;
+    the final weights equal DDP's and both ranks agree."""
+    fsdp = _run(tmp_path, "agc", "fsdp2")
+    ddp = _run(tmp_path, "agc", "ddp")
+    assert fsdp[0]["checksum"] == fsdp[1]["checksum"]
+    worst = max(abs(a - b) for a, b in zip(fsdp[0]["weights"], ddp[0]["weights"]))
+    scale = max(abs(b) for b in ddp[0]["weights"])
+    assert worst <= 1e-5 * scale, worst
+    clipped = [i for i in fsdp[0]["records"]["AutoClip"]["interventions"] if i["action"] == "clip"]
+    assert clipped and clipped == [i for i in ddp[0]["records"]["AutoClip"]["interventions"] if i["action"] == "clip"]
+
+
 def test_fsdp2_nan_on_one_rank_skips_on_both_without_a_hang(tmp_path):
     ranks = _run(tmp_path, "nan", "fsdp2")
     assert ranks[0]["finite"] and ranks[1]["finite"]
