@@ -180,12 +180,14 @@ class RecoveryPolicy:
         return 1.0 if done is None else warmup_factor("linear", done, self.rewarmup_steps)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"snapshot_step": self.snapshot_step, "rollback_step": self.rollback_step,
-                "failed_recoveries": self.failed_recoveries, "raised_lr": self.raised_lr}
+        # A snapshot lives in host memory only: after a resume there is none until the next
+        # steady window (which takes one whatever the loss did), so neither its step nor its loss
+        # is part of the state. A rollback after a resume returns there, where the uninterrupted
+        # run may return to an older snapshot.
+        return {"rollback_step": self.rollback_step, "failed_recoveries": self.failed_recoveries,
+                "raised_lr": self.raised_lr}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # A snapshot lives in host memory only: after a resume there is none until the next
-        # steady window, so snapshot_step is not restored.
         self.rollback_step = state.get("rollback_step")
         self.failed_recoveries = int(state.get("failed_recoveries", 0))
         self.raised_lr = bool(state.get("raised_lr", False))
