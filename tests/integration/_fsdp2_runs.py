@@ -85,7 +85,8 @@ class Probe(L.Callback):
         # full_tensor() is a collective per parameter: every rank calls it, in the same order.
         weights = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in pl_module.parameters()]
         flat = torch.cat([w.detach().reshape(-1) for w in weights])
-        records = {type(c).__name__: c.records() for c in trainer.callbacks if hasattr(c, "records")}
+        records = {type(c).__name__ + (f":{c.mode}" if isinstance(c, AutoClip) else ""): c.records()
+                   for c in trainer.callbacks if hasattr(c, "records")}
         result = {"steps": self.steps, "checksum": float(flat.double().sum()), "weights": flat.tolist(),
                   "finite": bool(torch.isfinite(flat).all()), "records": records, "global_step": trainer.global_step}
         with open(os.path.join(self.out, f"{self.run}_rank{trainer.global_rank}.json"), "w") as handle:
@@ -124,12 +125,11 @@ def main(run: str, strategy_name: str, out: str) -> None:
     else:
         strategy = DDPStrategy(timeout=timedelta(seconds=60))
     tag = f"{run}_{strategy_name}"
-    if run == "norms":  # the observing suite, and the acting clipper at p=10 (clips most steps)
-        callbacks = default_callbacks(log_every_n_steps=2) + [AutoClip(percentile=10, log_every_n_steps=2)]
+    if run == "norms":  # the observing suite, the clipper at p=10 (clips most steps), then AGC at a
+        # tight factor (clips most units: local rows under FSDP2); both in one launch
+        callbacks = default_callbacks(log_every_n_steps=2) + [AutoClip(percentile=10, log_every_n_steps=2),
+                                                              AutoClip(mode="agc", clip_factor=1e-3, log_every_n_steps=2)]
         model, steps = Digits(), dict(max_steps=6)
-    elif run == "agc":  # AGC alone at a tight factor (clips most units): local rows under FSDP2
-        callbacks, model, steps = [AutoClip(mode="agc", clip_factor=1e-3, log_every_n_steps=2)], Digits(), \
-            dict(max_steps=6)
     elif run == "nan":
         callbacks, model, steps = default_callbacks(auto_remediate=True, log_every_n_steps=3), Digits(nan_rank1=True), \
             dict(max_steps=8)
