@@ -139,9 +139,14 @@ def check_overfit(runs: Sequence[OverfitRun], held: HeldOutRun | None, evidence:
                 f"{OVERFIT_FALL:.0%} of the start)" + (f", nor at {', '.join(f'{r.multiplier:g}x' for r in runs[1:])} "
                                                        "the learning rate" if len(runs) > 1 else "")
                 + ". That is a bug or a setup that cannot learn, not a tuning problem.")
-        findings.append(finding("no_learning", "warning", seen, step=0,
+        causes = _overfit_causes(first, evidence) + _ladder_trend(runs)
+        # Measured on the sweep's outcomes: a failed overfit with no evidence of a cause was a false
+        # alarm on runs that converged (an SGD transformer memorises slowly): info, unless a cause
+        # has evidence of its own.
+        evidenced = any(c.evidence for c in causes)
+        findings.append(finding("no_learning", "warning" if evidenced else "info", seen, step=0,
                                 evidence={"start": first.start, "best": first.best, "fall": first.fall},
-                                causes=_overfit_causes(first, evidence)))
+                                causes=causes))
     held_fall = None if held is None else held.fall
     numbers["heldout"] = None if held is None else {"lr_multiplier": held.multiplier, "losses": list(held.heldout),
                                                     "fall": held_fall}
@@ -188,10 +193,23 @@ def _overfit_causes(run: OverfitRun, e: PreflightEvidence) -> tuple[Cause, ...]:
     causes += e.model_causes()
     if not causes:
         if fall >= 0.3:  # it learns, but cannot hold one batch: the model is too small for it
-            causes.append(Cause("too_little_capacity", 0.5, {"fall": round(fall, 4)}))
+            causes.append(Cause("too_little_capacity", 0.5))  # a guess from the shape, not evidence
         causes += [Cause("wrong_loss_for_task", 0.3), Cause("learning_rate_too_low", 0.2),
                    Cause("gradient_flow_cut", 0.15)]
     return tuple(causes)
+
+
+def _ladder_trend(runs: Sequence[OverfitRun]) -> tuple[Cause, ...]:
+    """A learning rate too low, when no rate memorised the batch but the loss fell more the higher
+    the rate: the highest rate tried fell the most, and at least twice as much as the configured one."""
+    higher = [run for run in runs if run.multiplier > 1]
+    if not higher or not runs:
+        return ()
+    top = max(higher, key=lambda run: run.multiplier)
+    if top.fall >= max(run.fall for run in runs) and top.fall >= 2 * runs[0].fall and top.fall > 0.05:
+        return (Cause("learning_rate_too_low", 0.7, {"fall_at_configured": round(runs[0].fall, 4),
+                                                      f"fall_at_{top.multiplier:g}x": round(top.fall, 4)}),)
+    return ()
 
 
 def check_learning_rate(pick: float | None, diverged_at: float | None, lrs: Sequence[float],

@@ -65,7 +65,7 @@ BUGS = {
 @pytest.mark.parametrize("name", sorted(BUGS))
 def test_each_bug_is_named_at_step_0_with_the_right_top_cause(tmp_path, name):
     make, cause = BUGS[name]
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     fit(make(), [check], tmp_path)
     found = warnings_of(check)
     assert found, f"{name}: no warning; checks: {check.section}"
@@ -76,7 +76,7 @@ def test_each_bug_is_named_at_step_0_with_the_right_top_cause(tmp_path, name):
 
 
 def test_the_cut_off_part_is_named_by_its_module_path(tmp_path):
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     fit(FrozenEncoder(), [check], tmp_path)
     gradients = next(c for c in check.section["checks"] if c["check"] == "gradients")
     assert gradients["numbers"]["no_gradient"] == ["encoder"]
@@ -118,7 +118,7 @@ def test_the_run_after_it_is_bit_identical_to_one_without_it(tmp_path, suite):
         return [c for c in default_callbacks() if not isinstance(c, PreflightCheck)] if suite else []
 
     without = final_weights(BatchNormDropout, others(), tmp_path / "without")
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     with_check = final_weights(BatchNormDropout, [check, *others()], tmp_path / "with")
     assert check.section["ran"]
     assert torch.equal(without, with_check)
@@ -131,14 +131,14 @@ def test_manual_optimisation_restores_exactly_too(tmp_path):
             super().training_step(batch, batch_idx)
 
     without = final_weights(Manual, [], tmp_path / "without", steps=10)
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     with_check = final_weights(Manual, [check], tmp_path / "with", steps=10)
     assert check.section["passed"], check.section
     assert torch.equal(without, with_check)
 
 
 def test_report_section_console_and_tensorboard(tmp_path, capsys):
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     fit(SoftmaxBeforeCrossEntropy(), [check], tmp_path, logger=True, max_steps=2)
     report_path = next(os.path.join(root, f) for root, _, files in os.walk(tmp_path) for f in files
                        if f == "convergence_report.json")
@@ -155,7 +155,7 @@ def test_report_section_console_and_tensorboard(tmp_path, capsys):
 
 
 def test_acting_applies_the_measured_rate_through_the_shared_lr_control(tmp_path):
-    check = PreflightCheck(enabled=True, auto_remediate=True)
+    check = PreflightCheck(enabled=True, auto_remediate=True, max_seconds=600.0)
     trainer = fit(Zoo(CNN(lr=5.0), images=True), [check], tmp_path, logger=True, max_steps=3)
     [scale] = [i for i in check.records()["interventions"] if i["action"] == "lr_scale"]
     assert scale["detail"]["reason"] == "lr_range_test" and scale["step"] == 0
@@ -168,24 +168,24 @@ def test_acting_applies_the_measured_rate_through_the_shared_lr_control(tmp_path
     ({"fast_dev_run": 1}, "fast_dev_run"),
 ])
 def test_refuses_politely(tmp_path, overrides, reason):
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     fit(Digits(), [check], tmp_path, **overrides)
     assert check.section == {"ran": False, "reason": "fast_dev_run is on"}
 
 
 def test_refuses_several_manual_optimizers(tmp_path):
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     fit(TwoOptimizers(), [check], tmp_path)
     assert check.section == {"ran": False, "reason": "manual optimisation with several optimizers"}
 
 
 def test_refuses_a_resumed_fit_and_keeps_the_first_section(tmp_path):
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     trainer = fit(Digits(), [check], tmp_path, max_steps=2)
     path = str(tmp_path / "last.ckpt")
     trainer.save_checkpoint(path)
     first = check.section
-    resumed = PreflightCheck(enabled=True)
+    resumed = PreflightCheck(enabled=True, max_seconds=600.0)
     trainer = L.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path, max_steps=4, logger=False))
     trainer.fit(Digits(), ckpt_path=path)
     assert resumed.section == first
@@ -221,7 +221,7 @@ def test_a_failing_training_step_is_reported_and_the_run_meets_it(tmp_path):
         def training_step(self, batch, batch_idx):
             raise ValueError("user bug")
 
-    check = PreflightCheck(enabled=True)
+    check = PreflightCheck(enabled=True, max_seconds=600.0)
     with pytest.raises(ValueError, match="user bug"):
         fit(Fails(), [check], tmp_path)
     assert check.section["checks"][0]["note"] == "ValueError: user bug"

@@ -66,7 +66,7 @@ def run(tmp_path, make_model, tag, callbacks, steps=6):
 
 def test_healthy_run_is_unchanged_and_both_ranks_agree(tmp_path):
     without = run(tmp_path, BatchNormDropout, "without", [])
-    with_check = run(tmp_path, BatchNormDropout, "with", [PreflightCheck(enabled=True)])
+    with_check = run(tmp_path, BatchNormDropout, "with", [PreflightCheck(enabled=True, max_seconds=600.0)])
     assert with_check[0]["passed"] == with_check[1]["passed"]
     assert all(with_check[0]["passed"].values()), with_check[0]["passed"]
     # BatchNorm's running statistics are each rank's own; the weights are the same on both ranks.
@@ -75,7 +75,7 @@ def test_healthy_run_is_unchanged_and_both_ranks_agree(tmp_path):
 
 
 def test_a_rate_too_high_is_named_and_cut_alike_on_both_ranks(tmp_path):
-    ranks = run(tmp_path, TooHighCNN, "acting", [PreflightCheck(enabled=True, auto_remediate=True)], steps=3)
+    ranks = run(tmp_path, TooHighCNN, "acting", [PreflightCheck(enabled=True, auto_remediate=True, max_seconds=600.0)], steps=3)
     assert ranks[0]["causes"] == ranks[1]["causes"] == ["learning_rate_too_high"]
     assert ranks[0]["interventions"] == ranks[1]["interventions"]
     [scale] = ranks[0]["interventions"]
