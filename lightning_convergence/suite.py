@@ -28,7 +28,7 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
         auto_remediate: ``False``: the suite only observes; training is bit-identical to a run
             without it. ``True``: the monitors act on what they diagnose, and AutoClip joins in
             z-score mode tuned to touch outlier steps only (``z_thresh=4``, ``alpha=0.9``,
-            ``clip_warmup_steps=10``). PreflightCheck is in both, and runs when its steps cost at
+            ``min_ratio=10``, ``clip_warmup_steps=10``). PreflightCheck is in both, and runs when its steps cost at
             most 2% of the planned run. WarmupScheduler joins when ``warmup_steps`` (or
             ``WarmupScheduler={...}``) is given, with ``auto_remediate=True`` only.
         **overrides: either a callback's class name with a dict of its arguments

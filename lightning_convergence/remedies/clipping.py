@@ -97,11 +97,18 @@ class ZScoreThreshold:
     outlier, the harder the clip), and the EMA is updated with the clipped value, so a spike does
     not inflate the statistics. Non-finite norms are ignored. Everything runs on the device.
 
+    ``min_ratio`` (1: ZClip as published) adds a second condition: a norm is an outlier only when
+    it is also at least ``min_ratio`` times the running mean. With a fast EMA the variance of a
+    steady phase is small, so a step at 2-5x the mean already has a z-score of 4; such steps
+    are ordinary on a healthy run near its best learning rate, while a gradient spike that wrecks
+    a run is 100x or more (see :class:`~lightning_convergence.callbacks.autoclip.AutoClip`).
+
     Args:
         z_thresh: z-score above which a norm is clipped.
         alpha: EMA smoothing of mean and variance.
         eps: added to sigma in the z-score.
         warmup_steps: finite norms collected before the EMA starts.
+        min_ratio: least multiple of the running mean a clipped norm has (>= 1).
 
     Example:
         >>> import torch
@@ -111,8 +118,10 @@ class ZScoreThreshold:
         True
     """
 
-    def __init__(self, z_thresh: float = 2.5, alpha: float = 0.97, eps: float = 1e-6, warmup_steps: int = 25) -> None:
+    def __init__(self, z_thresh: float = 2.5, alpha: float = 0.97, eps: float = 1e-6, warmup_steps: int = 25,
+                 min_ratio: float = 1.0) -> None:
         self.z_thresh = z_thresh
+        self.min_ratio = min_ratio
         self.alpha = alpha
         self.eps = eps
         self.warmup_steps = warmup_steps
@@ -123,13 +132,14 @@ class ZScoreThreshold:
         self._state.declare("warmup_norms", max(warmup_steps, 1), "first")
 
     def onset(self) -> Tensor:
-        """The norm above which the next step is clipped, ``mean + z_thresh * std`` of the EMA
-        (0-d, on the device; inf before the warm-up ends). The clip threshold itself depends on
+        """The norm above which the next step is clipped, ``mean + z_thresh * std`` of the EMA or
+        ``min_ratio * mean``, whichever is higher (0-d, on the device; inf before the warm-up ends). The clip threshold itself depends on
         how far above it a norm lands (reciprocal clipping), so this is the line to plot."""
         if not self._state.allocated:
             return torch.tensor(math.inf, dtype=torch.float64)
         state = self._state
-        return torch.where(state["initialised"] > 0, state["mean"] + self.z_thresh * state["var"].sqrt(), math.inf)
+        line = torch.maximum(state["mean"] + self.z_thresh * state["var"].sqrt(), self.min_ratio * state["mean"])
+        return torch.where(state["initialised"] > 0, line, math.inf)
 
     def update(self, norm: Tensor) -> Tensor:
         """Return this step's threshold for ``norm`` (0-d; inf: no clipping) and update the EMA."""
@@ -146,7 +156,7 @@ class ZScoreThreshold:
         mean, var, count, initialised = state["mean"], state["var"], state["count"], state["initialised"] > 0
         std = var.sqrt()
         z = (x - mean) / (std + self.eps)
-        spike = initialised & finite & (z > self.z_thresh)
+        spike = initialised & finite & (z > self.z_thresh) & (x >= self.min_ratio * mean)
         threshold = torch.where(spike, mean + self.z_thresh**2 * std / z, math.inf)
         effective = torch.where(spike, threshold, x)
         new_mean = self.alpha * mean + (1 - self.alpha) * effective

@@ -243,6 +243,8 @@ def test_unreadable_sharding_is_refused_by_capability_not_by_name(tmp_path):
         ({"alpha": 1.0}, ValueError, "`alpha`.*1.0"),
         ({"alpha": float("inf")}, ValueError, "`alpha`.*inf"),
         ({"max_norm": 0.0}, ValueError, "`max_norm`.*0.0"),
+        ({"min_ratio": 0.5}, ValueError, "`min_ratio`.*0.5"),
+        ({"min_ratio": "10"}, TypeError, "`min_ratio`.*'10'"),
         ({"clip_factor": "0.01"}, TypeError, "`clip_factor`.*'0.01'"),
         ({"eps": 0}, ValueError, "`eps`.*0"),
         ({"clip_warmup_steps": -1}, ValueError, "`clip_warmup_steps`.*-1"),

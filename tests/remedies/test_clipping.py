@@ -89,6 +89,20 @@ def test_zscore_matches_zclip_without_its_cap():
     assert 30 in clipped_steps and 12 in clipped_steps  # the spikes after warm-up were clipped
 
 
+@pytest.mark.parametrize("spike, clipped", [(2.0, False), (4.5, False), (5.5, True), (100.0, True)])
+def test_zscore_min_ratio_clips_only_norms_that_many_times_the_mean(spike, clipped):
+    """With a steady norm the z-score of any rise is huge; ``min_ratio`` asks for size as well."""
+    plain, sized = ZScoreThreshold(z_thresh=4.0, alpha=0.9, warmup_steps=5), ZScoreThreshold(
+        z_thresh=4.0, alpha=0.9, warmup_steps=5, min_ratio=5.0)
+    for value in [1.0, 1.01, 0.99, 1.0, 1.02, 1.0, 0.98]:
+        plain.update(torch.tensor(value))
+        sized.update(torch.tensor(value))
+    # The line plotted: the higher of mean + z * std and min_ratio * mean.
+    assert sized.onset().item() == pytest.approx(5.0 * sized.statistics()["mean"], rel=1e-9)
+    assert math.isfinite(plain.update(torch.tensor(spike)).item())  # ZClip as published clips every one
+    assert math.isfinite(sized.update(torch.tensor(spike)).item()) == clipped
+
+
 def test_zscore_ignores_non_finite_norms():
     rule = ZScoreThreshold(warmup_steps=3)
     for value in [1.0, math.nan, 1.1, math.inf, 0.9]:
