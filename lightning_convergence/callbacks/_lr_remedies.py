@@ -30,26 +30,33 @@ class LRRemedies:
     _before: Any
     _regime: Any
     _probe: Any
+    _policy: Any
 
     def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int,
-               detail: dict | None = None) -> None:
+               detail: dict | None = None, loss_before: float | None = None) -> None:
+        """Scale the LR; a remedy's is judged at the next window against the loss now and undone
+        to the state now if it hurt. ``loss_before``: a rollback came first, and ``_before``
+        already holds the state from before it, at this loss."""
+        judged_from = self._regime.ema if loss_before is None else loss_before
         if reason in ("learning_rate_too_low", "learning_rate_too_high", "plateau", "lr_range_test") \
-                and self._regime.ema is not None:
-            # Judged at the next window against the loss now; undone from this state if it hurt
-            # (a range test's raise answers a learning rate too low, and is blocked with it).
-            self._before.take(trainer.lightning_module, trainer.optimizers, step)
+                and judged_from is not None:
+            # (a range test's raise answers a learning rate too low, and is blocked with it)
+            if loss_before is None:
+                self._before.take(trainer.lightning_module, trainer.optimizers, step)
             cause = "learning_rate_too_low" if reason == "lr_range_test" else reason
-            self._check.open(cause, step, self._regime.ema, multipliers[0][0] if multipliers.get(0) else 1.0)
+            self._check.open(cause, step, judged_from, multipliers[0][0] if multipliers.get(0) else 1.0)
             self.context(trainer).lr_remedy_pending = self._check.pending is not None
         for change in self._factors.scale(trainer.optimizers, multipliers):
-            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": self._regime.ema,
+            self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": judged_from,
                                                                  **change, **(detail or {})})
 
     def _cut_if_named_too_high(self, trainer: Trainer, step: int, answered: bool) -> None:
         """A warning of any callback since the last window whose top cause is a learning rate too
         high, named by the update ratios (dead units, exploding gradients, ...; a rule's own
         evidence, such as the dead units' negative biases, names a bad initialization as well): the LR x
-        ``divergence_factor``, judged at the next window like every LR remedy; at most
+        ``divergence_factor``, after a rollback to the last snapshot when the smoothed loss is not
+        below the snapshot's (``RecoveryPolicy.rollback_before_cut``), judged at the next window
+        against the loss before both, like every LR remedy; at most
         :data:`MAX_HIGH_CUTS` per fit, one verdict at a time. Not when this window's divergence or
         oscillation was ``answered`` already, and divergence and oscillation never count here
         (their own remedy answers them)."""
@@ -57,11 +64,23 @@ class LRRemedies:
         seen = len(log) if self._seen_diagnoses is None else self._seen_diagnoses  # None: the first after a resume
         self._seen_diagnoses = len(log)
         kind = named_too_high(log[seen:])
-        if (kind is not None and not answered and self._high_cuts < MAX_HIGH_CUTS
-                and self._check.allowed("learning_rate_too_high")):
-            self._high_cuts += 1
-            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
-                        "learning_rate_too_high", step, {"named_by": kind})
+        if (kind is None or answered or self._high_cuts >= MAX_HIGH_CUTS
+                or not self._check.allowed("learning_rate_too_high")):
+            return
+        self._high_cuts += 1
+        # Roll back first when that loses nothing (the loss is not below the snapshot's): a run
+        # that collapsed at the high rate starts again from its last good state at the lower one.
+        loss, module = self._regime.ema, trainer.lightning_module
+        rollback = self._policy.rollback_before_cut(step, loss)
+        rolled = False
+        if rollback is not None:
+            self._before.take(module, trainer.optimizers, step)  # an undo returns to the run as it was
+            rolled = self._roll_back(trainer, module, rollback, step)
+            if not rolled:
+                self._before.clear()
+        self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
+                    "learning_rate_too_high", step, {"named_by": kind, "rolled_back": rolled},
+                    loss_before=loss if rolled else None)
 
     @property
     def _probe_running(self) -> bool:
@@ -86,6 +105,9 @@ class LRRemedies:
         the LR before it), or say why the LR stays."""
         step, detail = trainer.global_step, {"probe_start_step": self._probe.start_step, **result.detail()}
         if result.pick is None or result.pick < MIN_RANGE_RAISE:
+            # The measured curve found no higher rate that does better: no raise for a learning
+            # rate too low in this fit, neither a second probe nor the update ratios' estimate.
+            self._check.block("learning_rate_too_low")
             # The probe's steps were spent all the same: recorded, as a scale by 1.
             self.record_intervention(trainer, "lr_scale", step, {"reason": "lr_range_test", "factor": [1.0],
                                                                  "applied": False, **detail})

@@ -217,6 +217,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         # converge later). While the scheduled LR still rises (a warmup), small updates are its doing.
         early = ratio if self.is_acting(trainer) and not warming else None
         findings = [self.rank(trainer, f) for f in self._regime.evaluate(steps, losses, early)]
+        self._policy.credit_start(self._regime.initial)  # the start snapshot's loss, once known
         self._late.observe(step, self._regime.ema, ratio)
         metrics = {tags.LOSS_TRAIN_EMA: self._regime.ema, tags.LOSS_BEST_EMA: self._regime.best,
                    tags.lr_factor("plateau_advisor"): self.factor_of(0, 0)}
@@ -261,17 +262,24 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
                     trainer, rollback_path(trainer, self.state_key)))
                 self._regime.mark()
             elif action.kind == "rollback":
-                if self._snapshot.restore(pl_module, trainer.optimizers,
-                                          load=lambda path: load_rollback_checkpoint(trainer, path)) is None:
-                    self._say_no_rollback(trainer, step)
-                    continue
-                self._regime.restart_from_mark()
-                close_guards(self.context(trainer))  # what they would restore is gone
-                self._check.pending = None
-                self._before.clear()
-                self.record_intervention(trainer, "rollback", step, dict(action.detail))
+                if self._roll_back(trainer, pl_module, action, step):
+                    self._before.clear()
             elif action.kind == "stop":  # every rank judged the same averaged numbers
                 self.stop_training(trainer, step, action.reason, action.detail, action.finding)
+
+    def _roll_back(self, trainer: Trainer, pl_module: LightningModule, action: Action, step: int) -> bool:
+        """Restore the last snapshot (weights, optimizer state) and the loss regime's mark; the
+        guards and the open check close (what they would restore is gone). False: no snapshot
+        could be restored, said once."""
+        if self._snapshot.restore(pl_module, trainer.optimizers,
+                                  load=lambda path: load_rollback_checkpoint(trainer, path)) is None:
+            self._say_no_rollback(trainer, step)
+            return False
+        self._regime.restart_from_mark()
+        close_guards(self.context(trainer))
+        self._check.pending = None
+        self.record_intervention(trainer, "rollback", step, {"reason": action.reason, **action.detail})
+        return True
 
     def _say_no_rollback(self, trainer: Trainer, step: int) -> None:
         if not self._said_no_rollback:

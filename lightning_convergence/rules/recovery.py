@@ -42,7 +42,8 @@ class Action:
 class RecoveryPolicy:
     """Divergence: cut the LR and roll back to the last steady snapshot, then ramp the LR up
     again over ``rewarmup_steps``; after ``max_recoveries`` rollbacks without a steady window
-    in between, stop. Oscillation: cut the LR. A learning rate too low (named by evidence):
+    in between, stop. A learning rate too high named by evidence: roll back before the caller's
+    LR cut when that loses no progress (:meth:`rollback_before_cut`). Oscillation: cut the LR. A learning rate too low (named by evidence):
     raise it by the measured factor. No learning without that evidence: raise the LR tenfold,
     once, if asked. A kind whose top cause is in the user's code: nothing.
     Overfitting (found at a validation check): stop, if asked.
@@ -97,6 +98,7 @@ class RecoveryPolicy:
         self.stop_on_overfit = stop_on_overfit
         self.snapshot_step: int | None = None
         self.snapshot_loss: float | None = None  # the window's loss when the last snapshot was taken
+        self._at_start = False  # the last snapshot is the one taken when training started
         self.rollback_step: int | None = None  # the start of the re-warmup, while one runs
         self.failed_recoveries = 0
         self.raised_lr = False
@@ -104,9 +106,29 @@ class RecoveryPolicy:
     def start(self, step: int) -> list[Action]:
         """When training starts: its first weights are the first steady state to return to."""
         if self.rollback and self.snapshot_step is None:
-            self.snapshot_step = step
+            self.snapshot_step, self.snapshot_loss, self._at_start = step, None, True
             return [Action("snapshot")]
         return []
+
+    def credit_start(self, loss: float | None) -> None:
+        """Give the snapshot taken at the start the loss the run started at (known only once the
+        first window is judged), so that a window replaces it only after the loss fell
+        :data:`STALE_FALL` below that. A run that never learned (or collapsed at once) keeps its
+        first weights to return to, not a collapsed state."""
+        if self._at_start and self.snapshot_loss is None and loss is not None:
+            self.snapshot_loss = loss
+
+    def rollback_before_cut(self, step: int, loss: float | None) -> Action | None:
+        """A rollback to the last snapshot before an LR cut for a learning rate too high, when
+        it loses nothing: the smoothed ``loss`` now is not :data:`STALE_FALL` below the loss the
+        snapshot was taken at (a run that collapsed or stalled returns to where it was well,
+        and starts again from there at the lower LR). ``None`` when there is no snapshot (or it
+        was taken at this step), no loss to compare, or the run made progress since it."""
+        if (not self.rollback or self.snapshot_step is None or self.snapshot_step >= step
+                or self.snapshot_loss is None or loss is None or loss < (1 - STALE_FALL) * self.snapshot_loss):
+            return None
+        return Action("rollback", "learning_rate_too_high", detail={
+            "to_step": self.snapshot_step, "loss_at_snapshot": self.snapshot_loss, "loss_now": loss})
 
     def on_window(self, kinds: list[str], steady: bool, step: int, hold: frozenset[str] | set[str] = frozenset(),
                   raise_by: float | None = None, loss: float | None = None) -> list[Action]:
@@ -164,7 +186,7 @@ class RecoveryPolicy:
             due = last is None or loss is None or self.snapshot_loss is None or loss < (1 - STALE_FALL) * self.snapshot_loss
         if not due:
             return []
-        self.snapshot_step, self.snapshot_loss = step, loss
+        self.snapshot_step, self.snapshot_loss, self._at_start = step, loss, False
         return [Action("snapshot")]
 
     def rewarmup_progress(self, step: int) -> int | None:

@@ -278,7 +278,10 @@ def test_a_learning_rate_too_low_is_raised_by_the_measured_amount_and_undone_whe
 
     L.seed_everything(0, verbose=False)
     model = HurtByAHigherLR(lr=1e-6)
-    callbacks = default_callbacks(auto_remediate=True, AutoClip=None, log_every_n_steps=10)
+    # Without the range test: the raise by the update ratios' estimate (the probe would measure
+    # the planted harm first: see the next test).
+    callbacks = default_callbacks(auto_remediate=True, AutoClip=None, log_every_n_steps=10,
+                                  PlateauAdvisor={"range_test_steps": None})
     trainer = fit(tmp_path, model, callbacks, max_epochs=14)
     advisor = next(c for c in callbacks if isinstance(c, PlateauAdvisor))
     records = advisor._records_state(trainer)
@@ -292,6 +295,21 @@ def test_a_learning_rate_too_low_is_raised_by_the_measured_amount_and_undone_whe
     with open(os.path.join(tmp_path, "convergence_report.json")) as handle:
         summary = json.load(handle)["summary"]
     assert summary["healthy"] is False and "undo" in summary["remedied"]
+
+
+def test_a_range_test_that_finds_no_better_rate_rules_out_every_raise(tmp_path):
+    """The same run with the range test: its curve shows the planted harm of any higher rate, so
+    it picks nothing, and no raise follows for the rest of the fit (not the update ratios'
+    estimate, not a second probe): the run keeps its rate, and its report says why."""
+    from lightning_convergence import default_callbacks
+
+    L.seed_everything(0, verbose=False)
+    callbacks = default_callbacks(auto_remediate=True, AutoClip=None, log_every_n_steps=10)
+    trainer = fit(tmp_path, HurtByAHigherLR(lr=1e-6), callbacks, max_epochs=14)
+    advisor = next(c for c in callbacks if isinstance(c, PlateauAdvisor))
+    scales = interventions(advisor, trainer, "lr_scale")
+    assert [(i["detail"]["reason"], i["detail"]["applied"]) for i in scales] == [("lr_range_test", False)]
+    assert _lr_used(trainer) == [pytest.approx(1e-6)] and advisor.factor_of(0, 0) == 1.0
 
 
 class NamesTheLRTooHigh(L.Callback):
@@ -329,3 +347,26 @@ def test_a_warning_whose_top_cause_is_a_learning_rate_too_high_cuts_it_whatever_
     if cuts:
         assert found[0]["step"] == 19 and found[0]["detail"]["factor"] == [pytest.approx(0.1)]
         assert found[0]["detail"]["named_by"] == kind
+
+
+@pytest.mark.parametrize("lr,at,rolled_back", [(1e-7, 22, True), (0.05, 52, False)])
+def test_a_cut_for_a_learning_rate_too_high_rolls_back_first_when_that_loses_nothing(tmp_path, lr, at, rolled_back):
+    """At 1e-7 the loss never leaves its start: the cut returns to the weights of step 0 first
+    (a run that collapsed at a high rate starts again at the lower one), and is judged against
+    the loss before the rollback. At 0.05 the loss fell by step 59 and that window's snapshot
+    is the state now: there is nothing better to return to, so only the LR is cut."""
+    L.seed_everything(0, verbose=False)
+    advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=10)
+    planted = NamesTheLRTooHigh(at, "dead_units", {"update_ratio_peak": 0.5})
+    trainer = fit(tmp_path, DigitsMLP(lr=lr), [planted, advisor], max_epochs=4)
+    cut = [i for i in interventions(advisor, trainer, "lr_scale") if i["detail"]["reason"] == "learning_rate_too_high"]
+    rollbacks = interventions(advisor, trainer, "rollback")
+    assert len(cut) == 1 and cut[0]["step"] == at + 7 and cut[0]["detail"]["rolled_back"] is rolled_back
+    if not rolled_back:
+        assert rollbacks == []
+        return
+    assert [r["step"] for r in rollbacks] == [at + 7]
+    detail = rollbacks[0]["detail"]
+    assert detail["reason"] == "learning_rate_too_high" and detail["to_step"] == 0
+    assert detail["loss_now"] >= 0.95 * detail["loss_at_snapshot"]
+    assert cut[0]["detail"]["loss_before"] == pytest.approx(detail["loss_now"])  # judged from before both

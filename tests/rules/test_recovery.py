@@ -102,3 +102,29 @@ def test_a_snapshot_is_replaced_only_when_the_loss_fell_since(losses, snapshots)
     taken = [step for step, loss in zip((50, 100, 150, 200), losses)
              if [a.kind for a in policy.on_window([], True, step, loss=loss)] == ["snapshot"]]
     assert taken == snapshots
+
+
+@pytest.mark.parametrize("start_loss, losses, rollback_to", [
+    (2.3, [2.31, 2.30, 2.29], 0),  # never below the start: the first weights are kept, and returned to
+    (2.3, [2.0, 2.05, 2.04], 50),  # fell 13% by step 50: that window's snapshot, no worse since
+    (2.3, [2.0, 1.5, 1.2], None),  # the snapshot was taken at this very window: nothing to return to
+    (None, [2.31, 2.30, 2.29], 50),  # no start loss known: the first steady window replaced step 0's
+])
+def test_the_start_snapshot_is_credited_with_the_start_loss_and_a_cut_rolls_back_to_it(start_loss, losses,
+                                                                                       rollback_to):
+    policy = RecoveryPolicy()
+    policy.start(step=0)
+    for step, loss in zip((50, 100, 150), losses):
+        policy.credit_start(start_loss)
+        policy.on_window([], True, step, loss=loss)
+    action = policy.rollback_before_cut(150, losses[-1])
+    assert (action.detail["to_step"] if action else None) == rollback_to
+    if action is not None:
+        assert (action.kind, action.reason) == ("rollback", "learning_rate_too_high")
+
+
+def test_no_rollback_before_a_cut_when_rollbacks_are_off():
+    policy = RecoveryPolicy(rollback=False)
+    policy.start(step=0)
+    policy.credit_start(2.3)
+    assert policy.rollback_before_cut(50, 2.4) is None
