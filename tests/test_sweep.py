@@ -85,3 +85,18 @@ def test_the_quick_subset_runs_and_its_tables_match_its_records(tmp_path):
     md = (tmp_path / "sweep.md").read_text()
     t = payload["scores"]["tuning"]
     assert f"| recall: failed runs with a warning+ | {t['recalled']}/{t['failed']}" in md
+
+
+def test_observed_runs_are_taken_from_a_saved_sweep_only_when_every_one_is_there(tmp_path):
+    from benchmarks.sweep.run import observed_records
+
+    work = jobs(archs=("mlp",), optimizers=("sgdm",), seeds=(0,), lrs_per_setup=2, errors=False, remediate=True)
+    observed = [j for j in work if not j.remediate]
+    saved = [{"arch": j.arch, "optimizer": j.optimizer, "lr": j.lr, "seed": j.seed, "error": j.error,
+              "remediate": False, "outcome": 1.0} for j in observed]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"records": saved + [{**saved[0], "remediate": True}]}))
+    assert observed_records(path, work) == saved  # the acting record of the file is not taken
+    path.write_text(json.dumps({"records": saved[1:]}))
+    with pytest.raises(SystemExit, match="1 observed runs missing"):
+        observed_records(path, work)

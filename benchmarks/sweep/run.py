@@ -9,6 +9,8 @@ Run from the repository root, with the venv active::
     python -m benchmarks.sweep --archs mlp cnn --seeds 0 --out /tmp/sweep
     python -m benchmarks.sweep --remediate     # every run again with auto_remediate=True: helped / harmed
     python -m benchmarks.sweep --rescore /tmp/sweep/sweep.json   # the tables again from saved records
+    python -m benchmarks.sweep --remediate --observed benchmarks/results/sweep_remedies.json
+                                               # only the acting runs again, beside saved observed ones
 
 The split into a tuning half and a held-out half is fixed in ``setups.py``.
 """
@@ -45,10 +47,18 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--out", type=Path, default=None, help="folder for sweep.md and sweep.json "
                                                           "(default: benchmarks/results)")
     p.add_argument("--rescore", type=Path, default=None, help="re-write the tables from this sweep.json")
+    p.add_argument("--observed", type=Path, default=None,
+                   help="with --remediate: take the observed runs from this sweep.json instead of running them "
+                        "again (an observing suite leaves training bit-identical, so their outcomes are the same; "
+                        "their diagnoses are those of the commit that made them)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.observed is not None and not args.remediate:
+        p.error("--observed needs --remediate")
+    if args.observed is not None and not args.observed.is_file():
+        p.error(f"--observed: no such file {args.observed}")
     return args
 
 
@@ -59,6 +69,17 @@ def selected(args) -> list[Job]:
         if getattr(args, key):
             spec[key] = tuple(getattr(args, key))
     return jobs(**spec, errors=not args.no_errors, remediate=args.remediate)
+
+
+def observed_records(path: Path, work: list[Job]) -> list[dict]:
+    """The observed runs of ``work`` from a saved sweep.json; every one must be there."""
+    saved = {(r["arch"], r["optimizer"], r["lr"], r["seed"], r["error"]): r
+             for r in json.loads(path.read_text())["records"] if not r.get("remediate")}
+    wanted = [(j.arch, j.optimizer, j.lr, j.seed, j.error) for j in work if not j.remediate]
+    missing = [key for key in wanted if key not in saved]
+    if missing:
+        raise SystemExit(f"--observed {path}: {len(missing)} observed runs missing, e.g. {missing[0]}")
+    return [saved[key] for key in wanted]
 
 
 def run_all(work: list[Job], root: str, n_jobs: int, max_steps: int) -> list[dict]:
@@ -89,10 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write(payload["records"], out / "sweep.md", command, payload["wall_s"], payload.get("environment")))
         return 0
     work = selected(args)
+    saved = observed_records(args.observed, work) if args.observed is not None else []
+    if saved:
+        work = [job for job in work if job.remediate]
     began = time.perf_counter()
     root = tempfile.mkdtemp(prefix="convergence_sweep_")
     try:
-        records = run_all(work, root, args.jobs, args.max_steps)
+        records = saved + run_all(work, root, args.jobs, args.max_steps)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     wall = time.perf_counter() - began
