@@ -12,14 +12,20 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 
 from lightning_convergence.remedies.lr_factors import LRFactors
-from lightning_convergence.remedies.lr_range_test import RangeTestResult
+from lightning_convergence.remedies.lr_range_test import RangeTestPlan, RangeTestResult
 from lightning_convergence.rules.remedy_choice import named_too_high
 
 RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
+CUT_SPAN = 1e-4  # after a divergence the probe tries from this multiple of the LR up to the LR itself
+CUT_STEPS = 0.5  # ... in this share of the probe's steps (at least 10): 4 decades, not 6, and a divergence comes
+# early, when few steps are left
+MAX_CUT_PICK = 0.5  # a probe for a cut that picks above this multiple of the diverged LR: the fixed cut instead
 RANGE_TEST_COST = 0.25  # at most this share of the steps left in the fit goes to a probe
 MIN_RANGE_RAISE = 1.5  # a pick below this multiple of the LR leaves it as it is
 MAX_RANGE_TESTS = 2  # per fit: a second probe when the first raise was not enough, no more
 MAX_HIGH_CUTS = 2  # per fit: LR cuts for warnings whose top cause is a learning rate too high
+MAX_RAISES = 2  # per fit: raises by the update ratios' estimate (on the sweep, runs with 1 or 2 were helped;
+# the one run raised 5 times was harmed)
 
 
 class LRRemedies:
@@ -31,9 +37,13 @@ class LRRemedies:
     _regime: Any
     _probe: Any
     _policy: Any
+    _probe_down: bool
+    _range_tests: int
+    _range_test_steps: int
+    divergence_factor: float
 
     def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int,
-               detail: dict | None = None, loss_before: float | None = None) -> None:
+               detail: dict | None = None, loss_before: float | None = None, cause: str | None = None) -> None:
         """Scale the LR; a remedy's is judged at the next window against the loss now and undone
         to the state now if it hurt. ``loss_before``: a rollback came first, and ``_before``
         already holds the state from before it, at this loss."""
@@ -43,7 +53,7 @@ class LRRemedies:
             # (a range test's raise answers a learning rate too low, and is blocked with it)
             if loss_before is None:
                 self._before.take(trainer.lightning_module, trainer.optimizers, step)
-            cause = "learning_rate_too_low" if reason == "lr_range_test" else reason
+            cause = cause or ("learning_rate_too_low" if reason == "lr_range_test" else reason)
             self._check.open(cause, step, judged_from, multipliers[0][0] if multipliers.get(0) else 1.0)
             self.context(trainer).lr_remedy_pending = self._check.pending is not None
         for change in self._factors.scale(trainer.optimizers, multipliers):
@@ -92,22 +102,45 @@ class LRRemedies:
         own = self.factor_of(0, 0)
         return lrs[0] / own if lrs and own > 0 else None
 
-    def _range_test_fits(self, trainer: Trainer) -> bool:
+    def _range_test_fits(self, trainer: Trainer, downward: bool = False) -> bool:
         """Whether a probe may run now: configured, none running, and its steps at most
         :data:`RANGE_TEST_COST` of those left in the fit."""
         if self._probe is None or self._probe.running or self._range_tests >= MAX_RANGE_TESTS:
             return False
         left = trainer.estimated_stepping_batches - trainer.global_step
-        return self._probe.plan.num_steps <= RANGE_TEST_COST * left
+        steps = max(10, round(CUT_STEPS * self._range_test_steps)) if downward else self._range_test_steps
+        return steps <= RANGE_TEST_COST * left
+
+    def _range_test_after_rollback(self, trainer: Trainer, actions: list) -> bool:
+        """Whether a divergence's rollback is followed by a probe for the cut (from
+        :data:`CUT_SPAN` times the LR up to the LR that diverged) instead of the fixed
+        ``divergence_factor``: when a probe fits and a learning rate too high may still be cut."""
+        return (any(a.kind == "rollback" and a.reason == "divergence" for a in actions)
+                and self._range_test_fits(trainer, downward=True) and self._check.allowed("learning_rate_too_high"))
+
+    def _start_range_test(self, trainer: Trainer, pl_module: LightningModule, downward: bool) -> None:
+        """Begin a probe: upward (a learning rate too low) or downward (after a divergence)."""
+        steps = self._range_test_steps
+        self._probe.plan = (RangeTestPlan(CUT_SPAN, 1.0, max(10, round(CUT_STEPS * steps))) if downward
+                            else RangeTestPlan(1.0, RANGE_TEST_SPAN, steps))
+        self._probe_down = downward
+        self._probe.start(trainer, pl_module)
+        self._range_tests += 1
 
     def _after_range_test(self, trainer: Trainer, result: RangeTestResult) -> None:
         """The probe ended and the state from before it is back: apply its pick (a multiple of
         the LR before it), or say why the LR stays."""
         step, detail = trainer.global_step, {"probe_start_step": self._probe.start_step, **result.detail()}
+        if self._probe_down:
+            self._probe_down = False
+            if result.pick is None or result.pick > MAX_CUT_PICK:  # no clear minimum below the rate that diverged
+                self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor), "divergence",
+                            step, {"probe": "no pick", **detail})
+            else:
+                self._scale(trainer, LRFactors.uniform(trainer.optimizers, result.pick), "lr_range_test", step,
+                            {"direction": "down", **detail}, cause="learning_rate_too_high")
+            return
         if result.pick is None or result.pick < MIN_RANGE_RAISE:
-            # The measured curve found no higher rate that does better: no raise for a learning
-            # rate too low in this fit, neither a second probe nor the update ratios' estimate.
-            self._check.block("learning_rate_too_low")
             # The probe's steps were spent all the same: recorded, as a scale by 1.
             self.record_intervention(trainer, "lr_scale", step, {"reason": "lr_range_test", "factor": [1.0],
                                                                  "applied": False, **detail})

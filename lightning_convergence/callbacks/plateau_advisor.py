@@ -12,7 +12,7 @@ from typing_extensions import override
 from lightning_convergence import tags
 from lightning_convergence.callbacks._trainer_reads import logged_metric, module_num_classes, over_ranks
 from lightning_convergence.callbacks._guard import close_guards, judge_guards, remedy_pending
-from lightning_convergence.callbacks._lr_remedies import RANGE_TEST_SPAN, LRRemedies
+from lightning_convergence.callbacks._lr_remedies import MAX_RAISES, RANGE_TEST_SPAN, LRRemedies
 from lightning_convergence.callbacks._range_test import InRunRangeTest
 from lightning_convergence.callbacks._rollback_disk import (
     load_rollback_checkpoint,
@@ -160,8 +160,9 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         self._use_train_loss = monitor is None
         self._probe = None if range_test_steps is None else InRunRangeTest(
             RangeTestPlan(1.0, RANGE_TEST_SPAN, num_steps=range_test_steps), owner=f"lr_range_test:{self.state_key}")
-        self._range_tests = 0
-        self._high_cuts, self._seen_diagnoses, self._window_lr = 0, 0, None
+        self._range_tests, self._probe_down = 0, False  # the running probe looks for a cut
+        self._range_test_steps = range_test_steps or 0
+        self._high_cuts, self._raises, self._seen_diagnoses, self._window_lr = 0, 0, 0, None
         self._user_plateau = False
 
     def factor_of(self, index: int, group: int) -> float:
@@ -185,7 +186,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         self._seen_diagnoses = 0 if trainer.global_step == 0 else None
         self._window_lr = None
         if trainer.global_step == 0:
-            self._range_tests = self._high_cuts = 0
+            self._range_tests = self._high_cuts = self._raises = 0
         self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
         if self.is_acting(trainer):
             self.own_lr(trainer, self.factor_of)
@@ -238,21 +239,29 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
             # One remedy judged at a time across the suite: the next waits for the last one's verdict.
             free = not remedy_pending(context) and not warming
-            by = by if free and self._check.allowed("learning_rate_too_low") else None
+            by = by if free and self._check.allowed("learning_rate_too_low") and self._raises < MAX_RAISES else None
             if by is not None and self._range_test_fits(trainer):
-                self._probe.start(trainer, pl_module)  # the next steps; the LR is set when it ends
-                self._range_tests += 1
+                self._start_range_test(trainer, pl_module, downward=False)  # the LR is set when it ends
                 self._policy.raised_lr, by = True, None  # instead of the opt-in tenfold raise
             actions = self._policy.on_window(kinds, self._regime.steady, step, hold, by, loss=self._regime.ema)
-            self._apply(trainer, pl_module, actions, step)
+            self._raises += by is not None
+            probe_down = self._range_test_after_rollback(trainer, actions)
+            if probe_down:  # the probe sets the cut instead of the fixed factor
+                actions = [a for a in actions if not (a.kind == "lr_scale" and a.reason == "divergence")]
+            rolled_back = self._apply(trainer, pl_module, actions, step)
+            if probe_down and rolled_back:
+                self._start_range_test(trainer, pl_module, downward=True)
+            elif probe_down:  # nothing to probe from: the fixed cut after all
+                self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor), "divergence", step)
             answered = bool({"divergence", "oscillation"} & set(kinds)) or self._probe_running or not free
             self._cut_if_named_too_high(trainer, step, answered)
         context.lr_remedy_pending = self._check.pending is not None
         if self._use_train_loss and self._regime.ema is not None and not {"divergence", "oscillation"} & set(kinds):
             self._plateau_check(trainer, self._regime.ema, step, "the smoothed training loss")
 
-    def _apply(self, trainer: Trainer, pl_module: LightningModule, actions: list[Action], step: int) -> None:
-        """Carry out the recovery policy's actions."""
+    def _apply(self, trainer: Trainer, pl_module: LightningModule, actions: list[Action], step: int) -> bool:
+        """Carry out the recovery policy's actions; True when one was a rollback that happened."""
+        rolled_back = False
         for action in actions:
             if action.kind == "lr_scale":
                 self._scale(trainer, LRFactors.uniform(trainer.optimizers, action.factor), action.reason, step)
@@ -264,8 +273,10 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             elif action.kind == "rollback":
                 if self._roll_back(trainer, pl_module, action, step):
                     self._before.clear()
+                    rolled_back = True
             elif action.kind == "stop":  # every rank judged the same averaged numbers
                 self.stop_training(trainer, step, action.reason, action.detail, action.finding)
+        return rolled_back
 
     def _roll_back(self, trainer: Trainer, pl_module: LightningModule, action: Action, step: int) -> bool:
         """Restore the last snapshot (weights, optimizer state) and the loss regime's mark; the
@@ -379,7 +390,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **{name: part.state_dict() for name, part in self._parts().items()},
                 "use_train_loss": self._use_train_loss, "range_tests": self._range_tests,
-                "high_cuts": self._high_cuts}
+                "high_cuts": self._high_cuts, "raises": self._raises}
 
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
@@ -391,3 +402,4 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         self._use_train_loss = bool(state_dict.get("use_train_loss", self.monitor is None))
         self._range_tests = int(state_dict.get("range_tests", 0))
         self._high_cuts = int(state_dict.get("high_cuts", 0))
+        self._raises = int(state_dict.get("raises", 0))

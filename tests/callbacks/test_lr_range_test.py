@@ -202,6 +202,32 @@ def test_plateau_advisor_recovers_a_run_10000x_too_low_with_the_range_test(tmp_p
     assert remedied <= 1.5 * reference, (remedied, reference)
 
 
+def test_after_a_divergence_the_cut_comes_from_a_downward_probe_from_the_rollback(tmp_path):
+    """SGD at 10 on the digits MLP (its usual rate is 0.05) diverges at once. Observed, the run
+    never learns; acting, PlateauAdvisor rolls back to the first weights and, instead of the
+    fixed tenfold cut (still 20x too high), probes from 1e-4x the rate up to the rate itself
+    from there: its pick is a cut of two decades or more, and the run learns."""
+    def run(callbacks, root):
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(**trainer_kwargs(root, logger=False, max_epochs=12), callbacks=callbacks)
+        trainer.fit(DigitsMLP(lr=10.0))
+        return float(trainer.callback_metrics["val_loss"]), trainer
+
+    observed, _ = run([], tmp_path / "observed")
+    advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=10)
+    remedied, trainer = run([advisor], tmp_path / "acting")
+    found = advisor._records_state(trainer)["interventions"]
+    assert [(i["action"], i["detail"]["reason"]) for i in found] == [("rollback", "divergence"),
+                                                                      ("lr_scale", "lr_range_test")]
+    rollback, cut = found
+    assert rollback["detail"]["to_step"] == 0 and cut["detail"]["direction"] == "down"
+    assert cut["detail"]["probe_start_step"] == rollback["step"] + 1  # the next step: the first probed
+    assert 1e-4 <= cut["detail"]["factor"][0] <= 1e-2
+    assert len(cut["detail"]["range_lrs"]) == len(cut["detail"]["range_losses"]) >= 5
+    assert not math.isfinite(observed) or observed > 2.0  # observed: never learns (or NaN)
+    assert remedied < 0.5, (remedied, observed)
+
+
 def test_validation_and_checkpoints_inside_a_probe_see_the_state_before_it(tmp_path):
     """PlateauAdvisor's probe starts at step 50 (no learning at 1e-7) and runs across the
     validation at the end of the second epoch, which sees the weights from before it; the
