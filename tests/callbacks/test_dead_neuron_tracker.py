@@ -125,6 +125,23 @@ def test_redo_revives_dead_units_and_training_recovers(tmp_path):
     assert {i["step"] for i in revived} == {3}
 
 
+@pytest.mark.parametrize("max_steps, revived", [(11, False), (12, True)])
+def test_no_revival_without_two_windows_left_in_the_fit(tmp_path, max_steps, revived):
+    """The same dead layers, judged at the end of the first 4-step window: with 7 steps left the
+    revival could be neither judged nor pay off, so the layers are reported, not revived; with
+    8 (two windows) they are revived."""
+    L.seed_everything(0)
+    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
+    with torch.no_grad():
+        model.net[0].bias.fill_(-5.0)
+        model.net[2].bias.fill_(-5.0)
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000)
+    trainer, _ = fit(tmp_path, model, [tracker], log_every_n_steps=4, max_steps=max_steps)
+    records = tracker._records_state(trainer)
+    assert any(d["kind"] == "dead_units" for d in records["diagnoses"])
+    assert bool(records["interventions"]) is revived
+
+
 class HurtByLiveUnits(DigitsMLP):
     """A first hidden layer dead from the start, and a loss 10 higher as soon as any of its
     units fires: a revival planted to hurt."""
