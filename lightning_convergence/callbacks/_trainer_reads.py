@@ -59,6 +59,13 @@ def module_num_classes(pl_module: LightningModule) -> int | None:
     return declared if valid else None
 
 
+def zeroes_gradients(pl_module: LightningModule) -> bool:
+    """Whether the loop clears the gradients before each backward by itself: automatic
+    optimisation, with ``optimizer_zero_grad`` not overridden (a host read of two attributes)."""
+    own = type(pl_module).optimizer_zero_grad is LightningModule.optimizer_zero_grad
+    return bool(pl_module.automatic_optimization) and own
+
+
 def current_learning_rate(trainer: Trainer) -> float | None:
     """The smallest learning rate of the first optimizer's parameter groups, as the optimizer
     holds it now (a host value, no sync); ``None`` without an optimizer."""

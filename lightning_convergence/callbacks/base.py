@@ -14,7 +14,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_convergence.callbacks._trainer_reads import (LOSS_KEYS, batch_loss, current_learning_rate, over_ranks,
-                                                           report_directory)
+                                                           report_directory, zeroes_gradients)
 from lightning_convergence.callbacks.step_clock import StepClock
 from lightning_convergence.callbacks._context import (
     RunContext,
@@ -135,7 +135,10 @@ class ConvergenceCallback(Callback):
         if finding.severity != "info":
             for post_now in context.evidence_sources:
                 post_now(trainer)
-        return explain(finding, context.evidence.snapshot(learning_rate=current_learning_rate(trainer)))
+        module = trainer.lightning_module
+        return explain(finding, context.evidence.snapshot(
+            learning_rate=current_learning_rate(trainer),
+            zeroes_gradients=None if module is None else zeroes_gradients(module)))
 
     def record_intervention(self, trainer: Trainer, action: str, step: int, detail: dict) -> None:
         self.context(trainer).log.add_intervention(Intervention(action, step, self.source, detail))

@@ -56,6 +56,8 @@ EVIDENCE_KEYS: dict[str, str] = {
     "batch_label_share": "the span of labels in one sampled batch (mean over batches, largest - smallest + 1) "
                          "over the span of all the labels seen",
     "label_span": "the span of the labels the sampled batches held (largest - smallest + 1)",
+    "zeroes_gradients": "whether the loop clears the gradients before each backward by itself (Lightning's "
+                        "automatic optimisation with its own optimizer_zero_grad)",
 }
 """The evidence a signature may read, by key, with what each number is."""
 
@@ -244,6 +246,8 @@ RISING_GROWTH = 1.2
 
 def _stale(e: Mapping[str, Any]) -> tuple[float, dict, str] | None:
     share, growth = e.get("grad_norm_rising_share"), e.get("grad_norm_growth")
+    if e.get("zeroes_gradients") is True:
+        return None  # the loop clears them: a norm that keeps rising is an explosion, not a sum
     if _finite(share) and share >= RISING_SHARE and _finite(growth) and growth >= RISING_GROWTH:
         # 0.8 for a 1.2x rise, 0.95 for 10x and more in one window: the large updates and the
         # dying units that follow are its consequences, so it outranks what they suggest.

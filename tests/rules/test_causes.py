@@ -110,6 +110,10 @@ def test_the_board_refuses_unknown_keys_and_forgets_none():
     ({"grad_norm_rising_share": 0.95, "grad_norm_growth": 1.25}, True),
     ({"grad_norm_rising_share": 0.6, "grad_norm_growth": 3.0}, False),  # up and down: not stale
     ({"grad_norm_rising_share": 1.0, "grad_norm_growth": 1.05}, False),  # barely moving
+    # The loop zeroes the gradients itself (automatic optimisation): a norm that only rises is an
+    # explosion (on the sweep: SGD at 100x its best rate, 63,735x in one window), not a sum.
+    ({"grad_norm_rising_share": 1.0, "grad_norm_growth": 63735.0, "zeroes_gradients": True}, False),
+    ({"grad_norm_rising_share": 1.0, "grad_norm_growth": 3.0, "zeroes_gradients": False}, True),
 ])
 def test_gradients_that_only_ever_rise_are_stale(evidence, stale):
     causes, _ = rank_causes("exploding_gradients", evidence)
