@@ -45,6 +45,12 @@ def judged(trainer: Trainer) -> bool:
     return any(getattr(c, "judges_loss", False) for c in trainer.callbacks)
 
 
+def cuts_lr_when_named_too_high(trainer: Trainer) -> bool:
+    """Whether an acting callback of this fit cuts the learning rate when a warning's top cause
+    is a learning rate too high (PlateauAdvisor with ``auto_remediate=True``)."""
+    return any(getattr(c, "cuts_lr_when_named_too_high", False) and c.is_acting(trainer) for c in trainer.callbacks)
+
+
 def remedy_pending(context: RunContext) -> bool:
     """Whether any remedy of the suite still waits for its verdict."""
     return context.lr_remedy_pending or any(

@@ -16,7 +16,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_convergence.callbacks._guard import may_act, open_guard
+from lightning_convergence.callbacks._guard import cuts_lr_when_named_too_high, may_act, open_guard
 from lightning_convergence.callbacks._unit_sites import UnitSites
 from lightning_convergence.callbacks._trainer_reads import over_ranks
 from lightning_convergence.callbacks.base import ConvergenceCallback
@@ -35,7 +35,7 @@ _SHARDED_REDO = ("the parameters are sharded DTensors (FSDP2 `fully_shard` or te
 _COMPILED_REDO = ("the model runs through torch.compile, whose compiled regions hide the autograd graph "
                   "that ReDo's wiring check reads; dead units are still measured and reported")
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
-from lightning_convergence.rules.remedy_choice import remedy_for
+from lightning_convergence.rules.remedy_choice import lr_named_too_high, remedy_for
 from lightning_convergence.rules.unit_health import SiteWindow, UnitHealthRule, UnitThresholds, UnitVerdict
 from lightning_convergence.validation import check_positive_float, check_positive_int
 
@@ -211,14 +211,21 @@ class DeadNeuronTracker(ConvergenceCallback):
         findings = [self.rank(trainer, f) for f in verdict.findings]
         # Units killed by a bug in the code (gradients never zeroed, ...) die again: not revived.
         held = {f.layer: f.causes[0].cause for f in findings if f.kind == "dead_units" and remedy_for(f.causes) == "none"}
+        # Units killed by a learning rate too high, named by the update ratios, die again at that
+        # rate: the LR cut answers them (PlateauAdvisor's, when one acts), not a revival.
+        if cuts_lr_when_named_too_high(trainer):
+            held.update({f.layer: "learning_rate_too_high" for f in findings
+                         if f.kind == "dead_units" and lr_named_too_high(f.causes)})
         for finding in findings:
             self.record(trainer, finding, step=last_step)
         for layer, units in verdict.blocked.items():
             self._sites.say_left_alone(layer, units)
         revive = {layer: units for layer, units in verdict.revive.items() if layer not in held}
         for layer in set(verdict.revive) - set(revive):
-            self.warn(f"the dead units of `{layer}` are not revived: their top cause, {held[layer]}, is in the "
-                      f"code or data, and they would die again.")
+            where = ("the learning rate, which PlateauAdvisor cuts instead" if held[layer] == "learning_rate_too_high"
+                     else "in the code or data")
+            self.warn(f"the dead units of `{layer}` are not revived: their top cause, {held[layer]}, is {where}, "
+                      f"and they would die again.")
         if revive:
             open_guard(self.context(trainer), trainer, self.state_key, self.source, "dead_units", last_step)
             for layer, units in revive.items():

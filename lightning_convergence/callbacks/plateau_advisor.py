@@ -96,6 +96,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
 
     state_key_fields = ("monitor", "mode")
     judges_loss = True  # the anomalies the suite finds wait for its verdict on the loss
+    cuts_lr_when_named_too_high = True  # DeadNeuronTracker leaves such dead units to this cut
 
     def __init__(
         self,

@@ -72,6 +72,20 @@ def remedy_for(causes: Sequence[Cause]) -> Remedy:
     return "usual"
 
 
+def lr_named_too_high(causes: Sequence[Cause]) -> bool:
+    """Whether the top cause is a learning rate too high, named by the update ratios.
+
+    Example:
+        >>> lr_named_too_high([Cause("learning_rate_too_high", 0.6, {"update_ratio_peak": 0.4})])
+        True
+        >>> lr_named_too_high([Cause("learning_rate_too_high", 0.6)])  # the kind's usual list only
+        False
+    """
+    top = top_evidenced(causes)
+    return top is not None and top.cause == "learning_rate_too_high" and any(
+        key.startswith("update_ratio") for key in top.evidence)
+
+
 def named_too_high(diagnoses: Sequence) -> str | None:
     """The kind of the first warning in ``diagnoses`` (records with ``kind``, ``severity`` and
     ``causes`` as dicts) whose top cause is a learning rate too high, named by the update ratios,
