@@ -1,6 +1,7 @@
 """DeadNeuronTracker from Trainer.fit down: counts against a naive reference, messages, hooks."""
 
 import json
+import warnings
 
 import lightning as L
 import pytest
@@ -140,6 +141,43 @@ def test_no_revival_without_two_windows_left_in_the_fit(tmp_path, max_steps, rev
     records = tracker._records_state(trainer)
     assert any(d["kind"] == "dead_units" for d in records["diagnoses"])
     assert bool(records["interventions"]) is revived
+
+
+class LargeUpdates(L.Callback):
+    """Posts what GradientNormMonitor would after updates far too large: each step moved the
+    weights by half their norm (planted; the model's own updates are ordinary)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from lightning_convergence.callbacks._context import run_context
+
+        run_context(trainer).evidence.post(update_ratio_median=0.5, update_ratio_step=trainer.global_step)
+
+
+@pytest.mark.parametrize("with_advisor", [True, False])
+def test_dead_units_put_down_to_a_learning_rate_too_high_are_left_to_the_lr_cut(tmp_path, with_advisor):
+    """A first layer dead from the start (weights and biases 0: no negative bias to blame) while
+    the updates are far too large: the top cause is the learning rate, and at that rate revived
+    units die again. With PlateauAdvisor acting, the tracker leaves them to its LR cut and says
+    so; alone, the tracker revives them (nothing else would act)."""
+    from lightning_convergence import PlateauAdvisor
+
+    L.seed_everything(0)
+    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
+    with torch.no_grad():
+        model.net[0].weight.zero_()
+        model.net[0].bias.zero_()
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000)
+    advisor = [PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=4)] if with_advisor else []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, _ = fit(tmp_path, model, [LargeUpdates(), tracker, *advisor], log_every_n_steps=4, max_epochs=3)
+    records = tracker._records_state(trainer)
+    dead = [d for d in records["diagnoses"] if d["kind"] == "dead_units" and d["severity"] != "info"]
+    assert dead and dead[0]["causes"][0]["cause"] == "learning_rate_too_high"
+    revived = [i for i in records["interventions"] if i["action"] == "reinit_units"]
+    said = [str(w.message) for w in caught if "not revived" in str(w.message)]
+    assert (revived == []) is with_advisor
+    assert bool(said) is with_advisor and (not said or "PlateauAdvisor cuts instead" in said[0])
 
 
 class HurtByLiveUnits(DigitsMLP):
