@@ -126,6 +126,13 @@ SCENARIO_LIST: list[Scenario] = [
              expect=("divergence", "oscillation", "exploding_gradients", "nonfinite_loss", "nonfinite_gradients"),
              reference="healthy_cnn_sgd", remediable=True, quick=True, cost=2, causes=("learning_rate_too_high",),
              note="The demo's `lr_high` fault. Expected kinds: those whose advice starts with the LR or clipping."),
+    Scenario("lr_high_40x", "fault", "CNN, SGD (momentum 0.9) at lr 2.0, 40x the tuned 0.05",
+             lambda: CNN(lr=2.0), _digits(), epochs=4, onset=0,
+             expect=("divergence", "oscillation", "exploding_gradients", "nonfinite_loss", "nonfinite_gradients"),
+             reference="healthy_cnn_sgd", remediable=True, cost=2, causes=("learning_rate_too_high",),
+             note="A reproduction of a user's report: once, remediated, this run ended at validation loss 12.2 "
+                  "against 2.3 observed. Added after the remedies it tests were written; one tenfold cut leaves "
+                  "the LR 4x too high."),
     Scenario("lr_low", "fault", "ReLU MLP, SGD (momentum 0.9) at lr 5e-4, 100x below the tuned 0.05",
              lambda: MLP(lr=5e-4), _flat(), epochs=8, onset=0, expect=("no_learning", "plateau"),
              remedy={"PlateauAdvisor": {"raise_lr_on_no_learning": True}}, reference="ref_mlp_sgd",
