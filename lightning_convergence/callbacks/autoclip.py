@@ -165,7 +165,8 @@ class AutoClip(ConvergenceCallback):
             self._window.declare(name, (), "sum")
         self._window.declare("first_clipped_step", (), "min")
         self._window.declare("last_clipped_step", (), "max")
-        self._last: Tensor | None = None  # [pre-clip norm, threshold, post-clip norm] of this step
+        # This step's pre-clip norm, threshold and clip coefficient (None: not clipping).
+        self._last: tuple[Tensor, Tensor, Tensor | None] | None = None
         self._pending_rule: dict | None = None
         self._final_module: str | None = None
 
@@ -195,7 +196,7 @@ class AutoClip(ConvergenceCallback):
             layout = context.shard_layout(trainer, pl_module, optimizer)
             fraction = self._clip_agc(params, names, active, layout)  # of units clipped this step
             clipped = (fraction > 0).to(torch.float32)
-            norm = threshold = post = torch.full((), math.nan, device=fraction.device)
+            norm = threshold = scale = torch.full((), math.nan, device=fraction.device)
         else:
             sumsq, _ = context.gradient_statistics(trainer, pl_module, optimizer, self.backend, full=False)
             norm = sumsq.sum().sqrt()
@@ -208,12 +209,10 @@ class AutoClip(ConvergenceCallback):
                 scale_gradients_(local_gradients(params), coefficient)
             else:
                 clipped = torch.zeros_like(clipped)
-            post = norm.to(torch.float64) * coefficient if active else norm.to(torch.float64)
+            scale = coefficient if active else None
             fraction = clipped
         self._update_window(step, clipped, fraction)
-        # z-score mode clips only outliers (its threshold is inf otherwise): log its onset line.
-        shown = self._rule.onset().to(norm.device) if isinstance(self._rule, ZScoreThreshold) else threshold
-        self._last = torch.stack([norm.double(), shown.double(), post.double()])
+        self._last = (norm, threshold, scale)  # the logged values come from these: no op on an ordinary step
         if self._clock.closes_window(step, self.logging_cadence(trainer)):
             self._log(trainer, step)
 
@@ -248,7 +247,17 @@ class AutoClip(ConvergenceCallback):
         """One host read: the window's clip counts and this step's norms."""
         if not self._window.allocated or self._last is None:
             return
-        values = self._window.read(extra={"last": self._last})
+        norm, threshold, scale = self._last
+        post = norm.to(torch.float64) * (1.0 if scale is None else scale)  # the norm after the clip
+        # z-score mode clips only outliers (its threshold is inf otherwise): log its onset line,
+        # from the EMA as the last step left it.
+        shown = self._rule.onset().to(norm.device) if isinstance(self._rule, ZScoreThreshold) else threshold
+        extra = {"last": torch.stack([norm.double(), shown.double(), post.double()])}
+        if isinstance(self._rule, ZScoreThreshold):
+            extra["rule_initialised"] = self._rule.initialised_flag().to(norm.device)
+        values = self._window.read(extra=extra)
+        if isinstance(self._rule, ZScoreThreshold):
+            self._rule.note_read(values["rule_initialised"])
         self._window.reset()
         if values["steps"] == 0:
             return  # nothing since the last logging step (the end of fit right after one)

@@ -130,6 +130,9 @@ class ZScoreThreshold:
         for name in ("mean", "var", "count", "initialised"):
             self._state.declare(name, (), "first")
         self._state.declare("warmup_norms", max(warmup_steps, 1), "first")
+        # Set from a host read the caller makes anyway (a logging step): once the EMA started it
+        # never stops, so the warm-up's ops are skipped from then on (the same state either way).
+        self.known_initialised = False
 
     def onset(self) -> Tensor:
         """The norm above which the next step is clipped, ``mean + z_thresh * std`` of the EMA or
@@ -141,6 +144,15 @@ class ZScoreThreshold:
         line = torch.maximum(state["mean"] + self.z_thresh * state["var"].sqrt(), self.min_ratio * state["mean"])
         return torch.where(state["initialised"] > 0, line, math.inf)
 
+    def initialised_flag(self) -> Tensor:
+        """1.0 once the EMA started, else 0.0 (0-d, on the device): for a caller's own host read,
+        which it passes back to :meth:`note_read`."""
+        return self._state["initialised"] if self._state.allocated else torch.zeros((), dtype=torch.float64)
+
+    def note_read(self, initialised: float) -> None:
+        """Tell the rule what a host read of :meth:`initialised_flag` gave."""
+        self.known_initialised = self.known_initialised or initialised > 0
+
     def update(self, norm: Tensor) -> Tensor:
         """Return this step's threshold for ``norm`` (0-d; inf: no clipping) and update the EMA."""
         state = self._state
@@ -150,17 +162,21 @@ class ZScoreThreshold:
                       warmup_norms=torch.zeros(state["warmup_norms"].shape))
         elif state.device != norm.device:
             state.allocate(norm.device)  # after a restore on the CPU
-        buffer = state["warmup_norms"]
         x = norm.to(torch.float64)
         finite = torch.isfinite(x)
-        mean, var, count, initialised = state["mean"], state["var"], state["count"], state["initialised"] > 0
+        mean, var = state["mean"], state["var"]
+        initialised = True if self.known_initialised else state["initialised"] > 0
         std = var.sqrt()
         z = (x - mean) / (std + self.eps)
-        spike = initialised & finite & (z > self.z_thresh) & (x >= self.min_ratio * mean)
+        spike = finite & (z > self.z_thresh) & (x >= self.min_ratio * mean) & initialised
         threshold = torch.where(spike, mean + self.z_thresh**2 * std / z, math.inf)
         effective = torch.where(spike, threshold, x)
         new_mean = self.alpha * mean + (1 - self.alpha) * effective
         new_var = self.alpha * var + (1 - self.alpha) * (effective - new_mean) ** 2
+        if self.known_initialised:  # the warm-up is over: its ops would change nothing
+            state.set(mean=torch.where(finite, new_mean, mean), var=torch.where(finite, new_var, var))
+            return threshold
+        buffer, count = state["warmup_norms"], state["count"]
         ema = initialised & finite
         # Warm-up: collect finite norms; the step that completes the buffer starts the EMA.
         collecting = ~initialised & finite
@@ -184,6 +200,7 @@ class ZScoreThreshold:
         if not self._state.allocated:
             return {"mean": 0.0, "var": 0.0, "count": 0.0, "initialised": 0.0}
         values = self._state.read()
+        self.known_initialised = values["initialised"] > 0
         return {k: values[k] for k in ("mean", "var", "count", "initialised")}
 
     def state_dict(self) -> dict:
@@ -191,6 +208,7 @@ class ZScoreThreshold:
 
     def load_state_dict(self, state: dict) -> None:
         self._state.load_state_dict({k: v for k, v in state.items() if v is not None})
+        self.known_initialised = False
 
 
 def clip_coefficient(norm: Tensor, threshold: Tensor, max_norm: float | None = None) -> Tensor:

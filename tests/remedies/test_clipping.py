@@ -103,6 +103,21 @@ def test_zscore_min_ratio_clips_only_norms_that_many_times_the_mean(spike, clipp
     assert math.isfinite(sized.update(torch.tensor(spike)).item()) == clipped
 
 
+def test_zscore_skipping_the_warm_up_ops_once_known_started_changes_nothing():
+    """The fast path (the caller read ``initialised`` at a logging step) against the full update
+    on the same norms, NaN/Inf and spikes included: the same thresholds and the same state."""
+    norms = [1.0, 1.2, math.nan, 0.9, 1.1, 1.05, 30.0, math.inf, 0.95, 1.0, 500.0, 1.02, 0.98] * 3
+    full, fast = (ZScoreThreshold(z_thresh=2.5, alpha=0.9, warmup_steps=4, min_ratio=2.0) for _ in range(2))
+    for step, value in enumerate(norms):
+        if step == 8:  # a logging step: the caller reads the flag once
+            fast.note_read(float(fast.initialised_flag()))
+            assert fast.known_initialised
+        a, b = full.update(torch.tensor(value)), fast.update(torch.tensor(value))
+        assert torch.equal(a, b), step
+    for name, value in full.state_dict().items():
+        assert torch.equal(value, fast.state_dict()[name]), name
+
+
 def test_zscore_ignores_non_finite_norms():
     rule = ZScoreThreshold(warmup_steps=3)
     for value in [1.0, math.nan, 1.1, math.inf, 0.9]:
