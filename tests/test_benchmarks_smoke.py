@@ -108,3 +108,16 @@ def test_overhead_runs_and_reports_what_it_timed(tmp_path):
     rows = _table(md, "variant")
     assert [row[0] for row in rows] == [f"`{v}`" for v in variants]
     assert rows[1][3] == f"{variants['floor']['hook_ms']:.2f}"
+
+
+def test_step_ops_counts_one_sum_per_gradient_for_the_floor():
+    """The op counter in-process on the overhead MLP: the floor variant dispatches exactly one
+    ``sum`` per gradient tensor on every counted step, and the monitor more than that."""
+    from benchmarks.overhead_models import make_task
+    from benchmarks.step_ops import count
+
+    tensors = sum(1 for _ in make_task("mlp").parameters())
+    floor, monitor = count("mlp", "floor", first=2, last=5), count("mlp", "monitor", first=2, last=5)
+    assert floor.steps == monitor.steps == 3
+    assert floor.counts == {"aten::sum": tensors * floor.steps}
+    assert monitor.per_step() > floor.per_step()
