@@ -79,7 +79,10 @@ class DeadNeuronTracker(ConvergenceCallback):
         include: names of further modules to treat as ReLU-like activations.
         exclude: names of activation modules to leave alone.
         histogram_every_n_steps: cadence of per-layer histograms of unit activity (TensorBoard).
-        auto_remediate: revive dead units (ReDo) in reported layers.
+        auto_remediate: revive dead units (ReDo) in reported layers, under the suite's do-no-harm
+            guard, and not when the revival cannot pay off: fewer than two of this tracker's
+            windows left in the fit, a top cause in the user's code or data, or a learning rate
+            too high (named by the update ratios) while PlateauAdvisor acts (its LR cut answers it).
         redo_on: revive ``"dead"`` units, or all ``"dormant"`` ones as in the paper.
         redo_cooldown_steps: optimizer steps before the same layer may be revived again.
         seed: seed of the private generator that draws the new weights.
