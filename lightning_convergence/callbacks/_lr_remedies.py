@@ -7,6 +7,7 @@ the state these methods use (its factors, check, snapshots, loss regime and prob
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -28,6 +29,23 @@ MAX_RAISES = 2  # per fit: raises by the update ratios' estimate (on the sweep, 
 # the one run raised 5 times was harmed)
 
 
+@dataclass
+class RemedyCounts:
+    """How often PlateauAdvisor's LR remedies acted in this fit (checkpointed with it)."""
+
+    range_tests: int = 0
+    high_cuts: int = 0
+    raises: int = 0  # by the update ratios' estimate
+    last_cut_step: int | None = None  # ratios measured at or before it describe the rate before
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.range_tests, self.high_cuts = int(state.get("range_tests", 0)), int(state.get("high_cuts", 0))
+        self.raises, self.last_cut_step = int(state.get("raises", 0)), state.get("last_cut_step")
+
+
 class LRRemedies:
     """The LR remedies of PlateauAdvisor (see the module docstring)."""
 
@@ -38,7 +56,7 @@ class LRRemedies:
     _probe: Any
     _policy: Any
     _probe_down: bool
-    _range_tests: int
+    _counts: RemedyCounts
     _range_test_steps: int
     divergence_factor: float
 
@@ -56,6 +74,8 @@ class LRRemedies:
             cause = cause or ("learning_rate_too_low" if reason == "lr_range_test" else reason)
             self._check.open(cause, step, judged_from, multipliers[0][0] if multipliers.get(0) else 1.0)
             self.context(trainer).lr_remedy_pending = self._check.pending is not None
+        if any(f < 1 for factors in multipliers.values() for f in factors):
+            self._counts.last_cut_step = step  # ratios measured before this describe the old rate
         for change in self._factors.scale(trainer.optimizers, multipliers):
             self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": judged_from,
                                                                  **change, **(detail or {})})
@@ -73,11 +93,11 @@ class LRRemedies:
         log = self.context(trainer).log.diagnoses
         seen = len(log) if self._seen_diagnoses is None else self._seen_diagnoses  # None: the first after a resume
         self._seen_diagnoses = len(log)
-        kind = named_too_high(log[seen:])
-        if (kind is None or answered or self._high_cuts >= MAX_HIGH_CUTS
+        kind = named_too_high(log[seen:], measured_after=self._counts.last_cut_step)
+        if (kind is None or answered or self._counts.high_cuts >= MAX_HIGH_CUTS
                 or not self._check.allowed("learning_rate_too_high")):
             return
-        self._high_cuts += 1
+        self._counts.high_cuts += 1
         # Roll back first when that loses nothing (the loss is not below the snapshot's): a run
         # that collapsed at the high rate starts again from its last good state at the lower one.
         loss, module = self._regime.ema, trainer.lightning_module
@@ -105,7 +125,7 @@ class LRRemedies:
     def _range_test_fits(self, trainer: Trainer, downward: bool = False) -> bool:
         """Whether a probe may run now: configured, none running, and its steps at most
         :data:`RANGE_TEST_COST` of those left in the fit."""
-        if self._probe is None or self._probe.running or self._range_tests >= MAX_RANGE_TESTS:
+        if self._probe is None or self._probe.running or self._counts.range_tests >= MAX_RANGE_TESTS:
             return False
         left = trainer.estimated_stepping_batches - trainer.global_step
         steps = max(10, round(CUT_STEPS * self._range_test_steps)) if downward else self._range_test_steps
@@ -125,7 +145,7 @@ class LRRemedies:
                             else RangeTestPlan(1.0, RANGE_TEST_SPAN, steps))
         self._probe_down = downward
         self._probe.start(trainer, pl_module)
-        self._range_tests += 1
+        self._counts.range_tests += 1
 
     def _after_range_test(self, trainer: Trainer, result: RangeTestResult) -> None:
         """The probe ended and the state from before it is back: apply its pick (a multiple of

@@ -12,13 +12,10 @@ from typing_extensions import override
 from lightning_convergence import tags
 from lightning_convergence.callbacks._trainer_reads import logged_metric, module_num_classes, over_ranks
 from lightning_convergence.callbacks._guard import close_guards, judge_guards, remedy_pending
-from lightning_convergence.callbacks._lr_remedies import MAX_RAISES, RANGE_TEST_SPAN, LRRemedies
+from lightning_convergence.callbacks._lr_remedies import MAX_RAISES, RANGE_TEST_SPAN, LRRemedies, RemedyCounts
 from lightning_convergence.callbacks._range_test import InRunRangeTest
-from lightning_convergence.callbacks._rollback_disk import (
-    load_rollback_checkpoint,
-    rollback_path,
-    save_rollback_checkpoint,
-)
+from lightning_convergence.callbacks._rollback_disk import (load_rollback_checkpoint, rollback_path,
+                                                            save_rollback_checkpoint)
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
@@ -161,9 +158,8 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         self._use_train_loss = monitor is None
         self._probe = None if range_test_steps is None else InRunRangeTest(
             RangeTestPlan(1.0, RANGE_TEST_SPAN, num_steps=range_test_steps), owner=f"lr_range_test:{self.state_key}")
-        self._range_tests, self._probe_down = 0, False  # the running probe looks for a cut
-        self._range_test_steps = range_test_steps or 0
-        self._high_cuts, self._raises, self._seen_diagnoses, self._window_lr = 0, 0, 0, None
+        self._counts, self._probe_down = RemedyCounts(), False  # the running probe looks for a cut
+        self._range_test_steps, self._seen_diagnoses, self._window_lr = range_test_steps or 0, 0, None
         self._user_plateau = False
 
     def factor_of(self, index: int, group: int) -> float:
@@ -187,7 +183,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         self._seen_diagnoses = 0 if trainer.global_step == 0 else None
         self._window_lr = None
         if trainer.global_step == 0:
-            self._range_tests = self._high_cuts = self._raises = 0
+            self._counts = RemedyCounts()
         self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
         if self.is_acting(trainer):
             self.own_lr(trainer, self.factor_of)
@@ -240,12 +236,13 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
             # One remedy judged at a time across the suite: the next waits for the last one's verdict.
             free = not remedy_pending(context) and not warming
-            by = by if free and self._check.allowed("learning_rate_too_low") and self._raises < MAX_RAISES else None
+            may_raise = free and self._check.allowed("learning_rate_too_low") and self._counts.raises < MAX_RAISES
+            by = by if may_raise else None
             if by is not None and self._range_test_fits(trainer):
                 self._start_range_test(trainer, pl_module, downward=False)  # the LR is set when it ends
                 self._policy.raised_lr, by = True, None  # instead of the opt-in tenfold raise
             actions = self._policy.on_window(kinds, self._regime.steady, step, hold, by, loss=self._regime.ema)
-            self._raises += by is not None
+            self._counts.raises += by is not None
             probe_down = self._range_test_after_rollback(trainer, actions)
             if probe_down:  # the probe sets the cut instead of the fixed factor
                 actions = [a for a in actions if not (a.kind == "lr_scale" and a.reason == "divergence")]
@@ -295,7 +292,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
 
     def _say_no_rollback(self, trainer: Trainer, step: int) -> None:
         if not self._said_no_rollback:
-            self._said_no_rollback = True
+            self._said_no_rollback = True  # once per fit
             self.warn(f"no rollback at step {step}: the state to roll back to ({self._snapshot.last_bytes:,} bytes "
                       f"on this rank) is above `max_snapshot_bytes` ({self.max_snapshot_bytes:,}) and no checkpoint "
                       f"could be written to {rollback_path(trainer, self.state_key)}; the other remedies go ahead.")
@@ -384,14 +381,12 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
 
     def _parts(self) -> dict[str, Any]:
         return {"regime": self._regime, "schedule": self._schedule, "overfit": self._overfit, "late": self._late,
-                "check": self._check,
-                "factors": self._factors, "policy": self._policy, "losses": self._losses}
+                "check": self._check, "factors": self._factors, "policy": self._policy, "losses": self._losses}
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **{name: part.state_dict() for name, part in self._parts().items()},
-                "use_train_loss": self._use_train_loss, "range_tests": self._range_tests,
-                "high_cuts": self._high_cuts, "raises": self._raises}
+                "use_train_loss": self._use_train_loss, **self._counts.state_dict()}
 
     @override
     def _load_own_state(self, state_dict: dict[str, Any]) -> None:
@@ -401,6 +396,4 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         for name, part in self._parts().items():
             part.load_state_dict(state_dict.get(name, {}) if name in ("late", "check") else state_dict[name])
         self._use_train_loss = bool(state_dict.get("use_train_loss", self.monitor is None))
-        self._range_tests = int(state_dict.get("range_tests", 0))
-        self._high_cuts = int(state_dict.get("high_cuts", 0))
-        self._raises = int(state_dict.get("raises", 0))
+        self._counts.load_state_dict(state_dict)

@@ -86,11 +86,13 @@ def lr_named_too_high(causes: Sequence[Cause]) -> bool:
         key.startswith("update_ratio") for key in top.evidence)
 
 
-def named_too_high(diagnoses: Sequence) -> str | None:
+def named_too_high(diagnoses: Sequence, measured_after: int | None = None) -> str | None:
     """The kind of the first warning in ``diagnoses`` (records with ``kind``, ``severity`` and
     ``causes`` as dicts) whose top cause is a learning rate too high, named by the update ratios,
     other than a divergence or an oscillation (their own remedy answers them); else ``None``. A
     rule's own evidence (a dead layer's negative biases) names a bad initialization as well.
+    ``measured_after``: the step of the last LR cut; ratios measured at or before it describe the
+    rate before the cut, and name nothing now.
 
     Example:
         >>> from types import SimpleNamespace as D
@@ -99,12 +101,18 @@ def named_too_high(diagnoses: Sequence) -> str | None:
         'dead_units'
         >>> named_too_high([D(kind="divergence", severity="critical", causes=top)]) is None
         True
+        >>> old = [{"cause": "learning_rate_too_high", "evidence": {"update_ratio_median": 0.4, "step": 3}}]
+        >>> named_too_high([D(kind="dead_units", severity="warning", causes=old)], measured_after=50) is None
+        True
     """
     for d in diagnoses:
         top = d.causes[0] if d.causes else {}
+        evidence = top.get("evidence") or {}
+        measured = evidence.get("step")
+        stale = measured_after is not None and (not isinstance(measured, int) or measured <= measured_after)
         if (d.severity != "info" and d.kind not in ("divergence", "oscillation")
-                and top.get("cause") == "learning_rate_too_high"
-                and any(key.startswith("update_ratio") for key in top.get("evidence") or {})):
+                and top.get("cause") == "learning_rate_too_high" and not stale
+                and any(key.startswith("update_ratio") for key in evidence)):
             return d.kind
     return None
 

@@ -305,7 +305,7 @@ def test_the_update_ratios_estimate_raises_the_lr_at_most_twice_per_fit(tmp_path
     model = DigitsMLP(lr=1e-9, optimizer="adam")
     trainer = fit(tmp_path, model, [GradientNormMonitor(log_every_n_steps=10), advisor], max_epochs=30)
     raises = [i for i in interventions(advisor, trainer, "lr_scale") if i["detail"]["reason"] == "learning_rate_too_low"]
-    assert len(raises) == 2 and advisor._raises == 2
+    assert len(raises) == 2 and advisor._counts.raises == 2
     first, second = (r["detail"]["factor"][0] for r in raises)
     assert raises[1]["detail"]["lr_after"][0] == pytest.approx(1e-9 * first * second)
     assert advisor.factor_of(0, 0) == pytest.approx(first * second)  # kept to the end: no undo
