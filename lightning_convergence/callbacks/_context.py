@@ -51,6 +51,7 @@ class RunContext:
     probing: bool = False
     guards: dict = field(default_factory=dict)  # owner -> its guarded remedy (``callbacks._guard``)
     lr_remedy_pending: bool = False  # PlateauAdvisor's last LR remedy waits for its verdict
+    lr_cut_step: int | None = None  # PlateauAdvisor's last LR cut: evidence from before it is stale
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
     _layouts: dict[int, ShardLayout | None] = field(default_factory=dict)  # per optimizer; None: not sharded

@@ -76,6 +76,7 @@ class LRRemedies:
             self.context(trainer).lr_remedy_pending = self._check.pending is not None
         if any(f < 1 for factors in multipliers.values() for f in factors):
             self._counts.last_cut_step = step  # ratios measured before this describe the old rate
+            self.context(trainer).lr_cut_step = step
         for change in self._factors.scale(trainer.optimizers, multipliers):
             self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": judged_from,
                                                                  **change, **(detail or {})})

@@ -215,10 +215,12 @@ class DeadNeuronTracker(ConvergenceCallback):
         # Units killed by a bug in the code (gradients never zeroed, ...) die again: not revived.
         held = {f.layer: f.causes[0].cause for f in findings if f.kind == "dead_units" and remedy_for(f.causes) == "none"}
         # Units killed by a learning rate too high, named by the update ratios, die again at that
-        # rate: the LR cut answers them (PlateauAdvisor's, when one acts), not a revival.
+        # rate: the LR cut comes first (PlateauAdvisor's, when one acts); once the rate was cut
+        # (the ratios were measured before), they may be revived.
         if cuts_lr_when_named_too_high(trainer):
+            cut = self.context(trainer).lr_cut_step
             held.update({f.layer: "learning_rate_too_high" for f in findings
-                         if f.kind == "dead_units" and lr_named_too_high(f.causes)})
+                         if f.kind == "dead_units" and lr_named_too_high(f.causes, measured_after=cut)})
         for finding in findings:
             self.record(trainer, finding, step=last_step)
         for layer, units in verdict.blocked.items():

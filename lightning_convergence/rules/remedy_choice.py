@@ -72,18 +72,26 @@ def remedy_for(causes: Sequence[Cause]) -> Remedy:
     return "usual"
 
 
-def lr_named_too_high(causes: Sequence[Cause]) -> bool:
-    """Whether the top cause is a learning rate too high, named by the update ratios.
+def lr_named_too_high(causes: Sequence[Cause], measured_after: int | None = None) -> bool:
+    """Whether the top cause is a learning rate too high, named by the update ratios (measured
+    after step ``measured_after``, the last LR cut, when given).
 
     Example:
         >>> lr_named_too_high([Cause("learning_rate_too_high", 0.6, {"update_ratio_peak": 0.4})])
         True
         >>> lr_named_too_high([Cause("learning_rate_too_high", 0.6)])  # the kind's usual list only
         False
+        >>> lr_named_too_high([Cause("learning_rate_too_high", 0.6, {"update_ratio_median": 0.4, "step": 3})],
+        ...                   measured_after=40)  # measured before the last cut: stale
+        False
     """
     top = top_evidenced(causes)
-    return top is not None and top.cause == "learning_rate_too_high" and any(
-        key.startswith("update_ratio") for key in top.evidence)
+    if top is None or top.cause != "learning_rate_too_high":
+        return False
+    measured = top.evidence.get("step")
+    if measured_after is not None and (not isinstance(measured, int) or measured <= measured_after):
+        return False
+    return any(key.startswith("update_ratio") for key in top.evidence)
 
 
 def named_too_high(diagnoses: Sequence, measured_after: int | None = None) -> str | None:
