@@ -28,6 +28,7 @@ from lightning_convergence.stats.window import DeviceWindow
 from lightning_convergence.validation import check_bool, check_positive_float, check_positive_int
 
 Mode = Literal["percentile", "zscore", "agc"]
+GUARDED_REMEDIES = frozenset({"reinit_units", "rollback", "lr_scale", "undo", "warmup"})
 _DEFAULT_WARMUP = {"percentile": 0, "zscore": 25, "agc": 0}
 
 
@@ -46,7 +47,10 @@ class AutoClip(ConvergenceCallback):
       mean. In ``default_callbacks(auto_remediate=True)`` it is 10: on 6 healthy runs of the
       calibration sweep at or next to their best learning rate, the steps a z-score of 4 picks
       were 1.9x to 4.7x the mean, and clipping them changed where those chaotic runs ended by
-      more than 10% either way; the spikes that wreck a run are 100x and more.
+      more than 10% either way; the spikes that wreck a run are 100x and more. For
+      ``guard_remedy_steps`` steps after another remedy of the suite acted (a revival, a rollback,
+      an LR change, a warmup), every z-score outlier is clipped again (``min_ratio`` 1): a
+      remedy's transient is where a spike does harm.
     - ``"agc"`` (Brock et al. 2021): unit-wise, each output unit's gradient norm is capped at
       ``clip_factor`` times its weight norm (at least ``eps``); the final layer is excluded by
       default, as the paper advises.
@@ -76,6 +80,8 @@ class AutoClip(ConvergenceCallback):
         alpha: zscore mode, EMA smoothing in (0, 1).
         min_ratio: zscore mode, the least multiple of the running mean a clipped norm has (>= 1;
             1 is ZClip as published).
+        guard_remedy_steps: zscore mode, steps after another remedy of the suite during which
+            ``min_ratio`` is 1; ``None``: never.
         max_norm: optional hard cap on the global norm (percentile and zscore modes).
         clip_factor: agc mode, the ratio of gradient to weight norm allowed per unit.
         eps: agc mode, the least weight norm a unit is credited with.
@@ -108,6 +114,7 @@ class AutoClip(ConvergenceCallback):
         z_thresh: float = 2.5,
         alpha: float = 0.97,
         min_ratio: float = 1.0,
+        guard_remedy_steps: int | None = None,
         max_norm: float | None = None,
         clip_factor: float = 0.01,
         eps: float = 1e-3,
@@ -136,6 +143,7 @@ class AutoClip(ConvergenceCallback):
         check_positive_float("min_ratio", min_ratio)
         if min_ratio < 1:
             raise ValueError(f"`min_ratio` must be >= 1 (a multiple of the running mean), got {min_ratio!r}.")
+        check_positive_int("guard_remedy_steps", guard_remedy_steps, allow_none=True)
         if max_norm is not None:
             check_positive_float("max_norm", max_norm)
         check_positive_float("clip_factor", clip_factor)
@@ -152,6 +160,8 @@ class AutoClip(ConvergenceCallback):
         self.z_thresh = float(z_thresh)
         self.alpha = float(alpha)
         self.min_ratio = float(min_ratio)
+        self.guard_remedy_steps = guard_remedy_steps
+        self._remedies_seen, self._last_remedy_step = 0, None  # other callbacks' remedies in the log
         self.max_norm = None if max_norm is None else float(max_norm)
         self.clip_factor = float(clip_factor)
         self.eps = float(eps)
@@ -199,6 +209,8 @@ class AutoClip(ConvergenceCallback):
             norm = threshold = scale = torch.full((), math.nan, device=fraction.device)
         else:
             sumsq, _ = context.gradient_statistics(trainer, pl_module, optimizer, self.backend, full=False)
+            if isinstance(self._rule, ZScoreThreshold) and self.guard_remedy_steps is not None:
+                self._rule.min_ratio = 1.0 if self._guarding(trainer, step) else self.min_ratio
             norm = sumsq.sum().sqrt()
             threshold = self._rule.update(norm)
             coefficient = clip_coefficient(norm, threshold, self.max_norm)
@@ -215,6 +227,16 @@ class AutoClip(ConvergenceCallback):
         self._last = (norm, threshold, scale)  # the logged values come from these: no op on an ordinary step
         if self._clock.closes_window(step, self.logging_cadence(trainer)):
             self._log(trainer, step)
+
+    def _guarding(self, trainer: Trainer, step: int) -> bool:
+        """Whether another remedy of the suite acted within ``guard_remedy_steps`` (host state:
+        the run log's new interventions since the last step, no device read)."""
+        interventions = self.context(trainer).log.interventions
+        for record in interventions[self._remedies_seen:]:
+            if record.action in GUARDED_REMEDIES and record.source != self.source:
+                self._last_remedy_step = record.step
+        self._remedies_seen = len(interventions)
+        return self._last_remedy_step is not None and step - self._last_remedy_step < self.guard_remedy_steps
 
     def _clip_agc(self, params: list, names: list[str], active: bool, layout: ShardLayout | None) -> Tensor:
         all_params, kept = params, {id(p) for p in params}
@@ -288,6 +310,7 @@ class AutoClip(ConvergenceCallback):
         super().on_train_start(trainer, pl_module)
         # The model is sharded by now (configure_model and the strategy's setup ran). Every rank
         # sees the same parameters' kinds, so every rank refuses alike.
+        self._remedies_seen, self._last_remedy_step = 0, None  # the log is read afresh (a resumed one too)
         reason = unreadable_sharding(trainer, pl_module)
         if reason is not None:
             raise RuntimeError(f"AutoClip cannot clip this run's gradients: {reason}. Clipping with a "

@@ -93,11 +93,12 @@ CALLBACKS: tuple[Registered, ...] = (
     # and cost 2-10 points of accuracy; z 4 with alpha 0.9 clipped 1-2 steps, accuracy
     # unchanged, while x100 input spikes are still cut. A clipped step must also be 10x the
     # running mean (``min_ratio``): healthy sweep runs' z-outliers were 1.9-4.7x, and clipping
-    # them moved those runs' outcomes by more than 10%, either way. It runs after the monitor,
+    # them moved those runs' outcomes by more than 10%, either way; for 100 steps after another
+    # remedy acted, every z-outlier is clipped again. It runs after the monitor,
     # which sees the gradients before any clip.
     Registered("AutoClip", "lightning_convergence.callbacks.autoclip", frozenset({"act"}),
                suite_args={"mode": "zscore", "z_thresh": 4.0, "alpha": 0.9, "min_ratio": 10.0,
-                           "clip_warmup_steps": 10},
+                           "guard_remedy_steps": 100, "clip_warmup_steps": 10},
                second_instance={"mode": "zscore"}),
 )
 

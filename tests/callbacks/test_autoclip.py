@@ -245,6 +245,7 @@ def test_unreadable_sharding_is_refused_by_capability_not_by_name(tmp_path):
         ({"max_norm": 0.0}, ValueError, "`max_norm`.*0.0"),
         ({"min_ratio": 0.5}, ValueError, "`min_ratio`.*0.5"),
         ({"min_ratio": "10"}, TypeError, "`min_ratio`.*'10'"),
+        ({"guard_remedy_steps": 0}, ValueError, "`guard_remedy_steps`.*0"),
         ({"clip_factor": "0.01"}, TypeError, "`clip_factor`.*'0.01'"),
         ({"eps": 0}, ValueError, "`eps`.*0"),
         ({"clip_warmup_steps": -1}, ValueError, "`clip_warmup_steps`.*-1"),
@@ -282,3 +283,40 @@ def test_suite_clipping_leaves_a_healthy_run_nearly_alone(tmp_path):
     clipped = sum(i["detail"]["clipped_steps"] for i in report["interventions"] if i["action"] == "clip")
     assert clipped <= 3  # of 128 steps
     assert report["summary"]["healthy"]
+
+
+class MildSpikes(DigitsMLP):
+    """The loss x5 on steps 30 and 70: gradient steps 5x the usual, outliers by z-score but not
+    10x the mean."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * 5.0 if self.global_step in (30, 70) else loss
+
+
+class PlantsARemedy(L.Callback):
+    """Another remedy of the suite acts at step 20 (a record in the run's log, as PlateauAdvisor
+    would leave)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from lightning_convergence.callbacks._context import run_context
+        from lightning_convergence.recorder.records import Intervention
+
+        if trainer.global_step == 20:
+            run_context(trainer).log.add_intervention(Intervention("lr_scale", 20, "Planted", {"reason": "plateau"}))
+
+
+@pytest.mark.parametrize("min_ratio, guard, clipped", [(1.0, None, [30, 70]), (10.0, None, []), (10.0, 30, [30])])
+def test_min_ratio_leaves_mild_outliers_alone_except_right_after_another_remedy(tmp_path, min_ratio, guard, clipped):
+    """Both 5x steps are z-score outliers (ZClip as published clips them); with ``min_ratio=10``
+    they are left alone; with ``guard_remedy_steps=30`` the one within 30 steps of another
+    remedy (step 30, after the planted one at 20) is clipped, the one at 70 is not."""
+    clip = AutoClip(mode="zscore", z_thresh=4.0, alpha=0.9, min_ratio=min_ratio, guard_remedy_steps=guard,
+                    clip_warmup_steps=10, log_every_n_steps=5)
+    trainer = _fit(tmp_path, MildSpikes(lr=0.05), [PlantsARemedy(), clip], max_epochs=10, max_steps=90)
+    records = [i for i in clip._records_state(trainer)["interventions"] if i["action"] == "clip"]
+    first_steps = [r["detail"]["first_step"] for r in records]
+    if min_ratio == 1.0:  # ZClip as published: both, and the odd ordinary step too
+        assert {30, 70} <= set(first_steps)
+    else:
+        assert first_steps == clipped
