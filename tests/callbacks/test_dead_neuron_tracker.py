@@ -101,15 +101,21 @@ def test_saturated_tanh_layer_is_diagnosed(tmp_path):
     assert logger.series("convergence/saturation/net.1")[0][1] > 0.5
 
 
+def _all_dead_mlp() -> DigitsMLP:
+    """Both hidden layers dead from the start (biases at -5): the output is constant."""
+    L.seed_everything(0)
+    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
+    with torch.no_grad():
+        model.net[0].bias.fill_(-5.0)
+        model.net[2].bias.fill_(-5.0)
+    return model
+
+
 def test_redo_revives_dead_units_and_training_recovers(tmp_path):
     x, y = digits_tensors(1500)
     accuracies, records = {}, {}
     for act in (False, True):
-        L.seed_everything(0)
-        model = DigitsMLP(hidden=32, lr=0.05, n=1500)
-        with torch.no_grad():
-            model.net[0].bias.fill_(-5.0)
-            model.net[2].bias.fill_(-5.0)
+        model = _all_dead_mlp()
         tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=act, redo_cooldown_steps=1000)
         trainer, _ = fit(tmp_path / str(act), model, [tracker], log_every_n_steps=4, max_epochs=4)
         accuracies[act] = (model(x).argmax(1) == y).float().mean().item()
@@ -131,11 +137,7 @@ def test_no_revival_without_two_windows_left_in_the_fit(tmp_path, max_steps, rev
     """The same dead layers, judged at the end of the first 4-step window: with 7 steps left the
     revival could be neither judged nor pay off, so the layers are reported, not revived; with
     8 (two windows) they are revived."""
-    L.seed_everything(0)
-    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
-    with torch.no_grad():
-        model.net[0].bias.fill_(-5.0)
-        model.net[2].bias.fill_(-5.0)
+    model = _all_dead_mlp()
     tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000)
     trainer, _ = fit(tmp_path, model, [tracker], log_every_n_steps=4, max_steps=max_steps)
     records = tracker._records_state(trainer)
