@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -88,10 +89,11 @@ class OpCounter:
 def count(model: str, variant: str, first: int = FIRST, last: int = LAST) -> OpCounter:
     """Count the ops of ``variant``'s hooks on ``model``, steps ``first`` to ``last - 1``."""
     counter = OpCounter(first, last)
-    trainer = L.Trainer(accelerator="cpu", max_steps=last + 2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=LOG_EVERY,
-                        callbacks=counter.callbacks(VARIANTS[variant]()))
-    trainer.fit(make_task(model), make_loader(model, last + 2))
+    with tempfile.TemporaryDirectory(prefix="step_ops_") as root:  # the suite's report goes there
+        trainer = L.Trainer(accelerator="cpu", max_steps=last + 2, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=LOG_EVERY,
+                            default_root_dir=root, callbacks=counter.callbacks(VARIANTS[variant]()))
+        trainer.fit(make_task(model), make_loader(model, last + 2))
     return counter
 
 

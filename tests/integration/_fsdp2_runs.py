@@ -76,8 +76,8 @@ class Probe(L.Callback):
         clip = next((c for c in trainer.callbacks if isinstance(c, AutoClip)), None)
         coefficient = None
         if clip is not None and clip._last is not None:
-            norm, _, post = clip._last.tolist()
-            coefficient = post / norm if norm > 0 else None
+            _, _, scale = clip._last  # this step's clip coefficient (None: not clipping)
+            coefficient = 1.0 if scale is None else float(scale)
         self.steps.append({"step": trainer.global_step, "total": float(sumsq.sum().sqrt()),
                            "layers": {k: v ** 0.5 for k, v in layers.items()}, "clip": coefficient})
 

@@ -167,7 +167,7 @@ WRONG = {
                         "report_window_steps": "x"},
     "AutoClip": {
         "mode": "median", "percentile": "x", "window": 2.5, "include_current": 3, "z_thresh": "x", "alpha": "x",
-        "max_norm": "x", "clip_factor": "x", "eps": "x", "exclude_final_layer": 3, "clip_warmup_steps": "x",
+        "min_ratio": "x", "guard_remedy_steps": "x", "max_norm": "x", "clip_factor": "x", "eps": "x", "exclude_final_layer": 3, "clip_warmup_steps": "x",
         "auto_remediate": 3, "log_every_n_steps": "x", "backend": "cuda-magic", "report_window_steps": "x",
     },
 }
