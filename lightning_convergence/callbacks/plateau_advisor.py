@@ -180,10 +180,10 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         self._losses.to(pl_module.device)  # restored on the CPU
         # A fresh fit reads its log from the start; a resumed one from its first window (the
         # callbacks restore their old records in their own on_train_start, after or before this).
-        self._seen_diagnoses = 0 if trainer.global_step == 0 else None
-        self._window_lr = None
+        self._seen_diagnoses, self._window_lr = (0 if trainer.global_step == 0 else None), None
         if trainer.global_step == 0:
             self._counts = RemedyCounts()
+        self.context(trainer).lr_cut_step = self._counts.last_cut_step  # a resumed fit's too
         self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
         if self.is_acting(trainer):
             self.own_lr(trainer, self.factor_of)
