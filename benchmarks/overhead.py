@@ -60,15 +60,19 @@ from benchmarks.overhead_models import MODELS, FloorPass, make_loader, make_task
 from lightning_convergence import (AutoClip, DeadNeuronTracker, GradientNormMonitor,  # noqa: E402
                                    InitializationAudit, InputSanityChecker, PlateauAdvisor, TrainingSpeedMonitor,
                                    default_callbacks)
+from lightning_convergence.callbacks import registry  # noqa: E402
 from lightning_convergence.stats import sum_of_squares  # noqa: E402
 
 LOG_EVERY, SAMPLE_EVERY, WARMUP = 50, 10, 5
+ONE_OFF_STEPS = frozenset({7, 15, 31})  # GradientNormMonitor's early update-ratio measurements, once per fit
 STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
               "on_before_zero_grad", "on_train_batch_end")
 SINGLES = {"monitor": GradientNormMonitor, "tracker": DeadNeuronTracker, "advisor": PlateauAdvisor,
            "inputs": InputSanityChecker, "init_audit": InitializationAudit, "speed": TrainingSpeedMonitor,
            "autoclip": AutoClip}
-SUITES = {"suite": lambda: default_callbacks(), "suite_acting": lambda: default_callbacks(auto_remediate=True),
+ACTING_CLIP = dict(registry.BY_NAME["AutoClip"].suite_args)  # the acting suite's AutoClip (z-score)
+SUITES = {"monitor+autoclip": lambda: [GradientNormMonitor(auto_remediate=True), AutoClip(**ACTING_CLIP)],
+          "suite": lambda: default_callbacks(), "suite_acting": lambda: default_callbacks(auto_remediate=True),
           "suite_log1": lambda: default_callbacks(log_every_n_steps=1)}
 VARIANTS = ("bare", "floor", *SINGLES, *SUITES, "recipe", "anomaly")
 TARGETS = {"suite": 1.03, **{m: 1.02 for m in ("monitor", "tracker", "advisor", "inputs", "init_audit", "speed",
@@ -152,11 +156,27 @@ class Fit:
         extra = sum(t - steady for i, t in enumerate(self.intervals) if self._special(WARMUP + i))
         return (steady + extra / len(self.intervals)) * 1e3
 
-    def hook_ms(self, names: Sequence[str] | None = None) -> float:
-        """The timed hooks' seconds per step, window mean, in ms."""
+    def hook_ms(self, names: Sequence[str] | None = None, steady: bool = False) -> float:
+        """The timed hooks' seconds per step, window mean, in ms; ``steady`` leaves out the one-off
+        steps of the first 32 (the monitor's early update-ratio measurements, once per fit)."""
         names = list(self.hooks) if names is None else names
-        steps = range(WARMUP, WARMUP + len(self.intervals))
+        steps = [s for s in range(WARMUP, WARMUP + len(self.intervals)) if not (steady and s in ONE_OFF_STEPS)]
         return statistics.fmean(sum(self.hooks[n][s] for n in names) for s in steps) * 1e3
+
+    def every_step_ms(self) -> float:
+        """The hooks' median ms on ordinary steps: no logging step or the one after it, no
+        sampled step, no one-off step: the every-step path."""
+        window = range(WARMUP, WARMUP + len(self.intervals))
+        steps = [s for s in window if not self._special(s) and s % SAMPLE_EVERY != 0 and s not in ONE_OFF_STEPS]
+        return median([sum(h[s] for h in self.hooks.values()) for s in steps or window]) * 1e3
+
+    def logging_extra_ms(self) -> float:
+        """What the logging steps (and the steps after them) cost above the every-step path,
+        spread over the window: ms per step."""
+        ordinary = self.every_step_ms() / 1e3
+        steps = range(WARMUP, WARMUP + len(self.intervals))
+        extra = sum(sum(h[s] for h in self.hooks.values()) - ordinary for s in steps if self._special(s))
+        return extra / len(self.intervals) * 1e3
 
 
 def run_fit(model: str, variant: str, steps: int) -> Fit:
@@ -241,6 +261,10 @@ def summarise(fits: dict[str, list[Fit]]) -> dict[str, Any]:
                                "foreign_cores_max": max((f.foreign_cores or 0.0) for f in runs)}
         if runs[0].hooks:
             row["hook_ms"] = median([f.hook_ms() for f in runs])
+            row["steady_hook_ms"] = median([f.hook_ms(steady=True) for f in runs])
+            row["every_step_ms"] = median([f.every_step_ms() for f in runs])
+            row["logging_extra_ms"] = median([f.logging_extra_ms() for f in runs])
+            row["logging_extra_fraction"] = row["logging_extra_ms"] / bare_ms
             row["hook_fraction"] = row["hook_ms"] / bare_ms
             owners = sorted({n.split(".")[0] for n in runs[0].hooks})
             row["per_callback_ms"] = {o: median([f.hook_ms([n for n in f.hooks if n.split(".")[0] == o]) for f in runs])
@@ -267,6 +291,37 @@ def model_table(variants: dict[str, Any]) -> str:
                      f"{row['hook_ms']:.2f}" if "hook_ms" in row else "-",
                      f"{row['hook_fraction'] * 100:.2f}%" if "hook_ms" in row else "-",
                      f"{row['foreign_cores_max']:.2f}", target])
+    return markdown_table(rows)
+
+
+FLOOR_TARGETS = {"every_step": 1.2, "logging": 0.003, "suite": 1.5}
+
+
+def floor_table(models: dict[str, Any]) -> str:
+    """The targets against the floor (one read of every gradient per step), hook time per model."""
+    rows = [["model", "floor ms (every step)", "`monitor+autoclip` every step (<= 1.2x floor)",
+             "its logging steps, spread (< 0.3% of the step)", "`suite` steady (<= 1.5x floor)",
+             "`suite_acting` steady"]]
+    for model, result in models.items():
+        v = result["variants"]
+        if "floor" not in v:
+            continue
+        floor = v["floor"]["every_step_ms"]
+
+        def versus(variant: str, key: str, target: float | None = None) -> str:
+            if variant not in v:
+                return "not run"
+            ratio = v[variant][key] / floor
+            verdict = "" if target is None else (": met" if ratio <= target else ": not met")
+            return f"{v[variant][key]:.2f} ms = {ratio:.2f}x{verdict}"
+
+        pair = v.get("monitor+autoclip")
+        logging = "not run" if pair is None else (
+            f"{pair['logging_extra_ms']:.3f} ms = {pair['logging_extra_fraction'] * 100:.2f}%"
+            f"{': met' if pair['logging_extra_fraction'] < FLOOR_TARGETS['logging'] else ': not met'}")
+        rows.append([model, f"{floor:.2f}", versus("monitor+autoclip", "every_step_ms", FLOOR_TARGETS["every_step"]),
+                     logging, versus("suite", "steady_hook_ms", FLOOR_TARGETS["suite"]),
+                     versus("suite_acting", "steady_hook_ms")])
     return markdown_table(rows)
 
 
@@ -353,6 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "**step ms**: robust mean step; **vs bare**: median of the per-repeat paired ratios (their spread "
                  "is the noise); **hook ms/step**: the callbacks' own hooks and forward hooks, window mean; "
                  "**target**: the suite at defaults <= 1.03x, each monitor alone <= 1.02x.", ""]
+    generated += ["## Against the floor", "",
+                  "Hook time against the `floor` variant's (one read of every gradient per step, median of its "
+                  "ordinary steps). **every step**: median hook ms of ordinary steps (no logging step or the one "
+                  "after it, no sampled step, none of the one-off early steps 7, 15, 31); **logging steps, spread**: "
+                  "what the logging steps and the steps after them cost above that, per step of the window, and as "
+                  "a share of the bare step; **steady**: window mean without the one-off early steps.", "",
+                  floor_table(results), ""]
     for model, result in results.items():
         generated += [f"## {model}", "", f"{result['description']}; {result['parameters']:,} parameters in "
                       f"{result['tensors']} tensors.", "", model_table(result["variants"]), ""]

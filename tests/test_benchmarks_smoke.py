@@ -87,12 +87,15 @@ def test_study_keeps_the_verdict_written_by_hand(tmp_path):
 
 @pytest.mark.slow
 def test_overhead_runs_and_reports_what_it_timed(tmp_path):
-    out = _run(["benchmarks/overhead.py", "--quick", "--models", "cnn", "--variants", "floor,tracker,suite,recipe",
-                "--max-wait", "0", "--out", str(tmp_path)])
+    out = _run(["benchmarks/overhead.py", "--quick", "--models", "cnn", "--variants",
+                "floor,tracker,monitor+autoclip,suite,recipe", "--max-wait", "0", "--out", str(tmp_path)])
     assert "wrote" in out
     payload = json.loads((tmp_path / "overhead.json").read_text())
     variants = payload["models"]["cnn"]["variants"]
-    assert list(variants) == ["bare", "floor", "tracker", "suite", "recipe"]
+    assert list(variants) == ["bare", "floor", "tracker", "monitor+autoclip", "suite", "recipe"]
+    pair = variants["monitor+autoclip"]
+    assert set(pair["per_callback_ms"]) == {"GradientNormMonitor", "AutoClip"}
+    assert 0 < pair["every_step_ms"] and pair["steady_hook_ms"] > 0 and pair["logging_extra_fraction"] is not None
     assert "hook_ms" not in variants["bare"]
     for name in ("floor", "tracker", "suite", "recipe"):
         row = variants[name]
@@ -108,6 +111,9 @@ def test_overhead_runs_and_reports_what_it_timed(tmp_path):
     rows = _table(md, "variant")
     assert [row[0] for row in rows] == [f"`{v}`" for v in variants]
     assert rows[1][3] == f"{variants['floor']['hook_ms']:.2f}"
+    floor_row = _table(md, "model")[0]  # the targets against the floor
+    assert floor_row[0] == "cnn" and floor_row[1] == f"{variants['floor']['every_step_ms']:.2f}"
+    assert floor_row[2].startswith(f"{pair['every_step_ms']:.2f} ms = ")
 
 
 def test_step_ops_counts_one_sum_per_gradient_for_the_floor():

@@ -108,11 +108,13 @@ class RunContext:
         the same on every rank, so every rank reaches the collective. Without sharding there is
         no collective: under DDP the gradients are already the same on every rank.
         """
-        params, _ = self.parameters(pl_module, optimizer)
         key = (id(optimizer), trainer.global_step, backend)
         cached = self._gradient_pass
         if cached is None or cached.key != key:
             cached = self._gradient_pass = _GradientPass(key)
+        elif cached.sumsq is not None and (cached.full is not None or not full):
+            return cached.sumsq, cached.full  # another callback asked first this step
+        params, _ = self.parameters(pl_module, optimizer)
         layout = self.shard_layout(trainer, pl_module, optimizer)
         grads = [p.grad for p in params] if layout is None else local_gradients(params)
         if full and cached.full is None:

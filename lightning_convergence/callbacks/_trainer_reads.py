@@ -40,7 +40,15 @@ def batch_loss(trainer: Trainer, outputs: Any, keys: tuple[str, ...] = LOSS_KEYS
     """
     loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
     if isinstance(loss, Tensor) and loss.numel() == 1:
-        return loss.detach().reshape(()).float() * trainer.accumulate_grad_batches
+        # A new tensor (never a view of the user's: callers keep it), made with as few ops as
+        # possible: each dispatch costs microseconds on every step.
+        loss = loss.detach()
+        loss = loss if loss.dim() == 0 else loss.reshape(())
+        accumulate = trainer.accumulate_grad_batches
+        if loss.dtype != torch.float32:
+            loss = loss.float()  # a copy
+            return loss if accumulate == 1 else loss * accumulate
+        return loss.clone() if accumulate == 1 else loss * accumulate
     for key in keys:
         logged = trainer.callback_metrics.get(key)
         if isinstance(logged, Tensor) and logged.numel() == 1:

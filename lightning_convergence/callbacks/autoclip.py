@@ -17,12 +17,14 @@ from lightning_convergence.remedies.clipping import (
     ZScoreThreshold,
     adaptive_clip_,
     clip_coefficient,
+    global_norm,
     scale_gradients_,
 )
 from lightning_convergence.remedies.sharded_clipping import sharded_adaptive_clip_
 from lightning_convergence import tags
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.stats import Backend, validate_backend
+from lightning_convergence.stats.host_window import HostWindow
 from lightning_convergence.stats.sharding import local_view
 from lightning_convergence.stats.window import DeviceWindow
 from lightning_convergence.validation import check_bool, check_positive_float, check_positive_int
@@ -175,8 +177,9 @@ class AutoClip(ConvergenceCallback):
             self._window.declare(name, (), "sum")
         self._window.declare("first_clipped_step", (), "min")
         self._window.declare("last_clipped_step", (), "max")
-        # This step's pre-clip norm, threshold and clip coefficient (None: not clipping).
-        self._last: tuple[Tensor, Tensor, Tensor | None] | None = None
+        # This step's pre-clip norm, threshold and clip coefficient (None: not clipping); floats
+        # on the host path.
+        self._last: tuple[Tensor | float, Tensor | float, Tensor | float | None] | None = None
         self._pending_rule: dict | None = None
         self._final_module: str | None = None
 
@@ -211,16 +214,16 @@ class AutoClip(ConvergenceCallback):
             sumsq, _ = context.gradient_statistics(trainer, pl_module, optimizer, self.backend, full=False)
             if isinstance(self._rule, ZScoreThreshold) and self.guard_remedy_steps is not None:
                 self._rule.min_ratio = 1.0 if self._guarding(trainer, step) else self.min_ratio
-            norm = sumsq.sum().sqrt()
+            norm = global_norm(sumsq)  # a float on the host path (gradients on the CPU)
             threshold = self._rule.update(norm)
             coefficient = clip_coefficient(norm, threshold, self.max_norm)
-            clipped = (coefficient < 1.0).to(torch.float32)
-            if active:
+            clipped = coefficient < 1.0 if isinstance(coefficient, float) else (coefficient < 1.0).to(torch.float32)
+            if active and not (isinstance(coefficient, float) and coefficient == 1.0):  # (host path: no clip)
                 # The coefficient comes from the global norm (reduced under sharding): every rank
                 # scales its local shards by the same factor.
                 scale_gradients_(local_gradients(params), coefficient)
             else:
-                clipped = torch.zeros_like(clipped)
+                clipped = False if isinstance(clipped, bool) else torch.zeros_like(clipped)
             scale = coefficient if active else None
             fraction = clipped
         self._update_window(step, clipped, fraction)
@@ -256,8 +259,15 @@ class AutoClip(ConvergenceCallback):
         fraction = adaptive_clip_(params, self.clip_factor, self.eps)
         return fraction.to(device)
 
-    def _update_window(self, step: int, clipped: Tensor, fraction: Tensor) -> None:
-        """Accumulate on the device: steps, clipped steps, first/last clipped step, unit fraction."""
+    def _update_window(self, step: int, clipped: Tensor | bool, fraction: Tensor | bool) -> None:
+        """Accumulate on the device: steps, clipped steps, first/last clipped step, unit fraction
+        (on the host, from a bool, on the host path)."""
+        if isinstance(clipped, bool):
+            self._window = HostWindow.like(self._window)
+            self._window.update(steps=1.0, clipped_steps=clipped, unit_fraction_sum=fraction,
+                                first_clipped_step=float(step) if clipped else math.inf,
+                                last_clipped_step=float(step) if clipped else -math.inf)
+            return
         did_clip = clipped > 0
         self._window.update(
             steps=torch.ones((), device=clipped.device), clipped_steps=clipped, unit_fraction_sum=fraction,
@@ -270,13 +280,18 @@ class AutoClip(ConvergenceCallback):
         if not self._window.allocated or self._last is None:
             return
         norm, threshold, scale = self._last
-        post = norm.to(torch.float64) * (1.0 if scale is None else scale)  # the norm after the clip
         # z-score mode clips only outliers (its threshold is inf otherwise): log its onset line,
         # from the EMA as the last step left it.
-        shown = self._rule.onset().to(norm.device) if isinstance(self._rule, ZScoreThreshold) else threshold
-        extra = {"last": torch.stack([norm.double(), shown.double(), post.double()])}
+        shown = self._rule.onset() if isinstance(self._rule, ZScoreThreshold) else threshold
+        if isinstance(norm, float):  # the host path
+            post = norm * (1.0 if scale is None else scale)  # the norm after the clip
+            last = torch.tensor([norm, float(shown), post], dtype=torch.float64)
+        else:
+            post = norm.to(torch.float64) * (1.0 if scale is None else scale)
+            last = torch.stack([norm.double(), shown.to(norm.device).double(), post.double()])
+        extra = {"last": last}
         if isinstance(self._rule, ZScoreThreshold):
-            extra["rule_initialised"] = self._rule.initialised_flag().to(norm.device)
+            extra["rule_initialised"] = self._rule.initialised_flag().to(last.device)
         values = self._window.read(extra=extra)
         if isinstance(self._rule, ZScoreThreshold):
             self._rule.note_read(values["rule_initialised"])

@@ -26,14 +26,15 @@ from lightning_convergence.rules.findings import Finding
 from lightning_convergence.rules.gradient_health import is_rising, norm_trend
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
+from lightning_convergence.rules.gradient_window import step_norms
 from lightning_convergence.stats import (
     ABSMAX,
     NONFINITE,
     Backend,
-    sum_by_group,
     tensor_stats,
     validate_backend,
 )
+from lightning_convergence.stats.host import on_host_path
 from lightning_convergence.validation import check_positive_float, check_positive_int
 
 
@@ -51,6 +52,7 @@ class _Track:
     params: list[torch.nn.Parameter]
     layers: list[str]
     group_index: Tensor  # [num_params] long, on the gradients' device
+    group_list: list[int]  # the same, on the host
     window: GradientWindow
     spike: SpikeDetector
     rule: GradientHealthRule
@@ -161,7 +163,8 @@ class GradientNormMonitor(ConvergenceCallback):
             params=params,
             layers=layers,
             group_index=group_index,
-            window=GradientWindow(len(layers), trace_capacity=self.logging_cadence(trainer)),
+            group_list=group_index.tolist(),
+            window=GradientWindow(len(layers), self.logging_cadence(trainer), host=on_host_path(group_index)),
             spike=SpikeDetector(self.spike_history, self.spike_factor, self.min_history),
             rule=GradientHealthRule(layers, self.thresholds),
             layout=self.context(trainer).shard_layout(trainer, pl_module, optimizer),
@@ -206,10 +209,10 @@ class GradientNormMonitor(ConvergenceCallback):
         sumsq, full = self.context(trainer).gradient_statistics(
             trainer, pl_module, optimizer, self.backend, full=logging
         )
-        layer_sumsq = sum_by_group(sumsq, track.group_index, len(track.layers))  # [layers]
-        total_norm = sumsq.sum().sqrt()
+        # [layers]; floats on the host path (gradients on the CPU, where reading them is free)
+        total_norm, layer_sumsq = step_norms(sumsq, track.group_index, len(track.layers), track.group_list)
         spike, median = track.spike.update(total_norm)
-        track.window.update(step, total_norm, spike, median, layer_sumsq.sqrt(), ~torch.isfinite(layer_sumsq))
+        track.window.update(step, total_norm, spike, median, layer_sumsq)
         if logging:  # before a skip drops the gradients, so a bad step's values are still counted
             self._log_window(trainer, pl_module, track, step, full, layer_sumsq)
         elif self.track_updates and step in _EARLY_UPDATE_STEPS and not track.updates.pending:
@@ -217,12 +220,12 @@ class GradientNormMonitor(ConvergenceCallback):
         if self.is_acting(trainer) and _scaler(trainer) is None:
             self._skip_if_nonfinite(trainer, track, total_norm, step)
 
-    def _skip_if_nonfinite(self, trainer: Trainer, track: _Track, total_norm: Tensor, step: int) -> None:
+    def _skip_if_nonfinite(self, trainer: Trainer, track: _Track, total_norm: Tensor | float, step: int) -> None:
         # The one host read per step that acting needs (as GradScaler's own found_inf check).
         # Every rank decides the same: gradients are identical on every DDP rank here, and under
         # sharding ``total_norm`` was reduced over the ranks. So every rank or none reaches the
         # collective in ``skip_step`` (a second all_reduce, on such a step only).
-        if math.isfinite(total_norm.item()):
+        if math.isfinite(total_norm if isinstance(total_norm, float) else total_norm.item()):
             track.consecutive_skips = 0
             return
         counts = tensor_stats(local_gradients(track.params), backend=self.backend)[:, NONFINITE]
@@ -260,9 +263,10 @@ class GradientNormMonitor(ConvergenceCallback):
     # ----------------------------------------------------------------- logging steps
 
     def _log_window(self, trainer: Trainer, pl_module: LightningModule, track: _Track, step: int,
-                    full: Tensor | None, layer_sumsq: Tensor) -> None:
+                    full: Tensor | None, layer_sumsq: Tensor | list[float]) -> None:
         # Brought back with the window in one transfer: this step's per-layer sums of squares,
         # its max |grad| and how many gradient tensors hold NaN/Inf.
+        layer_sumsq = torch.as_tensor(layer_sumsq, dtype=torch.float32, device=track.group_index.device)
         extra = torch.cat([layer_sumsq, _step_extremes(full, layer_sumsq)])
         summary, values = track.window.read(extra=extra)
         track.window.reset()

@@ -9,12 +9,19 @@ reads everything in one transfer and hands a :class:`WindowSummary` to the host-
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 from torch import Tensor
 
+from lightning_convergence.stats.grouping import sum_by_group
+from lightning_convergence.stats.host import cpu_floats, on_host_path
+from lightning_convergence.stats.host_window import HostWindow
 from lightning_convergence.stats.window import DeviceWindow
+
+Norm = Union[Tensor, float]  # a 0-d tensor on the device path, a float on the host path
 
 
 @dataclass
@@ -47,8 +54,9 @@ class WindowSummary:
 class SpikeDetector:
     """Flags a total norm above ``factor`` x the median of the last ``history`` finite norms.
 
-    Runs on the device: the flag is a 0-d bool tensor, never read here. Non-finite norms never
-    enter the history.
+    Runs on the device: the flag is a 0-d bool tensor, never read here. Given a float (the host
+    path, for gradients on the CPU) it runs on floats and returns a bool and a float; both paths
+    keep the same history. Non-finite norms never enter the history.
 
     Args:
         history: how many recent finite norms the median is taken over.
@@ -67,16 +75,21 @@ class SpikeDetector:
         self.history = history
         self.factor = factor
         self.min_history = min_history
-        self._norms: Tensor | None = None  # [history], NaN = empty slot
+        self._norms: Tensor | list[float] | None = None  # [history], NaN = empty slot
         self._cursor = 0
 
     def _buffer(self, like: Tensor) -> Tensor:
         if self._norms is None:
             self._norms = torch.full((self.history,), math.nan, dtype=torch.float32, device=like.device)
+        elif isinstance(self._norms, list):  # kept on the host so far
+            self._norms = torch.tensor(self._norms, dtype=torch.float32, device=like.device)
         return self._norms
 
-    def update(self, total_norm: Tensor) -> tuple[Tensor, Tensor]:
-        """Test ``total_norm`` (0-d) against the history, then add it; return (spike, median)."""
+    def update(self, total_norm: Norm) -> tuple[Tensor, Tensor] | tuple[bool, float]:
+        """Test ``total_norm`` (0-d, or a float) against the history, then add it; return
+        (spike, median), tensors or a bool and a float as ``total_norm`` is."""
+        if isinstance(total_norm, float):
+            return self._update_host(total_norm)
         norms = self._buffer(total_norm)
         norm = total_norm.to(torch.float32)
         median = torch.nanmedian(norms)  # NaN while the history is empty
@@ -87,8 +100,25 @@ class SpikeDetector:
         self._cursor += 1
         return spike, median
 
+    def _update_host(self, norm: float) -> tuple[bool, float]:
+        if self._norms is None:
+            self._norms = [math.nan] * self.history
+        elif isinstance(self._norms, Tensor):
+            self._norms = cpu_floats(self._norms.cpu())  # restored from a checkpoint
+        seen = sorted(v for v in self._norms if not math.isnan(v))
+        median = seen[(len(seen) - 1) // 2] if seen else math.nan  # the lower median, as torch's
+        finite = math.isfinite(norm)
+        spike = finite and len(seen) >= self.min_history and norm > self.factor * median
+        # Stored as float32 values, as the device path stores them.
+        self._norms[self._cursor % self.history] = _float32(norm) if finite else math.nan
+        self._cursor += 1
+        return spike, median
+
     def state_dict(self) -> dict:
-        norms = self._norms.cpu() if self._norms is not None else None
+        norms = self._norms
+        if isinstance(norms, list):
+            norms = torch.tensor(norms, dtype=torch.float32)
+        norms = norms.cpu() if norms is not None else None
         return {"norms": norms, "cursor": self._cursor}
 
     def load_state_dict(self, state: dict) -> None:
@@ -102,13 +132,16 @@ class GradientWindow:
     Args:
         num_layers: number of layer groups whose norms are tracked.
         trace_capacity: how many per-step total norms are kept for logging (one window).
+        host: keep the window on the host (the host path, for gradients on the CPU): updates then
+            take floats and lists of floats.
     """
 
-    def __init__(self, num_layers: int, trace_capacity: int) -> None:
+    def __init__(self, num_layers: int, trace_capacity: int, host: bool = False) -> None:
         self.num_layers = num_layers
         self.trace_capacity = trace_capacity
+        self.host = host
         self._trace_steps: list[int] = []
-        window = self._window = DeviceWindow()
+        window = self._window = HostWindow() if host else DeviceWindow()
         g = num_layers
         # Declared in the order they are updated together: each group is one op per step.
         for name in ("steps", "nonfinite_grad_steps", "spike_steps"):
@@ -149,13 +182,17 @@ class GradientWindow:
     def update(
         self,
         step: int,
-        total_norm: Tensor,
-        spike: Tensor,
-        median: Tensor,
-        layer_norms: Tensor,
-        layer_nonfinite: Tensor,
+        total_norm: Norm,
+        spike: Tensor | bool,
+        median: Norm,
+        layer_sumsq: Tensor | list[float],
     ) -> None:
-        """Add one optimizer step. All tensors are on one device; nothing is read on the host."""
+        """Add one optimizer step: tensors on one device, nothing read on the host; or, on the
+        host path, floats (``layer_sumsq`` a list)."""
+        if self.host:
+            self._update_host(step, float(total_norm), bool(spike), float(median), layer_sumsq)
+            return
+        layer_norms, layer_nonfinite = layer_sumsq.sqrt(), ~torch.isfinite(layer_sumsq)
         nonfinite = ~torch.isfinite(total_norm)
         finite_layer = torch.isfinite(layer_norms)
         safe_norm = torch.nan_to_num(total_norm.double(), nan=0.0, posinf=0.0)
@@ -173,9 +210,37 @@ class GradientWindow:
             self._window.write("total_norm_trace", len(self._trace_steps), total_norm.double())
             self._trace_steps.append(step)
 
+    def _update_host(self, step: int, total_norm: float, spike: bool, median: float,
+                     layer_sumsq: list[float]) -> None:
+        """:meth:`update` on floats: the same values, with Python arithmetic."""
+        finite = math.isfinite(total_norm)
+        layer_norms = [math.sqrt(s) if s >= 0 else math.nan for s in layer_sumsq]
+        safe_norm = total_norm if finite else 0.0  # nan_to_num(nan=0, posinf=0)
+        self._window.update(
+            steps=1.0, nonfinite_grad_steps=not finite, spike_steps=spike,
+            layer_norm_sum=[n if math.isfinite(n) else 0.0 for n in layer_norms],
+            layer_finite_steps=[math.isfinite(n) for n in layer_norms],
+            layer_nonfinite_steps=[not math.isfinite(s) for s in layer_sumsq],
+            max_total_norm=safe_norm, max_spike_ratio=safe_norm / median if spike else 0.0,
+            first_nonfinite_grad_step=math.inf if finite else float(step),
+            first_spike_step=float(step) if spike else math.inf,
+            spike_median=median if spike else math.nan,
+        )
+        if len(self._trace_steps) < self.trace_capacity:
+            self._window.write("total_norm_trace", len(self._trace_steps), total_norm)
+            self._trace_steps.append(step)
+
     def update_loss(self, step: int, loss: Tensor) -> None:
         """Count a training loss value; non-finite ones are remembered with their first step."""
         loss = loss.detach()
+        if self.host and on_host_path(loss):
+            values = cpu_floats(loss)
+            bad = not all(math.isfinite(v) for v in values)
+            window = self._window
+            window.update(nonfinite_loss_steps=bad, loss_steps=1.0, finite_loss_sum=0.0 if bad else sum(values))
+            if bad:
+                window.update(first_nonfinite_loss_step=float(step))
+            return
         bad = ~torch.isfinite(loss).all()
         self._window.update(
             nonfinite_loss_steps=bad, loss_steps=torch.ones((), device=loss.device),
@@ -216,6 +281,24 @@ class GradientWindow:
             **first,
         )
         return summary, extra_list
+
+
+def step_norms(sumsq: Tensor, group_index: Tensor, num_groups: int,
+               group_list: list[int] | None = None) -> tuple[Norm, Tensor | list[float]]:
+    """The total norm and per-group sums of squares of one step, from per-tensor sums of squares
+    ``[N]``: a 0-d tensor and a ``[num_groups]`` tensor on the device, or, on the host path, a
+    float and a list (``group_list``: ``group_index`` as a list, if the caller keeps one)."""
+    if on_host_path(sumsq):
+        groups = [0.0] * num_groups
+        for value, group in zip(cpu_floats(sumsq), group_list or [int(g) for g in cpu_floats(group_index)]):
+            groups[group] += value
+        return math.sqrt(sum(groups)), groups
+    return sumsq.sum().sqrt(), sum_by_group(sumsq, group_index, num_groups)
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to float32, as a float32 tensor would hold it."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _empty_summary(num_layers: int) -> WindowSummary:

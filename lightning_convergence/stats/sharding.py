@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -34,7 +35,9 @@ SumOverRanks = Callable[[Tensor], Tensor]
 """``all_reduce(tensor)``: ``tensor`` summed over every rank (in place), returned."""
 
 
+@functools.lru_cache(maxsize=None)
 def _dtensor_type() -> type | None:
+    # Cached: asked for every gradient of every step, and the answer never changes in a process.
     if not torch.distributed.is_available():
         return None
     from torch.distributed.tensor import DTensor

@@ -102,8 +102,8 @@ class DeviceWindow:
         if known is not None:
             raise ValueError(f"slot {name!r} is declared as {known}, got {slot}.")
         self._slots[name] = slot
-        if self._buffer is not None:
-            self._relayout(self._buffer.device)
+        if self.allocated:
+            self._relayout(self.device)
 
     def __contains__(self, name: str) -> bool:
         return name in self._slots

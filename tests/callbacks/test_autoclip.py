@@ -162,7 +162,7 @@ def test_fp16_overflow_step_leaves_the_history_alone(tmp_path):
     clip = AutoClip(mode="percentile", percentile=50.0)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
     _fit(tmp_path, Overflow(), [clip], plugins=[plugin], max_steps=10)
-    history = clip._rule._history
+    history = clip._rule.state_dict()["history"]
     assert torch.isnan(history[5]) and torch.isfinite(history[:5]).all() and torch.isfinite(history[6:10]).all()
     assert history[:10].nan_to_num(0).max() < 100  # unscaled norms, not times the loss scale
 

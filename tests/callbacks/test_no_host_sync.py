@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lightning_convergence
+import lightning_convergence.stats.host
 from lightning_convergence import AutoClip, GradientNormMonitor, default_callbacks
 from tests.helpers.models import DigitsMLP, trainer_kwargs
 
@@ -30,8 +31,8 @@ def watch_package_reads(monkeypatch) -> tuple[list[str], L.Callback]:
             if state["watch"]:
                 for frame in reversed(traceback.extract_stack()[:-1]):
                     if frame.filename.startswith(PACKAGE_DIR):
-                        # The one allowed read: cpu_scalar, which refuses any non-CPU tensor.
-                        if not (frame.name == "cpu_scalar" and self.device.type == "cpu"):
+                        # The allowed reads: cpu_scalar and cpu_floats, which refuse any non-CPU tensor.
+                        if not (frame.name in ("cpu_scalar", "cpu_floats") and self.device.type == "cpu"):
                             calls.append(f"{name} from {os.path.basename(frame.filename)}:{frame.lineno}")
                         break
             return original(self, *args, **kwargs)
@@ -71,8 +72,12 @@ def fit_watched(tmp_path, monkeypatch, callbacks) -> tuple[list[str], L.Trainer]
     ],
     ids=["suite-observing", "autoclip-percentile", "autoclip-zscore", "autoclip-agc", "monitor+autoclip"],
 )
-def test_no_host_sync_on_steps_that_do_not_log(tmp_path, monkeypatch, callbacks):
-    """None of the patched methods is called from our package during a step that does not log."""
+@pytest.mark.parametrize("host_path", [False, True], ids=["device-path", "host-path"])
+def test_no_host_sync_on_steps_that_do_not_log(tmp_path, monkeypatch, callbacks, host_path):
+    """None of the patched methods is called from our package during a step that does not log.
+    With the host path off, CPU tensors take the path an accelerator takes, so this proves it
+    sync-free; with it on, the only reads are the CPU-only ``cpu_scalar`` and ``cpu_floats``."""
+    monkeypatch.setattr(lightning_convergence.stats.host, "HOST_PATH_ON_CPU", host_path)
     calls, trainer = fit_watched(tmp_path, monkeypatch, callbacks())
     assert calls == []
     assert trainer.global_step == 32  # the run happened, and 27 of its steps were watched
@@ -109,6 +114,7 @@ def test_the_detector_catches_a_read_planted_in_package_code(tmp_path, monkeypat
     step, and attributed to the package file that made the call."""
     import importlib
 
+    monkeypatch.setattr(lightning_convergence.stats.host, "HOST_PATH_ON_CPU", False)  # the accelerator's path
     _reading(importlib.import_module(module), name, monkeypatch)
     calls, trainer = fit_watched(tmp_path, monkeypatch, callbacks())
     assert trainer.global_step == 32
