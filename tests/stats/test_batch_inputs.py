@@ -68,6 +68,21 @@ def test_nonfinite_counter_counts_every_batch_and_the_first_step():
     assert counter.counts(counter.window.read()) == (0, -1)
 
 
+@pytest.mark.parametrize("host_path", [False, True], ids=["device-path", "host-path"])
+def test_nonfinite_counter_host_path_counts_as_the_device_path(monkeypatch, host_path):
+    """The host path's finite-sum shortcut gives the same counts, first steps and per-batch
+    values, including a -Inf, an fp16 batch whose finite sum overflows, and an empty batch."""
+    from lightning_convergence.stats import host
+
+    monkeypatch.setattr(host, "HOST_PATH_ON_CPU", host_path)
+    batches = [torch.ones(4), torch.tensor([math.nan, math.inf, 1.0]), torch.tensor([-math.inf, 2.0]),
+               torch.full((8,), 60000.0, dtype=torch.float16), torch.empty(0), torch.zeros(3)]
+    counter = NonfiniteCounter()
+    returned = [int(counter.update(x, step)) for step, x in enumerate(batches)]
+    assert returned == [0, 2, 1, 0, 0, 0]
+    assert counter.counts(counter.window.read()) == (3, 1)
+
+
 def test_parts_sharing_a_window_are_read_in_one_transfer_by_name():
     window = DeviceWindow()
     image, label = InputMoments(window, "batch[0]"), InputMoments(window, "batch[1]")
