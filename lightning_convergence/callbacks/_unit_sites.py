@@ -105,6 +105,9 @@ class UnitSites:
         self._dropped: set[str] = set()  # sites whose unit count changed: their slot names are taken
         self._left_alone: set[str] = set()  # sites told to have units that cannot be revived
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        # (module, hook) of every module to track: registered for the whole fit under compile,
+        # and only for the forward of sampled batches otherwise (see start_batch).
+        self._hooks: list[tuple[nn.Module, Any]] = []
         self._calls: dict[str, int] = {}
         self._keys: list[int] = []  # this tracker's observers for compiled regions
         self._token = torch.zeros(())  # see _compiled_sites: keeps the op in compiled graphs
@@ -135,17 +138,26 @@ class UnitSites:
         missing = sorted(set(self.include) - {name for name, _, _ in found})
         if missing:
             raise ValueError(f"`include` names modules that the model does not have: {missing}.")
-        for name, module, _ in found:
-            self._handles.append(module.register_forward_hook(self._hook(name, module)))
+        self._hooks = [(module, self._hook(name, module)) for name, module, _ in found]
+        if self.compiled:  # adding and removing hooks would recompile the compiled regions
+            self._register()
         if not found:
             known = ", ".join(cls.__name__ for cls in ACTIVATION_KINDS)
             rank_zero_warn(NOTHING_TO_TRACK.format(known=known), category=ConvergenceWarning)
         return len(found)
 
-    def detach(self) -> None:
+    def _register(self) -> None:
+        if not self._handles:
+            self._handles = [module.register_forward_hook(hook) for module, hook in self._hooks]
+
+    def _unregister(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def detach(self) -> None:
+        self._unregister()
+        self._hooks = []
         for key in self._keys:
             unregister_observer(key)
         self._keys = []
@@ -154,7 +166,7 @@ class UnitSites:
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return bool(self._hooks)
 
     @property
     def batches(self) -> int:
@@ -162,22 +174,28 @@ class UnitSites:
         return min((site.accumulator.batches for site in self.sites.values()), default=0)
 
     def start_batch(self, sampled: bool) -> None:
+        """Begin a training batch. In eager mode the hooks are on the modules only while a sampled
+        batch runs: on the other steps a module without hooks takes torch's fast call path."""
         self.sampling = sampled
         self._calls = {}
+        if sampled:
+            self._register()
 
     def end_batch(self) -> None:
         """Stop sampling; warn about the sites that could not be tracked in this batch, and
         once about hooked modules none of which has run yet."""
         self.sampling = False
+        if not self.compiled:
+            self._unregister()
         for problem in self.problems:
             rank_zero_warn(f"DeadNeuronTracker: not tracked: {problem}.", category=ConvergenceWarning)
         self.problems.clear()
 
     def warn_if_nothing_ran(self) -> None:
         """Warn (once) when modules are hooked but none has run in a sampled training forward."""
-        if self._handles and not self.sites and not self._warned_nothing_ran:
+        if self._hooks and not self.sites and not self._warned_nothing_ran:
             self._warned_nothing_ran = True
-            rank_zero_warn(NOTHING_RAN.format(hooked=len(self._handles)), category=ConvergenceWarning)
+            rank_zero_warn(NOTHING_RAN.format(hooked=len(self._hooks)), category=ConvergenceWarning)
 
     def _hook(self, module_name: str, module: nn.Module):
         # Inside a compiled region the hook hands the activation to one opaque op and decides

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from operator import attrgetter
 from typing import Any, Callable, ClassVar
 
 from lightning.pytorch import LightningModule, Trainer
@@ -80,8 +81,19 @@ class ConvergenceCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        fields = {name: getattr(self, name) for name in self.state_key_fields}
-        return self._generate_state_key(**fields) if fields else super().state_key
+        # Lightning reads the key for every hook of every callback (it names the profiler's
+        # action), about 40 times a step for the suite: the string is built once per set of
+        # field values, and a field changed after construction still changes the key.
+        fields = self.state_key_fields
+        if not fields:
+            return super().state_key
+        values = attrgetter(*fields)(self)  # one value, or a tuple of them
+        cached = getattr(self, "_state_key_cache", None)
+        if cached is not None and cached[0] == values:
+            return cached[1]
+        key = self._generate_state_key(**dict(zip(fields, values if len(fields) > 1 else (values,))))
+        self._state_key_cache = (values, key)
+        return key
 
     @property
     def source(self) -> str:

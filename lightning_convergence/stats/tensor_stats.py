@@ -53,24 +53,26 @@ def _run_grouped(tensors: Sequence[Tensor | None], backend: str, width: int, **o
     out_device = _output_device(tensors)
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     values: list[Tensor | None] = []
+    missing = False
     for i, tensor in enumerate(tensors):
         if tensor is None:
             values.append(None)
+            missing = True
             continue
         value = _dense_view(tensor)
         values.append(value)
         groups.setdefault((value.device, value.dtype), []).append(i)
 
-    if width == 1:
-        result = torch.zeros(len(tensors), dtype=torch.float32, device=out_device)
-    else:
-        result = torch.zeros(len(tensors), width, dtype=torch.float32, device=out_device)
+    if len(groups) == 1 and not missing:
+        # The common case: one group, all present, already in order; nothing to allocate or scatter.
+        (device, _dtype), = groups
+        return _BACKENDS[(resolve_backend(backend, device), width)](values, **options)
+    shape = (len(tensors),) if width == 1 else (len(tensors), width)
+    result = torch.zeros(shape, dtype=torch.float32, device=out_device)
     for (device, _dtype), indices in groups.items():
         group = [values[i] for i in indices]
         concrete = resolve_backend(backend, device)
         group_result = _BACKENDS[(concrete, width)](group, **options).to(out_device, non_blocking=True)
-        if len(indices) == len(tensors):
-            return group_result  # the common case: one group, all present, already in order
         result.index_copy_(0, _index_tensor(tuple(indices), out_device), group_result)
     return result
 

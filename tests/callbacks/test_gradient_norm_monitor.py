@@ -144,6 +144,19 @@ def test_state_key_tells_instances_apart():
     assert GradientNormMonitor().state_key != GradientNormMonitor(group_by="parameter").state_key
 
 
+def test_state_key_follows_a_field_changed_after_construction():
+    # The key is cached (Lightning reads it for every hook call); the cache must not outlive a change.
+    monitor = GradientNormMonitor()
+    first = monitor.state_key
+    assert monitor.state_key is first
+    monitor.group_by = "parameter"
+    assert monitor.state_key == GradientNormMonitor(group_by="parameter").state_key != first
+    clone = copy.deepcopy(monitor)
+    clone.spike_factor = 7.0
+    assert clone.state_key == GradientNormMonitor(group_by="parameter", spike_factor=7.0).state_key
+    assert monitor.state_key != clone.state_key
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

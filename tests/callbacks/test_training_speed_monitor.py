@@ -334,6 +334,10 @@ def test_the_profiler_stand_in_forwards_everything_and_comes_out_of_any_chain():
     assert first.seen == second.seen == [("start", "callback"), ("stop", "callback"), ("start", "checkpoint"),
                                          ("stop", "checkpoint"), ("start", "fetch"), ("stop", "fetch")]
     assert "run_training_batch" in inner.summary()  # the user's profiler saw every action
+    with pytest.raises(RuntimeError, match="disk full"):  # an action that raises still stops
+        with holder.profiler.profile("save_checkpoint"):
+            raise RuntimeError("disk full")
+    assert first.seen[-2:] == second.seen[-2:] == [("start", "checkpoint"), ("stop", "checkpoint")]
     _phase_profiler.uninstall(holder, ours)
     assert holder.profiler is theirs and theirs.inner is inner
     _phase_profiler.uninstall(holder, theirs)
