@@ -127,3 +127,22 @@ def test_step_ops_counts_one_sum_per_gradient_for_the_floor():
     assert floor.steps == monitor.steps == 3
     assert floor.counts == {"aten::sum": tensors * floor.steps}
     assert monitor.per_step() > floor.per_step()
+
+
+def test_step_calls_counts_the_suites_calls_over_bare(tmp_path):
+    """The call counter in-process on the overhead CNN (3 steps a fit): the suite's calls exceed
+    bare's, its own functions are among them, and the table shows what the JSON holds."""
+    from benchmarks.step_calls import calls_per_function, main
+
+    calls_per_function("cnn", "suite", steps=2)  # the process's one-off imports, uncounted
+    bare, suite = calls_per_function("cnn", "bare", steps=3), calls_per_function("cnn", "suite", steps=3)
+    assert sum(suite.values()) > sum(bare.values()) > 0
+    assert any(name.startswith("lightning_convergence/callbacks/base.py") for name in suite)
+    assert not any(name.startswith("lightning_convergence/") for name in bare)
+    assert main(["--models", "cnn", "--steps", "2", "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "step_calls.json").read_text())
+    rows = _table((tmp_path / "step_calls.md").read_text(), "model")
+    assert [row[1] for row in rows] == ["`bare`", "`suite`", "`suite_acting`"]
+    for row in rows:
+        entry = payload["variants"][f"cnn/{row[1].strip('`')}"]
+        assert row[2] == f"{entry['per_step']:.0f}" and row[3] == f"{entry['over_bare']:+.0f}"
