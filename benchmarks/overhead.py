@@ -87,8 +87,10 @@ def make_callbacks(variant: str) -> list[Callback]:
 
 
 class ForwardHookTimer(Callback):
-    """Times the forward hooks that the callbacks before it registered on the model's modules during
-    ``on_train_start`` (torch keeps them in each module's ``_forward_hooks``), summed per step."""
+    """Times the forward hooks that the callbacks before it registered on the model's modules
+    (torch keeps them in each module's ``_forward_hooks``), summed per step: those registered in
+    ``on_train_start`` and those registered for one batch in ``on_train_batch_start``
+    (DeadNeuronTracker's, on sampled batches)."""
 
     def __init__(self, sink: list[float]) -> None:
         self.sink = sink
@@ -98,9 +100,12 @@ class ForwardHookTimer(Callback):
         self.before = {(id(m), k) for m in pl_module.modules() for k in m._forward_hooks}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._wrap_new(pl_module)
+
+    def _wrap_new(self, pl_module: LightningModule) -> None:
         for module in pl_module.modules():
             for key, hook in list(module._forward_hooks.items()):
-                if (id(module), key) not in self.before:
+                if (id(module), key) not in self.before and not getattr(hook, "timed", False):
                     module._forward_hooks[key] = self._timed(hook)
 
     def _timed(self, hook: Any) -> Any:
@@ -111,10 +116,12 @@ class ForwardHookTimer(Callback):
             finally:
                 if self.sink:
                     self.sink[-1] += time.perf_counter() - start
+        timed.timed = True  # type: ignore[attr-defined]
         return timed
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self.sink.append(0.0)
+        self._wrap_new(pl_module)  # after the suite's own batch-start hooks (this callback comes later)
 
 
 class StepTimer(Callback):
