@@ -52,6 +52,11 @@ class RunContext:
     guards: dict = field(default_factory=dict)  # owner -> its guarded remedy (``callbacks._guard``)
     lr_remedy_pending: bool = False  # PlateauAdvisor's last LR remedy waits for its verdict
     lr_cut_step: int | None = None  # PlateauAdvisor's last LR cut: evidence from before it is stale
+    # An acting PlateauAdvisor answers a divergence with a rollback; GradientNormMonitor then hands
+    # it runs of non-finite gradients that came after finite ones (``recovery_request``: plain
+    # JSON for the report) instead of stopping the run.
+    recovers_divergence: bool = False
+    recovery_request: dict | None = None
     _gradient_pass: _GradientPass | None = None
     _parameters: dict[int, tuple[list, list[str]]] = field(default_factory=dict)
     _layouts: dict[int, ShardLayout | None] = field(default_factory=dict)  # per optimizer; None: not sharded

@@ -1,5 +1,6 @@
 """PlateauAdvisor's learning-rate remedies: a raise from the range test, a cut when the top
-cause of a warning is the learning rate, and the undo of any of them that did harm.
+cause of a warning is the learning rate, rollbacks (at a window's end, or between windows when
+gradients turned non-finite after finite steps), and the undo of any of them that did harm.
 
 A mixin of :class:`~lightning_convergence.callbacks.plateau_advisor.PlateauAdvisor`, which owns
 the state these methods use (its factors, check, snapshots, loss regime and probe).
@@ -7,13 +8,18 @@ the state these methods use (its factors, check, snapshots, loss regime and prob
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 
+from lightning_convergence.callbacks._guard import close_guards
+from lightning_convergence.callbacks._rollback_disk import load_rollback_checkpoint, rollback_path
+
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.lr_range_test import RangeTestPlan, RangeTestResult
+from lightning_convergence.rules.recovery import Action
 from lightning_convergence.rules.remedy_choice import named_too_high
 
 RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
@@ -27,6 +33,7 @@ MAX_RANGE_TESTS = 2  # per fit: a second probe when the first raise was not enou
 MAX_HIGH_CUTS = 2  # per fit: LR cuts for warnings whose top cause is a learning rate too high
 MAX_RAISES = 2  # per fit: raises by the update ratios' estimate (on the sweep, runs with 1 or 2 were helped;
 # the one run raised 5 times was harmed)
+RAISE_UNSTABLE = 0.1  # a raise is undone when the smoothed loss later rises this far above its best since
 
 
 @dataclass
@@ -37,6 +44,8 @@ class RemedyCounts:
     high_cuts: int = 0
     raises: int = 0  # by the update ratios' estimate
     last_cut_step: int | None = None  # ratios measured at or before it describe the rate before
+    raise_factor: float | None = None  # the last LR raise still in force (no cut since), watched
+    best_after_raise: float | None = None  # the lowest smoothed loss since it
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,6 +53,7 @@ class RemedyCounts:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.range_tests, self.high_cuts = int(state.get("range_tests", 0)), int(state.get("high_cuts", 0))
         self.raises, self.last_cut_step = int(state.get("raises", 0)), state.get("last_cut_step")
+        self.raise_factor, self.best_after_raise = state.get("raise_factor"), state.get("best_after_raise")
 
 
 class LRRemedies:
@@ -58,7 +68,11 @@ class LRRemedies:
     _probe_down: bool
     _counts: RemedyCounts
     _range_test_steps: int
+    _snapshot: Any
+    _losses: Any
+    _said_no_rollback: bool
     divergence_factor: float
+    max_snapshot_bytes: int | None
 
     def _scale(self, trainer: Trainer, multipliers: dict[int, list[float]], reason: str, step: int,
                detail: dict | None = None, loss_before: float | None = None, cause: str | None = None) -> None:
@@ -74,9 +88,13 @@ class LRRemedies:
             cause = cause or ("learning_rate_too_low" if reason == "lr_range_test" else reason)
             self._check.open(cause, step, judged_from, multipliers[0][0] if multipliers.get(0) else 1.0)
             self.context(trainer).lr_remedy_pending = self._check.pending is not None
+        first = multipliers[0][0] if multipliers.get(0) else 1.0
         if any(f < 1 for factors in multipliers.values() for f in factors):
             self._counts.last_cut_step = step  # ratios measured before this describe the old rate
             self.context(trainer).lr_cut_step = step
+            self._counts.raise_factor = None  # the rate was judged again since any raise
+        elif first > 1 and reason in ("learning_rate_too_low", "lr_range_test"):
+            self._counts.raise_factor, self._counts.best_after_raise = first, None
         for change in self._factors.scale(trainer.optimizers, multipliers):
             self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": judged_from,
                                                                  **change, **(detail or {})})
@@ -112,6 +130,54 @@ class LRRemedies:
         self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
                     "learning_rate_too_high", step, {"named_by": kind, "rolled_back": rolled},
                     loss_before=loss if rolled else None)
+
+    def _apply_with_probe(self, trainer: Trainer, pl_module: LightningModule, actions: list[Action],
+                          step: int) -> None:
+        """Carry out the recovery policy's ``actions``; a divergence's rollback is followed by a
+        probe for the cut when one fits (:meth:`_range_test_after_rollback`), else the fixed cut."""
+        probe_down = self._range_test_after_rollback(trainer, actions)
+        if probe_down:  # the probe sets the cut instead of the fixed factor
+            actions = [a for a in actions if not (a.kind == "lr_scale" and a.reason == "divergence")]
+        rolled_back = self._apply(trainer, pl_module, actions, step)
+        if probe_down and rolled_back:
+            self._start_range_test(trainer, pl_module, downward=True)
+        elif probe_down:  # nothing to probe from: the fixed cut after all
+            self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor), "divergence", step)
+
+    def _recover_between_windows(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """GradientNormMonitor skipped ``max_consecutive_skips`` steps of non-finite gradients in
+        a row after finite ones (``RunContext.recovery_request``, the same on every rank): a
+        divergence that leaves nothing to wait for. Answered at once as one found at a window's
+        end (roll back, then a measured or fixed cut; stop after ``max_recoveries`` failed
+        recoveries), and the window's losses so far, which hold the divergence, are dropped."""
+        context = self.context(trainer)
+        request, context.recovery_request = context.recovery_request, None
+        self._losses.clear()
+        step = trainer.global_step
+        actions = [Action(a.kind, a.reason, a.factor, {**a.detail, **request}, a.finding)
+                   for a in self._policy.on_window(["divergence"], steady=False, step=step)]
+        self._apply_with_probe(trainer, pl_module, actions, step)
+
+    def _roll_back(self, trainer: Trainer, pl_module: LightningModule, action: Action, step: int) -> bool:
+        """Restore the last snapshot (weights, optimizer state) and the loss regime's mark; the
+        guards and the open check close (what they would restore is gone). False: no snapshot
+        could be restored, said once."""
+        if self._snapshot.restore(pl_module, trainer.optimizers,
+                                  load=lambda path: load_rollback_checkpoint(trainer, path)) is None:
+            self._say_no_rollback(trainer, step)
+            return False
+        self._regime.restart_from_mark()
+        close_guards(self.context(trainer))
+        self._check.pending = None
+        self.record_intervention(trainer, "rollback", step, {"reason": action.reason, **action.detail})
+        return True
+
+    def _say_no_rollback(self, trainer: Trainer, step: int) -> None:
+        if not self._said_no_rollback:
+            self._said_no_rollback = True  # once per fit
+            self.warn(f"no rollback at step {step}: the state to roll back to ({self._snapshot.last_bytes:,} bytes "
+                      f"on this rank) is above `max_snapshot_bytes` ({self.max_snapshot_bytes:,}) and no checkpoint "
+                      f"could be written to {rollback_path(trainer, self.state_key)}; the other remedies go ahead.")
 
     @property
     def _probe_running(self) -> bool:
@@ -167,6 +233,36 @@ class LRRemedies:
                                                                  "applied": False, **detail})
             return
         self._scale(trainer, LRFactors.uniform(trainer.optimizers, result.pick), "lr_range_test", step, detail)
+
+    def _undo_raise_if_unstable(self, trainer: Trainer, pl_module: LightningModule, step: int,
+                                kinds: list[str]) -> bool:
+        """A raise judged harmless at its window that later destabilised the run: the smoothed
+        loss rose :data:`RAISE_UNSTABLE` above its best since the raise (and no divergence or
+        oscillation, whose own remedies cut the rate). The raise is taken back, after a rollback
+        to the last snapshot when that loses nothing (``RecoveryPolicy.rollback_before_cut``; the
+        state from just before the raise is gone), recorded as an ``undo``, and no raise follows
+        in this fit."""
+        counts, loss = self._counts, self._regime.ema
+        if counts.raise_factor is None or loss is None or self._check.pending is not None:
+            return False
+        if {"divergence", "oscillation"} & set(kinds):
+            return False
+        best = counts.best_after_raise
+        if best is None or (math.isfinite(loss) and loss < best):
+            counts.best_after_raise = loss
+            return False
+        if math.isfinite(loss) and loss <= (1 + RAISE_UNSTABLE) * best:
+            return False
+        factor, counts.raise_factor = counts.raise_factor, None
+        rollback = self._policy.rollback_before_cut(step, loss if math.isfinite(loss) else math.inf)
+        if rollback is not None:
+            self._roll_back(trainer, pl_module, Action("rollback", "learning_rate_too_low", detail=rollback.detail), step)
+        self._factors.scale(trainer.optimizers, LRFactors.uniform(trainer.optimizers, 1.0 / factor))
+        self._check.block("learning_rate_too_low")
+        self.record_intervention(trainer, "undo", step, {
+            "reason": "learning_rate_too_low", "factor": 1.0 / factor, "loss_best_after": best, "loss_after": loss,
+            "why": "the smoothed loss rose above its best since the raise"})
+        return True
 
     def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:
         """Judge the last LR remedy against the loss before it; undo it if it did harm."""

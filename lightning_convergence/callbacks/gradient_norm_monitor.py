@@ -27,13 +27,7 @@ from lightning_convergence.rules.gradient_health import is_rising, norm_trend
 from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
 from lightning_convergence.rules.gradient_window import step_norms
-from lightning_convergence.stats import (
-    ABSMAX,
-    NONFINITE,
-    Backend,
-    tensor_stats,
-    validate_backend,
-)
+from lightning_convergence.stats import ABSMAX, NONFINITE, Backend, tensor_stats, validate_backend
 from lightning_convergence.stats.host import on_host_path
 from lightning_convergence.validation import check_positive_float, check_positive_int
 
@@ -58,6 +52,7 @@ class _Track:
     rule: GradientHealthRule
     layout: ShardLayout | None = None  # how the parameters are sharded; None: whole on every rank
     consecutive_skips: int = 0
+    finite_seen: bool = False  # a step with finite gradients was seen in this fit
     updates: UpdateSample = field(default_factory=UpdateSample)  # sampled weights before an update
 
 
@@ -69,7 +64,8 @@ class GradientNormMonitor(ConvergenceCallback):
     ``log_every_n_steps`` it reads all of it on the host in one transfer, logs it, and evaluates
     the rules. With ``auto_remediate=True`` a step with non-finite gradients under fp32/bf16 is
     skipped (every ``p.grad = None``) and after ``max_consecutive_skips`` such steps in a row the
-    run stops on every rank. Under fp16 with a GradScaler the scaler's own skip is left alone.
+    run stops on every rank, unless finite steps came first and an acting PlateauAdvisor rolls
+    back (a divergence: it rolls back and cuts the LR). Under fp16 with a GradScaler the scaler's own skip is left alone.
 
     Args:
         group_by: ``"module"`` (one norm per module that owns parameters, e.g.
@@ -226,7 +222,7 @@ class GradientNormMonitor(ConvergenceCallback):
         # sharding ``total_norm`` was reduced over the ranks. So every rank or none reaches the
         # collective in ``skip_step`` (a second all_reduce, on such a step only).
         if math.isfinite(total_norm if isinstance(total_norm, float) else total_norm.item()):
-            track.consecutive_skips = 0
+            track.consecutive_skips, track.finite_seen = 0, True
             return
         counts = tensor_stats(local_gradients(track.params), backend=self.backend)[:, NONFINITE]
         # Finite values whose squares overflow count 0: an explosion for the rules, not a skip.
@@ -234,7 +230,13 @@ class GradientNormMonitor(ConvergenceCallback):
                               consecutive=track.consecutive_skips + 1):
             return
         track.consecutive_skips += 1
-        if track.consecutive_skips >= self.max_consecutive_skips:
+        if track.consecutive_skips < self.max_consecutive_skips:
+            return
+        context = self.context(trainer)
+        if track.finite_seen and context.recovers_divergence:  # it diverged: PlateauAdvisor rolls back
+            context.recovery_request = {"found_by": "nonfinite_gradients", "skipped_steps": track.consecutive_skips}
+            track.consecutive_skips = 0
+        else:  # non-finite from the first step: a bug no learning rate fixes
             self._stop(trainer, track, step)
 
     def _stop(self, trainer: Trainer, track: _Track, step: int) -> None:

@@ -11,11 +11,10 @@ from typing_extensions import override
 
 from lightning_convergence import tags
 from lightning_convergence.callbacks._trainer_reads import logged_metric, module_num_classes, over_ranks
-from lightning_convergence.callbacks._guard import close_guards, judge_guards, remedy_pending
+from lightning_convergence.callbacks._guard import judge_guards, remedy_pending
 from lightning_convergence.callbacks._lr_remedies import MAX_RAISES, RANGE_TEST_SPAN, LRRemedies, RemedyCounts
 from lightning_convergence.callbacks._range_test import InRunRangeTest
-from lightning_convergence.callbacks._rollback_disk import (load_rollback_checkpoint, rollback_path,
-                                                            save_rollback_checkpoint)
+from lightning_convergence.callbacks._rollback_disk import rollback_path, save_rollback_checkpoint
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
 from lightning_convergence.remedies.lr_factors import LRFactors
@@ -185,7 +184,9 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             self._counts = RemedyCounts()
         self.context(trainer).lr_cut_step = self._counts.last_cut_step  # a resumed fit's too
         self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
+        self._policy.learned_below = self._regime.learned_below
         if self.is_acting(trainer):
+            self.context(trainer).recovers_divergence = self.rollback  # see GradientNormMonitor's skips
             self.own_lr(trainer, self.factor_of)
             self._apply(trainer, pl_module, self._policy.start(trainer.global_step), trainer.global_step)
 
@@ -197,6 +198,9 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             result = self._probe.observe(trainer, pl_module, outputs)
             if result is not None:
                 self._after_range_test(trainer, result)
+            return
+        if self.context(trainer).recovery_request is not None:  # only ever set while acting
+            self._recover_between_windows(trainer, pl_module)
             return
         loss, step = self.training_loss(trainer, outputs), self._clock.batch_step(trainer.global_step)
         if loss is not None:
@@ -230,7 +234,8 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
                               loss_start=self._regime.initial)
         for verdict in undone:
             self._regime.restart_from(verdict.check.loss_before)
-        if self.is_acting(trainer) and not undone and not self._undo_if_harmful(trainer, pl_module, step):
+        if (self.is_acting(trainer) and not undone and not self._undo_if_harmful(trainer, pl_module, step)
+                and not self._undo_raise_if_unstable(trainer, pl_module, step, kinds)):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]
             by = raise_factor(raises[0].causes[0].evidence.get("update_ratio_median")) if raises else None
@@ -243,14 +248,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
                 self._policy.raised_lr, by = True, None  # instead of the opt-in tenfold raise
             actions = self._policy.on_window(kinds, self._regime.steady, step, hold, by, loss=self._regime.ema)
             self._counts.raises += by is not None
-            probe_down = self._range_test_after_rollback(trainer, actions)
-            if probe_down:  # the probe sets the cut instead of the fixed factor
-                actions = [a for a in actions if not (a.kind == "lr_scale" and a.reason == "divergence")]
-            rolled_back = self._apply(trainer, pl_module, actions, step)
-            if probe_down and rolled_back:
-                self._start_range_test(trainer, pl_module, downward=True)
-            elif probe_down:  # nothing to probe from: the fixed cut after all
-                self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor), "divergence", step)
+            self._apply_with_probe(trainer, pl_module, actions, step)
             answered = bool({"divergence", "oscillation"} & set(kinds)) or self._probe_running or not free
             self._cut_if_named_too_high(trainer, step, answered)
         context.lr_remedy_pending = self._check.pending is not None
@@ -275,27 +273,6 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             elif action.kind == "stop":  # every rank judged the same averaged numbers
                 self.stop_training(trainer, step, action.reason, action.detail, action.finding)
         return rolled_back
-
-    def _roll_back(self, trainer: Trainer, pl_module: LightningModule, action: Action, step: int) -> bool:
-        """Restore the last snapshot (weights, optimizer state) and the loss regime's mark; the
-        guards and the open check close (what they would restore is gone). False: no snapshot
-        could be restored, said once."""
-        if self._snapshot.restore(pl_module, trainer.optimizers,
-                                  load=lambda path: load_rollback_checkpoint(trainer, path)) is None:
-            self._say_no_rollback(trainer, step)
-            return False
-        self._regime.restart_from_mark()
-        close_guards(self.context(trainer))
-        self._check.pending = None
-        self.record_intervention(trainer, "rollback", step, {"reason": action.reason, **action.detail})
-        return True
-
-    def _say_no_rollback(self, trainer: Trainer, step: int) -> None:
-        if not self._said_no_rollback:
-            self._said_no_rollback = True  # once per fit
-            self.warn(f"no rollback at step {step}: the state to roll back to ({self._snapshot.last_bytes:,} bytes "
-                      f"on this rank) is above `max_snapshot_bytes` ({self.max_snapshot_bytes:,}) and no checkpoint "
-                      f"could be written to {rollback_path(trainer, self.state_key)}; the other remedies go ahead.")
 
     # ----------------------------------------------------------------- validation
 

@@ -64,6 +64,10 @@ class InterventionCheck:
         """Whether the remedy for ``reason`` may act (it never did harm in this fit)."""
         return reason not in self.blocked
 
+    def block(self, reason: str) -> None:
+        """The remedy for ``reason`` did harm, found later than its verdict: it acts no more."""
+        self.blocked.add(reason)
+
     def open(self, reason: str, step: int, loss_before: float | None, factor: float = 1.0) -> None:
         """A remedy for ``reason`` acted at ``step`` when the smoothed loss was ``loss_before``
         (no check is opened without a finite loss to compare with)."""

@@ -119,6 +119,14 @@ class LossRegimeRule:
         """Whether the smoothed loss ever went clearly below where it started."""
         return self.initial is not None and self.best < _lowered(self.initial, self.thresholds.no_learning_progress)
 
+    @property
+    def learned_below(self) -> float | None:
+        """A smoothed loss at or above this has learned nothing: within ``chance_tolerance`` of
+        chance level, log(K), for a classifier of ``num_classes`` K; ``None`` when K is unknown."""
+        if not self.num_classes:
+            return None
+        return (1 - self.thresholds.chance_tolerance) * math.log(self.num_classes)
+
     def evaluate(self, steps: list[int], losses: list[float], update_ratio: float | None = None) -> list[Finding]:
         """Judge one window of per-step losses; returns the findings (possibly none).
         ``update_ratio``: the latest median relative update of the weights per step, if measured."""

@@ -102,6 +102,17 @@ class RecoveryPolicy:
         self.rollback_step: int | None = None  # the start of the re-warmup, while one runs
         self.failed_recoveries = 0
         self.raised_lr = False
+        # A smoothed loss at or above this has learned nothing (chance level for a classifier;
+        # ``LossRegimeRule.learned_below``): a fall to it from a worse start is a collapse, not
+        # progress, so it neither replaces a snapshot nor keeps one from being rolled back to.
+        self.learned_below: float | None = None
+
+    def _progress_since_snapshot(self, loss: float) -> bool:
+        """Whether the smoothed ``loss`` is :data:`STALE_FALL` below the snapshot's, and not at chance."""
+        if self.snapshot_loss is None:
+            return False
+        at_chance = self.learned_below is not None and loss >= self.learned_below
+        return loss < (1 - STALE_FALL) * self.snapshot_loss and not at_chance
 
     def start(self, step: int) -> list[Action]:
         """When training starts: its first weights are the first steady state to return to."""
@@ -121,11 +132,12 @@ class RecoveryPolicy:
     def rollback_before_cut(self, step: int, loss: float | None) -> Action | None:
         """A rollback to the last snapshot before an LR cut for a learning rate too high, when
         it loses nothing: the smoothed ``loss`` now is not :data:`STALE_FALL` below the loss the
-        snapshot was taken at (a run that collapsed or stalled returns to where it was well,
-        and starts again from there at the lower LR). ``None`` when there is no snapshot (or it
-        was taken at this step), no loss to compare, or the run made progress since it."""
+        snapshot was taken at, or is at chance (``learned_below``) (a run that collapsed or
+        stalled returns to where it was well, and starts again from there at the lower LR).
+        ``None`` when there is no snapshot (or it was taken at this step), no loss to compare, or
+        the run made progress since it."""
         if (not self.rollback or self.snapshot_step is None or self.snapshot_step >= step
-                or self.snapshot_loss is None or loss is None or loss < (1 - STALE_FALL) * self.snapshot_loss):
+                or self.snapshot_loss is None or loss is None or self._progress_since_snapshot(loss)):
             return None
         return Action("rollback", "learning_rate_too_high", detail={
             "to_step": self.snapshot_step, "loss_at_snapshot": self.snapshot_loss, "loss_now": loss})
@@ -183,7 +195,7 @@ class RecoveryPolicy:
         if self.snapshot_every_n_steps is not None:
             due = last is None or step - last >= self.snapshot_every_n_steps
         else:  # stale: the loss has fallen since it was taken (rolling back would lose that progress)
-            due = last is None or loss is None or self.snapshot_loss is None or loss < (1 - STALE_FALL) * self.snapshot_loss
+            due = last is None or loss is None or self.snapshot_loss is None or self._progress_since_snapshot(loss)
         if not due:
             return []
         self.snapshot_step, self.snapshot_loss, self._at_start = step, loss, False

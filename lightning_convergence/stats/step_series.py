@@ -60,6 +60,10 @@ class StepSeries:
             values = reduce(values)
         return list(self._steps), values.tolist()  # the one host read
 
+    def clear(self) -> None:
+        """Forget the values kept since the last take, without reading them."""
+        self._values, self._steps = [], []
+
     def to(self, device: torch.device) -> None:
         """Move the kept values (restored from a checkpoint on the CPU) to ``device``."""
         self._values = [v.to(device) for v in self._values]

@@ -185,3 +185,9 @@ def test_a_window_with_a_nan_loss_is_not_steady():
 def test_bad_rule_arguments_raise_naming_them(kwargs, error):
     with pytest.raises(error, match=next(iter(kwargs))):
         LossRegimeRule(**kwargs)
+
+
+def test_learned_below_is_chance_less_its_tolerance_and_none_without_classes():
+    assert LossRegimeRule().learned_below is None
+    rule = LossRegimeRule(RegimeThresholds(chance_tolerance=0.2), num_classes=4)
+    assert rule.learned_below == pytest.approx(0.8 * math.log(4))

@@ -1,5 +1,7 @@
 """RecoveryPolicy: tables of judged windows and the actions they give, no Trainer."""
 
+import math
+
 import pytest
 
 from lightning_convergence.rules.recovery import RecoveryPolicy
@@ -128,3 +130,31 @@ def test_no_rollback_before_a_cut_when_rollbacks_are_off():
     policy.start(step=0)
     policy.credit_start(2.3)
     assert policy.rollback_before_cut(50, 2.4) is None
+
+
+@pytest.mark.parametrize("start_loss, losses, rollback_to", [
+    # A classifier of 10 classes (chance log 10 = 2.303) that started worse, at 2.98, and collapsed
+    # to chance: the fall is no progress, so the first weights stay the state to return to.
+    (2.98, [2.33, 2.31, 2.32], 0),
+    (2.98, [2.33, 1.9, 1.95], 100),  # learned below chance by step 100: that window's snapshot
+    (2.98, [2.33, 1.9, 1.5], 150),  # ... and fell further by step 150: the newest
+])
+def test_a_collapse_to_chance_is_not_progress(start_loss, losses, rollback_to):
+    policy = RecoveryPolicy()
+    policy.learned_below = 0.9 * math.log(10)
+    policy.start(step=0)
+    for step, loss in zip((50, 100, 150), losses):
+        policy.credit_start(start_loss)
+        policy.on_window([], True, step, loss=loss)
+    action = policy.rollback_before_cut(200, losses[-1])
+    assert (action.detail["to_step"] if action else None) == rollback_to
+
+
+def test_without_a_chance_level_the_same_fall_counts_as_progress():
+    policy = RecoveryPolicy()  # a regression, or classes unknown: learned_below is None
+    policy.start(step=0)
+    for step, loss in zip((50, 100, 150), [2.33, 2.31, 2.32]):
+        policy.credit_start(2.98)
+        policy.on_window([], True, step, loss=loss)
+    # 22% below the start: progress, so step 50's window replaced the first weights, as before
+    assert policy.rollback_before_cut(200, 2.32).detail["to_step"] == 50
