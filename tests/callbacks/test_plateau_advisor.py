@@ -311,6 +311,39 @@ def test_the_update_ratios_estimate_raises_the_lr_at_most_twice_per_fit(tmp_path
     assert advisor.factor_of(0, 0) == pytest.approx(first * second)  # kept to the end: no undo
 
 
+class HurtLaterByAHigherLR(DigitsMLP):
+    """Learns nothing at its LR (1e-6); from 40 steps after its LR first reaches 1e-5, and for as
+    long as it stays there, 0.4 is added to its loss (17%, no divergence): raises planted to look harmless at their
+    verdicts and to hurt later."""
+
+    raised_at = None
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.optimizers().param_groups[0]["lr"] < 1e-5:
+            return loss
+        self.raised_at = self.global_step if self.raised_at is None else self.raised_at
+        return loss + 0.4 if self.global_step - self.raised_at >= 40 else loss
+
+
+def test_a_raise_that_hurts_after_its_verdict_is_undone_and_not_tried_again(tmp_path):
+    from lightning_convergence import GradientNormMonitor
+
+    L.seed_everything(0, verbose=False)
+    advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=10, range_test_steps=None)
+    model = HurtLaterByAHigherLR(lr=1e-6, optimizer="adam")
+    trainer = fit(tmp_path, model, [GradientNormMonitor(log_every_n_steps=10), advisor], max_epochs=14)
+    records = advisor._records_state(trainer)["interventions"]
+    raises = [i for i in records if i["action"] == "lr_scale" and i["detail"]["reason"] == "learning_rate_too_low"]
+    undos = [i for i in records if i["action"] == "undo"]
+    assert len(raises) == 2 and len(undos) == 1  # both judged harmless at their windows; the last undone later
+    late = undos[0]
+    assert late["detail"]["why"] and late["step"] >= model.raised_at + 40 > raises[-1]["step"] + 10
+    assert late["detail"]["factor"] == pytest.approx(1 / raises[-1]["detail"]["factor"][0])
+    assert late["detail"]["loss_after"] > 1.1 * late["detail"]["loss_best_after"]
+    assert not [i for i in raises if i["step"] > late["step"]]  # and no raise after it
+
+
 class NamesTheLRTooHigh(L.Callback):
     """At step ``at`` another callback's warning lands in the run's log, its top cause a learning
     rate too high, named by evidence (what GradientNormMonitor or DeadNeuronTracker would post)."""
