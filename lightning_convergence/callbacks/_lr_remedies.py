@@ -20,7 +20,8 @@ from lightning_convergence.callbacks._rollback_disk import load_rollback_checkpo
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.lr_range_test import RangeTestPlan, RangeTestResult
 from lightning_convergence.rules.recovery import Action
-from lightning_convergence.rules.remedy_choice import named_too_high
+from lightning_convergence.rules.findings import Finding
+from lightning_convergence.rules.remedy_choice import named_too_high, remedy_for
 
 RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
 CUT_SPAN = 1e-4  # after a divergence the probe tries from this multiple of the LR up to the LR itself
@@ -147,13 +148,22 @@ class LRRemedies:
     def _recover_between_windows(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """GradientNormMonitor skipped ``max_consecutive_skips`` steps of non-finite gradients in
         a row after finite ones (``RunContext.recovery_request``, the same on every rank): a
-        divergence that leaves nothing to wait for. Answered at once as one found at a window's
-        end (roll back, then a measured or fixed cut; stop after ``max_recoveries`` failed
-        recoveries), and the window's losses so far, which hold the divergence, are dropped."""
+        divergence that leaves nothing to wait for, recorded as one. Answered at once as one
+        found at a window's end (roll back, then a measured or fixed cut; stop after
+        ``max_recoveries`` failed recoveries), and the window's losses so far, which hold the
+        divergence, are dropped; when its top cause is in the user's code or data (unscaled
+        inputs, ...), no learning rate answers it and the run stops, as without a rollback."""
         context = self.context(trainer)
         request, context.recovery_request = context.recovery_request, None
         self._losses.clear()
         step = trainer.global_step
+        seen = (f"Gradients were NaN/Inf on {request['skipped_steps']} optimizer steps in a row up to step {step}, "
+                "after finite ones: training diverged.")
+        finding = self.rank(trainer, Finding("divergence", "critical", seen, evidence=dict(request)))
+        if remedy_for(finding.causes) == "none":  # a bug in the code or data: no learning rate fixes it
+            self.stop_training(trainer, step, "nonfinite_gradients", request, finding)
+            return
+        self.record(trainer, finding, step=step)
         actions = [Action(a.kind, a.reason, a.factor, {**a.detail, **request}, a.finding)
                    for a in self._policy.on_window(["divergence"], steady=False, step=step)]
         self._apply_with_probe(trainer, pl_module, actions, step)

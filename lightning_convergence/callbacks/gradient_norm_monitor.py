@@ -53,6 +53,7 @@ class _Track:
     layout: ShardLayout | None = None  # how the parameters are sharded; None: whole on every rank
     consecutive_skips: int = 0
     finite_seen: bool = False  # a step with finite gradients was seen in this fit
+    skipped_at: int | None = None  # the last step skipped
     updates: UpdateSample = field(default_factory=UpdateSample)  # sampled weights before an update
 
 
@@ -229,10 +230,9 @@ class GradientNormMonitor(ConvergenceCallback):
         if not self.skip_step(trainer, track.params, counts, step, "nonfinite_gradients",
                               consecutive=track.consecutive_skips + 1):
             return
-        track.consecutive_skips += 1
+        track.consecutive_skips, track.skipped_at, context = track.consecutive_skips + 1, step, self.context(trainer)
         if track.consecutive_skips < self.max_consecutive_skips:
             return
-        context = self.context(trainer)
         if track.finite_seen and context.recovers_divergence:  # it diverged: PlateauAdvisor rolls back
             context.recovery_request = {"found_by": "nonfinite_gradients", "skipped_steps": track.consecutive_skips}
             track.consecutive_skips = 0
@@ -258,9 +258,12 @@ class GradientNormMonitor(ConvergenceCallback):
         if track is not None and loss is not None:
             track.window.update_loss(step, loss)
         for track in self._tracks.values():
-            # Decided by the step alone, the same on every rank (a collective under sharding).
+            # Decided by the steps and the skip, the same on every rank (a collective under sharding).
             if track.updates.pending and trainer.global_step > track.updates.step:
-                self._log_updates(trainer, track)
+                if track.skipped_at == track.updates.step:  # it moved no weight: a ratio of 0 names nothing
+                    track.updates.clear()
+                else:
+                    self._log_updates(trainer, track)
 
     # ----------------------------------------------------------------- logging steps
 

@@ -234,7 +234,9 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
                               loss_start=self._regime.initial)
         for verdict in undone:
             self._regime.restart_from(verdict.check.loss_before)
-        if (self.is_acting(trainer) and not undone and not self._undo_if_harmful(trainer, pl_module, step)
+        # Nothing acts once the run is stopping (a stop of another callback in this step says why).
+        if (self.is_acting(trainer) and not trainer.should_stop and not undone
+                and not self._undo_if_harmful(trainer, pl_module, step)
                 and not self._undo_raise_if_unstable(trainer, pl_module, step, kinds)):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]
