@@ -158,7 +158,7 @@ def remedy_scores(records: list[Record]) -> dict[str, RemedyScore]:
         acted = _acted(r)
         s.acted += bool(acted)
         s.actions.update(set(acted))
-        if after <= HELPED * before and before > 0:
+        if math.isfinite(after) and after <= HELPED * before and before > 0:  # NaN -> NaN helped nothing
             s.helped += 1
         elif after > HARMED * before or (math.isinf(after) and not math.isinf(before)):
             s.harmed += 1

@@ -184,7 +184,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             self._counts = RemedyCounts()
         self.context(trainer).lr_cut_step = self._counts.last_cut_step  # a resumed fit's too
         self._regime.num_classes = self._regime.num_classes or module_num_classes(pl_module)  # as declared
-        self._policy.learned_below = self._regime.learned_below
+        self._policy.chance_level = self._regime.chance_level
         if self.is_acting(trainer):
             self.context(trainer).recovers_divergence = self.rollback  # see GradientNormMonitor's skips
             self.own_lr(trainer, self.factor_of)

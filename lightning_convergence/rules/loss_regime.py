@@ -120,12 +120,11 @@ class LossRegimeRule:
         return self.initial is not None and self.best < _lowered(self.initial, self.thresholds.no_learning_progress)
 
     @property
-    def learned_below(self) -> float | None:
-        """A smoothed loss at or above this has learned nothing: within ``chance_tolerance`` of
-        chance level, log(K), for a classifier of ``num_classes`` K; ``None`` when K is unknown."""
-        if not self.num_classes:
-            return None
-        return (1 - self.thresholds.chance_tolerance) * math.log(self.num_classes)
+    def chance_level(self) -> float | None:
+        """The loss of a classifier of ``num_classes`` K that learned nothing: log(K), its
+        cross-entropy when it predicts the class frequencies of balanced data; ``None`` when K is
+        unknown."""
+        return math.log(self.num_classes) if self.num_classes else None
 
     def evaluate(self, steps: list[int], losses: list[float], update_ratio: float | None = None) -> list[Finding]:
         """Judge one window of per-step losses; returns the findings (possibly none).

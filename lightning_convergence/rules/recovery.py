@@ -102,17 +102,19 @@ class RecoveryPolicy:
         self.rollback_step: int | None = None  # the start of the re-warmup, while one runs
         self.failed_recoveries = 0
         self.raised_lr = False
-        # A smoothed loss at or above this has learned nothing (chance level for a classifier;
-        # ``LossRegimeRule.learned_below``): a fall to it from a worse start is a collapse, not
-        # progress, so it neither replaces a snapshot nor keeps one from being rolled back to.
-        self.learned_below: float | None = None
+        # The loss of a classifier that learned nothing (``LossRegimeRule.chance_level``): a
+        # fall must go below it too to be progress. A run that started above it (a bad
+        # initialization) and fell to it has collapsed, not learned; such a state neither replaces
+        # a snapshot nor keeps one from being rolled back to.
+        self.chance_level: float | None = None
 
     def _progress_since_snapshot(self, loss: float) -> bool:
-        """Whether the smoothed ``loss`` is :data:`STALE_FALL` below the snapshot's, and not at chance."""
+        """Whether the smoothed ``loss`` is :data:`STALE_FALL` below the snapshot's loss, and
+        below chance level by as much."""
         if self.snapshot_loss is None:
             return False
-        at_chance = self.learned_below is not None and loss >= self.learned_below
-        return loss < (1 - STALE_FALL) * self.snapshot_loss and not at_chance
+        reference = self.snapshot_loss if self.chance_level is None else min(self.snapshot_loss, self.chance_level)
+        return loss < (1 - STALE_FALL) * reference
 
     def start(self, step: int) -> list[Action]:
         """When training starts: its first weights are the first steady state to return to."""
@@ -132,8 +134,9 @@ class RecoveryPolicy:
     def rollback_before_cut(self, step: int, loss: float | None) -> Action | None:
         """A rollback to the last snapshot before an LR cut for a learning rate too high, when
         it loses nothing: the smoothed ``loss`` now is not :data:`STALE_FALL` below the loss the
-        snapshot was taken at, or is at chance (``learned_below``) (a run that collapsed or
-        stalled returns to where it was well, and starts again from there at the lower LR).
+        snapshot was taken at, or not below chance by as much (``chance_level``) (a run that
+        collapsed or stalled returns to where it was well, and starts again from there at the
+        lower LR).
         ``None`` when there is no snapshot (or it was taken at this step), no loss to compare, or
         the run made progress since it."""
         if (not self.rollback or self.snapshot_step is None or self.snapshot_step >= step

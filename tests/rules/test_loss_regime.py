@@ -187,7 +187,6 @@ def test_bad_rule_arguments_raise_naming_them(kwargs, error):
         LossRegimeRule(**kwargs)
 
 
-def test_learned_below_is_chance_less_its_tolerance_and_none_without_classes():
-    assert LossRegimeRule().learned_below is None
-    rule = LossRegimeRule(RegimeThresholds(chance_tolerance=0.2), num_classes=4)
-    assert rule.learned_below == pytest.approx(0.8 * math.log(4))
+def test_chance_level_is_log_k_and_none_without_classes():
+    assert LossRegimeRule().chance_level is None
+    assert LossRegimeRule(num_classes=4).chance_level == pytest.approx(math.log(4))

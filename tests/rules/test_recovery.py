@@ -135,13 +135,15 @@ def test_no_rollback_before_a_cut_when_rollbacks_are_off():
 @pytest.mark.parametrize("start_loss, losses, rollback_to", [
     # A classifier of 10 classes (chance log 10 = 2.303) that started worse, at 2.98, and collapsed
     # to chance: the fall is no progress, so the first weights stay the state to return to.
-    (2.98, [2.33, 2.31, 2.32], 0),
-    (2.98, [2.33, 1.9, 1.95], 100),  # learned below chance by step 100: that window's snapshot
-    (2.98, [2.33, 1.9, 1.5], 150),  # ... and fell further by step 150: the newest
+    (2.98, [2.33, 2.31, 2.25], 0),
+    (2.98, [2.33, 2.15, 2.16], 100),  # 5% below chance by step 100: that window's snapshot
+    # One that started at chance learns as soon as it is 5% below its start (and chance).
+    (2.29, [2.17, 2.16, 2.17], 50),
+    (2.29, [2.20, 2.19, 2.20], 0),  # ... and not before
 ])
 def test_a_collapse_to_chance_is_not_progress(start_loss, losses, rollback_to):
     policy = RecoveryPolicy()
-    policy.learned_below = 0.9 * math.log(10)
+    policy.chance_level = math.log(10)
     policy.start(step=0)
     for step, loss in zip((50, 100, 150), losses):
         policy.credit_start(start_loss)
@@ -151,7 +153,7 @@ def test_a_collapse_to_chance_is_not_progress(start_loss, losses, rollback_to):
 
 
 def test_without_a_chance_level_the_same_fall_counts_as_progress():
-    policy = RecoveryPolicy()  # a regression, or classes unknown: learned_below is None
+    policy = RecoveryPolicy()  # a regression, or classes unknown: chance_level is None
     policy.start(step=0)
     for step, loss in zip((50, 100, 150), [2.33, 2.31, 2.32]):
         policy.credit_start(2.98)
