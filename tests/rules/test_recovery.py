@@ -106,6 +106,19 @@ def test_a_snapshot_is_replaced_only_when_the_loss_fell_since(losses, snapshots)
     assert taken == snapshots
 
 
+def _rollback_target(policy, start_loss, losses, cut_at):
+    """Windows at steps 50, 100, 150 with ``losses`` after a start at ``start_loss``; the step a
+    cut at ``cut_at`` would roll back to (``None``: no rollback)."""
+    policy.start(step=0)
+    for step, loss in zip((50, 100, 150), losses):
+        policy.credit_start(start_loss)
+        policy.on_window([], True, step, loss=loss)
+    action = policy.rollback_before_cut(cut_at, losses[-1])
+    if action is not None:
+        assert (action.kind, action.reason) == ("rollback", "learning_rate_too_high")
+    return action.detail["to_step"] if action else None
+
+
 @pytest.mark.parametrize("start_loss, losses, rollback_to", [
     (2.3, [2.31, 2.30, 2.29], 0),  # never below the start: the first weights are kept, and returned to
     (2.3, [2.0, 2.05, 2.04], 50),  # fell 13% by step 50: that window's snapshot, no worse since
@@ -114,15 +127,7 @@ def test_a_snapshot_is_replaced_only_when_the_loss_fell_since(losses, snapshots)
 ])
 def test_the_start_snapshot_is_credited_with_the_start_loss_and_a_cut_rolls_back_to_it(start_loss, losses,
                                                                                        rollback_to):
-    policy = RecoveryPolicy()
-    policy.start(step=0)
-    for step, loss in zip((50, 100, 150), losses):
-        policy.credit_start(start_loss)
-        policy.on_window([], True, step, loss=loss)
-    action = policy.rollback_before_cut(150, losses[-1])
-    assert (action.detail["to_step"] if action else None) == rollback_to
-    if action is not None:
-        assert (action.kind, action.reason) == ("rollback", "learning_rate_too_high")
+    assert _rollback_target(RecoveryPolicy(), start_loss, losses, cut_at=150) == rollback_to
 
 
 def test_no_rollback_before_a_cut_when_rollbacks_are_off():
@@ -144,19 +149,10 @@ def test_no_rollback_before_a_cut_when_rollbacks_are_off():
 def test_a_collapse_to_chance_is_not_progress(start_loss, losses, rollback_to):
     policy = RecoveryPolicy()
     policy.chance_level = math.log(10)
-    policy.start(step=0)
-    for step, loss in zip((50, 100, 150), losses):
-        policy.credit_start(start_loss)
-        policy.on_window([], True, step, loss=loss)
-    action = policy.rollback_before_cut(200, losses[-1])
-    assert (action.detail["to_step"] if action else None) == rollback_to
+    assert _rollback_target(policy, start_loss, losses, cut_at=200) == rollback_to
 
 
 def test_without_a_chance_level_the_same_fall_counts_as_progress():
-    policy = RecoveryPolicy()  # a regression, or classes unknown: chance_level is None
-    policy.start(step=0)
-    for step, loss in zip((50, 100, 150), [2.33, 2.31, 2.32]):
-        policy.credit_start(2.98)
-        policy.on_window([], True, step, loss=loss)
-    # 22% below the start: progress, so step 50's window replaced the first weights, as before
-    assert policy.rollback_before_cut(200, 2.32).detail["to_step"] == 50
+    # A regression, or classes unknown (chance_level is None): 2.33 is 22% below the start, so
+    # step 50's window replaced the first weights, as before.
+    assert _rollback_target(RecoveryPolicy(), 2.98, [2.33, 2.31, 2.32], cut_at=200) == 50
