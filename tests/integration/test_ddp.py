@@ -282,3 +282,33 @@ def test_nan_inputs_on_one_rank_skip_the_step_on_both_without_the_gradient_monit
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
     skips = [[i["step"] for i in r["records"]["interventions"] if i["action"] == "skip_step"] for r in ranks]
     assert skips == [[2, 3], [2, 3]]
+
+
+class InfOnRankOneAtAHighRate(DigitsMLP):
+    """From step 6, rank 1's loss is Inf while the LR is above 0.01: after finite steps, non-finite
+    gradients on both ranks (the all-reduce spreads them) until the rate is cut."""
+
+    def __init__(self):
+        super().__init__(shuffle=False, lr=0.05)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        high = self.optimizers().param_groups[0]["lr"] > 0.01
+        return loss * float("inf") if self.global_rank == 1 and self.global_step >= 6 and high else loss
+
+
+def test_nonfinite_gradients_after_finite_steps_give_the_same_rollback_on_both(tmp_path):
+    L.seed_everything(0, verbose=False)
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=4, devices=2, strategy=strategy)
+    kwargs.pop("deterministic")
+    # Windows of 50 steps: none closes before the handover, which alone answers the Inf.
+    trainer = L.Trainer(callbacks=default_callbacks(auto_remediate=True, log_every_n_steps=50, monitor=None)
+                        + [WriteAdvisor(str(tmp_path))], **kwargs)
+    trainer.fit(InfOnRankOneAtAHighRate())
+    ranks = [json.load(open(tmp_path / f"advisor{r}.json")) for r in (0, 1)]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"] and ranks[0]["records"] == ranks[1]["records"]
+    rollbacks = [i for i in ranks[0]["records"]["interventions"] if i["action"] == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["detail"]["found_by"] == "nonfinite_gradients"
+    assert rollbacks[0]["step"] == 11 and ranks[0]["global_step"] == 32  # skips at 6-10; then it trained on
+    assert not any(i["action"] == "stop" for i in ranks[0]["records"]["interventions"])
