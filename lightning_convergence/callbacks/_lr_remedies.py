@@ -16,11 +16,10 @@ from lightning.pytorch import LightningModule, Trainer
 
 from lightning_convergence.callbacks._guard import close_guards
 from lightning_convergence.callbacks._rollback_disk import load_rollback_checkpoint, rollback_path
-
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.lr_range_test import RangeTestPlan, RangeTestResult
-from lightning_convergence.rules.recovery import Action
 from lightning_convergence.rules.findings import Finding
+from lightning_convergence.rules.recovery import Action
 from lightning_convergence.rules.remedy_choice import named_too_high, remedy_for
 
 RANGE_TEST_SPAN = 1e6  # the probe multiplies the LR by up to this much: 10,000x too low is within reach
@@ -266,7 +265,8 @@ class LRRemedies:
         factor, counts.raise_factor = counts.raise_factor, None
         rollback = self._policy.rollback_before_cut(step, loss if math.isfinite(loss) else math.inf)
         if rollback is not None:
-            self._roll_back(trainer, pl_module, Action("rollback", "learning_rate_too_low", detail=rollback.detail), step)
+            back = Action("rollback", "learning_rate_too_low", detail=rollback.detail)
+            self._roll_back(trainer, pl_module, back, step)
         self._factors.scale(trainer.optimizers, LRFactors.uniform(trainer.optimizers, 1.0 / factor))
         self._check.block("learning_rate_too_low")
         self.record_intervention(trainer, "undo", step, {

@@ -65,8 +65,8 @@ class GradientNormMonitor(ConvergenceCallback):
     ``log_every_n_steps`` it reads all of it on the host in one transfer, logs it, and evaluates
     the rules. With ``auto_remediate=True`` a step with non-finite gradients under fp32/bf16 is
     skipped (every ``p.grad = None``) and after ``max_consecutive_skips`` such steps in a row the
-    run stops on every rank, unless finite steps came first and an acting PlateauAdvisor rolls
-    back (a divergence: it rolls back and cuts the LR). Under fp16 with a GradScaler the scaler's own skip is left alone.
+    run stops on every rank, unless finite steps came first and an acting PlateauAdvisor takes it
+    as a divergence (a rollback, an LR cut). Under fp16 the GradScaler's own skip is left alone.
 
     Args:
         group_by: ``"module"`` (one norm per module that owns parameters, e.g.
