@@ -115,15 +115,19 @@ class WriteAdvisor(L.Callback):
             json.dump(result, handle)
 
 
-def test_divergence_on_one_rank_gives_the_same_rollback_on_both(tmp_path):
+def _fit_acting_suite_on_two_ranks(tmp_path, model, max_epochs, log_every_n_steps):
+    """Fit ``model`` on 2 forked ranks with the acting suite; what PlateauAdvisor saw on each rank."""
     L.seed_everything(0, verbose=False)
     strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
-    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=3, devices=2, strategy=strategy)
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=max_epochs, devices=2, strategy=strategy)
     kwargs.pop("deterministic")
-    trainer = L.Trainer(callbacks=default_callbacks(auto_remediate=True, log_every_n_steps=4, monitor=None)
-                        + [WriteAdvisor(str(tmp_path))], **kwargs)
-    trainer.fit(DivergesOnRankOne())
-    ranks = [json.load(open(tmp_path / f"advisor{r}.json")) for r in (0, 1)]
+    callbacks = default_callbacks(auto_remediate=True, log_every_n_steps=log_every_n_steps, monitor=None)
+    L.Trainer(callbacks=callbacks + [WriteAdvisor(str(tmp_path))], **kwargs).fit(model)
+    return [json.load(open(tmp_path / f"advisor{r}.json")) for r in (0, 1)]
+
+
+def test_divergence_on_one_rank_gives_the_same_rollback_on_both(tmp_path):
+    ranks = _fit_acting_suite_on_two_ranks(tmp_path, DivergesOnRankOne(), max_epochs=3, log_every_n_steps=4)
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
     assert ranks[0]["records"] == ranks[1]["records"]
     actions = [i["action"] for i in ranks[0]["records"]["interventions"]]
@@ -298,15 +302,8 @@ class InfOnRankOneAtAHighRate(DigitsMLP):
 
 
 def test_nonfinite_gradients_after_finite_steps_give_the_same_rollback_on_both(tmp_path):
-    L.seed_everything(0, verbose=False)
-    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
-    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=4, devices=2, strategy=strategy)
-    kwargs.pop("deterministic")
     # Windows of 50 steps: none closes before the handover, which alone answers the Inf.
-    trainer = L.Trainer(callbacks=default_callbacks(auto_remediate=True, log_every_n_steps=50, monitor=None)
-                        + [WriteAdvisor(str(tmp_path))], **kwargs)
-    trainer.fit(InfOnRankOneAtAHighRate())
-    ranks = [json.load(open(tmp_path / f"advisor{r}.json")) for r in (0, 1)]
+    ranks = _fit_acting_suite_on_two_ranks(tmp_path, InfOnRankOneAtAHighRate(), max_epochs=4, log_every_n_steps=50)
     assert ranks[0]["checksum"] == ranks[1]["checksum"] and ranks[0]["records"] == ranks[1]["records"]
     rollbacks = [i for i in ranks[0]["records"]["interventions"] if i["action"] == "rollback"]
     assert len(rollbacks) == 1 and rollbacks[0]["detail"]["found_by"] == "nonfinite_gradients"
