@@ -20,13 +20,13 @@ from lightning_convergence.recorder.run_log import ConvergenceLog
 from lightning_convergence.rules.causes import Evidence
 from lightning_convergence.rules.consequence import ConsequenceJudge
 from lightning_convergence.rules.nonfinite_event import NonfiniteEvents
-from lightning_convergence.stats import sum_of_squares, tensor_stats
+from lightning_convergence.stats import host_sum_of_squares, sum_of_squares, tensor_stats
 
 
 @dataclass
 class _GradientPass:
     key: tuple
-    sumsq: Tensor | None = None  # [N]
+    sumsq: Tensor | list[float] | None = None  # [N]; floats on the host path
     full: Tensor | None = None  # [N, 3]
 
 
@@ -100,11 +100,13 @@ class RunContext:
     def gradient_statistics(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer,
         backend: str, full: bool,
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor | list[float], Tensor | None]:
         """Per-parameter sums of squares (and, with ``full``, ``[sumsq, max, non-finite flag]``).
 
         Computed once per optimizer step however many callbacks ask, and always from the
-        gradients as they were when the first callback asked (before any clipping or skip).
+        gradients as they were when the first callback asked (before any clipping or skip). On the
+        host path (dense float32 gradients on the CPU, no sharding) the sums of squares come as a
+        list of floats, the same values (:func:`~lightning_convergence.stats.host_sum_of_squares`).
 
         Under sharding (DTensor parameters) the values are global and the same on every rank: each
         rank measures its local shards, and ONE all_reduce(SUM) per computed pass merges them
@@ -128,7 +130,11 @@ class RunContext:
                 cached.full = layout.tensor_stats(cached.full)  # collective: one all_reduce(SUM)
             cached.sumsq = cached.full[:, 0]
         elif cached.sumsq is None:
-            cached.sumsq = sum_of_squares(grads, backend=backend)
+            # On the host path (dense float32 gradients on the CPU) the floats themselves: their
+            # readers would read a tensor back at once.
+            cached.sumsq = host_sum_of_squares(grads, backend) if layout is None else None
+            if cached.sumsq is None:
+                cached.sumsq = sum_of_squares(grads, backend=backend)
             if layout is not None:
                 cached.sumsq = layout.sum_of_squares(cached.sumsq)  # collective: one all_reduce(SUM)
         return cached.sumsq, cached.full

@@ -12,6 +12,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import Tensor
 
+from lightning_convergence.stats.host import cpu_scalar, on_host_path
+
 def report_directory(trainer: Trainer) -> str:
     """``trainer.log_dir`` as rank 0 sees it, without its broadcast.
 
@@ -31,14 +33,20 @@ LOSS_KEYS = ("train_loss", "loss")
 ``training_step`` returns no loss (manual optimisation)."""
 
 
-def batch_loss(trainer: Trainer, outputs: Any, keys: tuple[str, ...] = LOSS_KEYS) -> Tensor | None:
+def batch_loss(trainer: Trainer, outputs: Any, keys: tuple[str, ...] = LOSS_KEYS,
+               host: bool = False) -> Tensor | float | None:
     """The batch's training loss (0-d, detached, float32, on the device; no host read).
 
     From ``training_step``'s outputs, with Lightning's division by ``accumulate_grad_batches``
     undone; when they hold none (manual optimisation returns nothing), the first of ``keys`` that
-    the module logged this step (``self.log("train_loss", loss)``); else ``None``.
+    the module logged this step (``self.log("train_loss", loss)``); else ``None``. With ``host``,
+    a float32 loss on the CPU without accumulation comes back as its float (the host path: read
+    for free, no copy made), the same value.
     """
     loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+    if (host and isinstance(loss, Tensor) and loss.dtype is torch.float32 and trainer.accumulate_grad_batches == 1
+            and loss.numel() == 1 and on_host_path(loss)):
+        return cpu_scalar(loss)
     if isinstance(loss, Tensor) and loss.numel() == 1:
         # A new tensor (never a view of the user's: callers keep it), made with as few ops as
         # possible: each dispatch costs microseconds on every step.

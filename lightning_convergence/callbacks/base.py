@@ -180,10 +180,10 @@ class ConvergenceCallback(Callback):
         """Say ``text`` on the console (rank zero), as a ``ConvergenceWarning`` from this callback."""
         rank_zero_warn(f"{self.source}: {text}", category=ConvergenceWarning)
 
-    def training_loss(self, trainer: Trainer, outputs: Any) -> Tensor | None:
-        """:func:`batch_loss` of this batch; when there is none, the suite says so once per fit
-        (the loss regimes cannot be judged without it)."""
-        loss = batch_loss(trainer, outputs)
+    def training_loss(self, trainer: Trainer, outputs: Any, host: bool = False) -> Tensor | float | None:
+        """:func:`batch_loss` of this batch (a float on the host path, with ``host``); when there is
+        none, the suite says so once per fit (the loss regimes cannot be judged without it)."""
+        loss = batch_loss(trainer, outputs, host=host)
         said = self.context(trainer).said
         if loss is None and "no_loss" not in said:
             said.add("no_loss")

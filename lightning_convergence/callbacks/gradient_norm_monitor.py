@@ -196,16 +196,15 @@ class GradientNormMonitor(ConvergenceCallback):
     ) -> None:
         super().on_before_optimizer_step(trainer, pl_module, optimizer)
         self._order.detach()
-        if self.probing(trainer) or self._unreadable is not None:
+        context = self.context(trainer)
+        if context.probing or self._unreadable is not None:  # a range test's steps are undone afterwards
             return
         track = self._track(trainer, pl_module, optimizer)
         if not track.params:
             return
         step = trainer.global_step
         logging = self._clock.closes_window(step, self.logging_cadence(trainer))
-        sumsq, full = self.context(trainer).gradient_statistics(
-            trainer, pl_module, optimizer, self.backend, full=logging
-        )
+        sumsq, full = context.gradient_statistics(trainer, pl_module, optimizer, self.backend, full=logging)
         # [layers]; floats on the host path (gradients on the CPU, where reading them is free)
         total_norm, layer_sumsq = step_norms(sumsq, track.group_index, len(track.layers), track.group_list)
         spike, median = track.spike.update(total_norm)
@@ -214,7 +213,9 @@ class GradientNormMonitor(ConvergenceCallback):
             self._log_window(trainer, pl_module, track, step, full, layer_sumsq)
         elif self.track_updates and step in _EARLY_UPDATE_STEPS and not track.updates.pending:
             track.updates.take(track.params, step)
-        if self.is_acting(trainer) and _scaler(trainer) is None:
+        if isinstance(total_norm, float) and math.isfinite(total_norm):  # the host path: nothing to skip
+            track.consecutive_skips, track.finite_seen = 0, True
+        elif self.is_acting(trainer) and _scaler(trainer) is None:
             self._skip_if_nonfinite(trainer, track, total_norm, step)
 
     def _skip_if_nonfinite(self, trainer: Trainer, track: _Track, total_norm: Tensor | float, step: int) -> None:
@@ -252,8 +253,8 @@ class GradientNormMonitor(ConvergenceCallback):
     ) -> None:
         if self.probing(trainer):
             return
-        loss = self.training_loss(trainer, outputs)
         track = self._tracks.get(0)
+        loss = self.training_loss(trainer, outputs, host=track is not None and track.window.host)
         step = self._clock.batch_step(trainer.global_step)
         if track is not None and loss is not None:
             track.window.update_loss(step, loss)

@@ -31,15 +31,18 @@ __all__ = ["PercentileThreshold", "ZScoreThreshold", "adaptive_clip_", "clip_coe
            "scale_gradients_", "unitwise_norm"]
 
 
-def global_norm(sumsq: Tensor) -> Tensor | float:
+def global_norm(sumsq: Tensor | list[float]) -> Tensor | float:
     """The global L2 norm from per-tensor sums of squares ``[N]``: a 0-d tensor on the device, or
-    a float on the host path (a CPU tensor, read for free: see :mod:`~lightning_convergence.stats.host`).
+    a float on the host path (a CPU tensor, read for free: see :mod:`~lightning_convergence.stats.host`,
+    or the floats themselves).
 
     Example:
         >>> import torch
         >>> global_norm(torch.tensor([9.0, 16.0]))
         5.0
     """
+    if isinstance(sumsq, list):
+        return math.sqrt(sum(sumsq))
     if on_host_path(sumsq):
         return math.sqrt(sum(cpu_floats(sumsq)))
     return sumsq.sum().sqrt()

@@ -8,6 +8,7 @@ reads everything in one transfer and hands a :class:`WindowSummary` to the host-
 
 from __future__ import annotations
 
+import bisect
 import math
 import struct
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class SpikeDetector:
         self.factor = factor
         self.min_history = min_history
         self._norms: Tensor | list[float] | None = None  # [history], NaN = empty slot
+        self._sorted: list[float] | None = None  # host path: the finite values of ``_norms``, sorted
         self._cursor = 0
 
     def _buffer(self, like: Tensor) -> Tensor:
@@ -102,15 +104,23 @@ class SpikeDetector:
 
     def _update_host(self, norm: float) -> tuple[bool, float]:
         if self._norms is None:
-            self._norms = [math.nan] * self.history
+            self._norms, self._sorted = [math.nan] * self.history, []
         elif isinstance(self._norms, Tensor):
             self._norms = cpu_floats(self._norms.cpu())  # restored from a checkpoint
-        seen = sorted(v for v in self._norms if not math.isnan(v))
+            self._sorted = None
+        if self._sorted is None:
+            self._sorted = sorted(v for v in self._norms if not math.isnan(v))
+        seen = self._sorted  # the history's finite norms, kept sorted as they come and go
         median = seen[(len(seen) - 1) // 2] if seen else math.nan  # the lower median, as torch's
         finite = math.isfinite(norm)
         spike = finite and len(seen) >= self.min_history and norm > self.factor * median
+        slot = self._cursor % self.history
+        if not math.isnan(self._norms[slot]):
+            del seen[bisect.bisect_left(seen, self._norms[slot])]
         # Stored as float32 values, as the device path stores them.
-        self._norms[self._cursor % self.history] = _float32(norm) if finite else math.nan
+        self._norms[slot] = _float32(norm) if finite else math.nan
+        if finite:
+            bisect.insort(seen, self._norms[slot])
         self._cursor += 1
         return spike, median
 
@@ -124,6 +134,7 @@ class SpikeDetector:
     def load_state_dict(self, state: dict) -> None:
         self._norms = state.get("norms")
         self._cursor = int(state.get("cursor", 0))
+        self._sorted = None
 
 
 class GradientWindow:
@@ -230,17 +241,18 @@ class GradientWindow:
             self._window.write("total_norm_trace", len(self._trace_steps), total_norm)
             self._trace_steps.append(step)
 
-    def update_loss(self, step: int, loss: Tensor) -> None:
-        """Count a training loss value; non-finite ones are remembered with their first step."""
-        loss = loss.detach()
-        if self.host and on_host_path(loss):
-            values = cpu_floats(loss)
+    def update_loss(self, step: int, loss: Tensor | float) -> None:
+        """Count a training loss value (a float on the host path); non-finite ones are remembered
+        with their first step."""
+        if isinstance(loss, float) or (self.host and on_host_path(loss)):
+            values = [loss] if isinstance(loss, float) else cpu_floats(loss.detach())
             bad = not all(math.isfinite(v) for v in values)
             window = self._window
             window.update(nonfinite_loss_steps=bad, loss_steps=1.0, finite_loss_sum=0.0 if bad else sum(values))
             if bad:
                 window.update(first_nonfinite_loss_step=float(step))
             return
+        loss = loss.detach()
         bad = ~torch.isfinite(loss).all()
         self._window.update(
             nonfinite_loss_steps=bad, loss_steps=torch.ones((), device=loss.device),
@@ -283,14 +295,16 @@ class GradientWindow:
         return summary, extra_list
 
 
-def step_norms(sumsq: Tensor, group_index: Tensor, num_groups: int,
+def step_norms(sumsq: Tensor | list[float], group_index: Tensor, num_groups: int,
                group_list: list[int] | None = None) -> tuple[Norm, Tensor | list[float]]:
     """The total norm and per-group sums of squares of one step, from per-tensor sums of squares
-    ``[N]``: a 0-d tensor and a ``[num_groups]`` tensor on the device, or, on the host path, a
-    float and a list (``group_list``: ``group_index`` as a list, if the caller keeps one)."""
-    if on_host_path(sumsq):
+    ``[N]``: a 0-d tensor and a ``[num_groups]`` tensor on the device, or, on the host path (a CPU
+    tensor, or the floats themselves), a float and a list (``group_list``: ``group_index`` as a
+    list, if the caller keeps one)."""
+    if isinstance(sumsq, list) or on_host_path(sumsq):
         groups = [0.0] * num_groups
-        for value, group in zip(cpu_floats(sumsq), group_list or [int(g) for g in cpu_floats(group_index)]):
+        values = sumsq if isinstance(sumsq, list) else cpu_floats(sumsq)
+        for value, group in zip(values, group_list or [int(g) for g in cpu_floats(group_index)]):
             groups[group] += value
         return math.sqrt(sum(groups)), groups
     return sumsq.sum().sqrt(), sum_by_group(sumsq, group_index, num_groups)

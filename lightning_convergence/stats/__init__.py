@@ -7,6 +7,7 @@ from lightning_convergence.stats.tensor_stats import (
     NONFINITE,
     STAT_FIELDS,
     SUMSQ,
+    host_sum_of_squares,
     sum_of_squares,
     tensor_stats,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "NONFINITE",
     "STAT_FIELDS",
     "SUMSQ",
+    "host_sum_of_squares",
     "reduce_by_group",
     "resolve_backend",
     "sum_by_group",

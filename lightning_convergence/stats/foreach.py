@@ -14,31 +14,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_convergence.stats.host import cpu_sums_of_squares
+
 
 def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     # Half-precision sums of squares overflow at 65504; accumulate and return in float32.
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-_DOT_MIN_NUMEL = 1 << 14  # below this, one _foreach call beats a Python loop of dot calls
-
-
-def _dot_sum_of_squares(tensors: Sequence[Tensor]) -> Tensor:
-    # On CPU a BLAS dot product reads a large tensor once on all threads: about 1.6x faster than
-    # _foreach_powsum (single-threaded there), more accurate, and it stays fast on gradients so
-    # small that their squares are subnormal, where powsum and _foreach_norm slow down 35x
-    # (measured in benchmarks/). Small tensors go to one _foreach_powsum call instead.
-    values: list[Tensor | None] = [None] * len(tensors)
-    small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_MIN_NUMEL]
-    if small:
-        acc = _accumulate_dtype(tensors[0].dtype)
-        for i, value in zip(small, _powsum([tensors[i] for i in small], acc)):
-            values[i] = value
-    for i, tensor in enumerate(tensors):
-        if values[i] is None:
-            flat = tensor.reshape(-1)
-            values[i] = torch.dot(flat, flat)
-    return torch.stack(values).to(torch.float32)
 
 
 def _powsum(tensors: Sequence[Tensor], acc: torch.dtype) -> list[Tensor]:
@@ -52,7 +33,9 @@ def _powsum(tensors: Sequence[Tensor], acc: torch.dtype) -> list[Tensor]:
 def foreach_sum_of_squares(tensors: Sequence[Tensor]) -> Tensor:
     """Per-tensor sum of squares as float32, shape ``[len(tensors)]``; NaN/Inf propagate."""
     if tensors[0].device.type == "cpu" and tensors[0].dtype in (torch.float32, torch.float64):
-        return _dot_sum_of_squares(tensors)
+        # One BLAS dot per tensor (see ``cpu_sums_of_squares``); packing the floats costs one op.
+        values = cpu_sums_of_squares(tensors, tensors[0].dtype)  # never None: one dense CPU group
+        return torch.tensor(values, dtype=torch.float32)  # [N]
     acc = _accumulate_dtype(tensors[0].dtype)
     return torch.stack(_powsum(tensors, acc)).to(torch.float32)  # [N]
 

@@ -37,6 +37,8 @@ class HostWindow(DeviceWindow):
     def __init__(self) -> None:
         super().__init__(torch.float64)
         self._values: list[float] | None = None
+        # name -> (start, stop, reduction, scalar): what a per-step update needs, looked up once
+        self._places: dict[str, tuple[int, int, str, bool]] = {}
 
     @classmethod
     def like(cls, window: DeviceWindow) -> "HostWindow":
@@ -53,6 +55,8 @@ class HostWindow(DeviceWindow):
     def _relayout(self, device: torch.device | None) -> None:
         old, old_offsets = self._values, self._offsets
         self._offsets = self._layout()
+        self._places = {slot.name: (*self._offsets[slot.name], slot.reduce, slot.shape == ())
+                        for slot in self._slots.values()}
         values = [0.0] * max((stop for _, stop in self._offsets.values()), default=0)
         for slot in self._slots.values():
             start, stop = self._offsets[slot.name]
@@ -85,17 +89,24 @@ class HostWindow(DeviceWindow):
 
     def update(self, **values: HostValue) -> None:  # type: ignore[override]
         """Merge one value into each named slot by its declared reduction."""
-        self.allocate()
+        if self._values is None:
+            self.allocate()
+        places, held = self._places, self._values
         for name, value in values.items():
-            slot = self._slot(name)
-            start, stop = self._offsets[name]
-            if slot.shape == ():
-                self._values[start] = _merge(self._values[start], float(value), slot.reduce)
-            elif slot.reduce == "sum":  # the common vector slot: a plain addition (bools count 0 or 1)
-                self._values[start:stop] = [a + b for a, b in zip(self._values[start:stop], value)]
+            place = places.get(name)
+            if place is None:
+                self._slot(name)  # raises: never declared
+            start, stop, reduce, scalar = place
+            if scalar:
+                current = held[start]
+                if reduce == "sum":
+                    held[start] = current + value
+                else:
+                    held[start] = _merge(current, float(value), reduce)
+            elif reduce == "sum":  # the common vector slot: a plain addition (bools count 0 or 1)
+                held[start:stop] = [a + b for a, b in zip(held[start:stop], value)]
             else:
-                self._values[start:stop] = [_merge(a, float(b), slot.reduce)
-                                            for a, b in zip(self._values[start:stop], value)]
+                held[start:stop] = [_merge(a, float(b), reduce) for a, b in zip(held[start:stop], value)]
 
     def set(self, **values: HostValue) -> None:  # type: ignore[override]
         """Overwrite the named slots."""

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from lightning_convergence.stats.backends import resolve_backend
+from lightning_convergence.stats import host
 from lightning_convergence.stats.foreach import foreach_sum_of_squares, foreach_tensor_stats
 from lightning_convergence.stats.reference import reference_sum_of_squares, reference_tensor_stats
 
@@ -141,3 +142,24 @@ def sum_of_squares(tensors: Sequence[Tensor | None], backend: str = "auto") -> T
         [4.0, 0.0]
     """
     return _run_grouped(tensors, backend, width=1)
+
+
+def host_sum_of_squares(tensors: Sequence[Tensor | None], backend: str = "auto") -> list[float] | None:
+    """The every-step pass on the host path: :func:`sum_of_squares` as ``N`` Python floats.
+
+    Taken when every tensor is a dense float32 CPU tensor (none missing), ``backend`` is
+    ``"auto"`` or ``"foreach"`` and the host path is on (:mod:`~lightning_convergence.stats.host`);
+    the values are then exactly those of :func:`sum_of_squares`, without building a tensor that
+    the host path would read back at once. ``None`` when the tensors do not all qualify: call
+    :func:`sum_of_squares`.
+
+    Example:
+        >>> import torch
+        >>> host_sum_of_squares([torch.tensor([3.0, 4.0])])
+        [25.0]
+        >>> host_sum_of_squares([torch.tensor([3.0, 4.0]), None]) is None
+        True
+    """
+    if not host.HOST_PATH_ON_CPU or backend not in ("auto", "foreach"):
+        return None
+    return host.cpu_sums_of_squares(tensors, torch.float32)
