@@ -14,6 +14,7 @@ from torch import Tensor
 
 from lightning_convergence.stats.host import cpu_scalar, on_host_path
 
+
 def report_directory(trainer: Trainer) -> str:
     """``trainer.log_dir`` as rank 0 sees it, without its broadcast.
 

@@ -215,14 +215,13 @@ class GradientNormMonitor(ConvergenceCallback):
             track.updates.take(track.params, step)
         if isinstance(total_norm, float) and math.isfinite(total_norm):  # the host path: nothing to skip
             track.consecutive_skips, track.finite_seen = 0, True
-        elif self.is_acting(trainer) and _scaler(trainer) is None:
+        elif self.is_acting(trainer) and _scaler(trainer) is None:  # the device path reads the norm here
             self._skip_if_nonfinite(trainer, track, total_norm, step)
 
     def _skip_if_nonfinite(self, trainer: Trainer, track: _Track, total_norm: Tensor | float, step: int) -> None:
-        # The one host read per step that acting needs (as GradScaler's own found_inf check).
-        # Every rank decides the same: gradients are identical on every DDP rank here, and under
-        # sharding ``total_norm`` was reduced over the ranks. So every rank or none reaches the
-        # collective in ``skip_step`` (a second all_reduce, on such a step only).
+        # The one host read per step that acting needs (as GradScaler's own found_inf check). Every
+        # rank decides the same: gradients are identical on every DDP rank, and under sharding
+        # ``total_norm`` was reduced over the ranks; so all or none reach ``skip_step``'s collective.
         if math.isfinite(total_norm if isinstance(total_norm, float) else total_norm.item()):
             track.consecutive_skips, track.finite_seen = 0, True
             return

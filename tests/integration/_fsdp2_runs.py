@@ -69,6 +69,7 @@ class Probe(L.Callback):
             return
         params, names = context.parameters(pl_module, optimizer)
         sumsq, _ = context.gradient_statistics(trainer, pl_module, optimizer, monitor.backend, full=False)
+        sumsq = torch.as_tensor(sumsq)  # DDP on the CPU: the host path's floats
         layers: dict[str, float] = {}
         for name, value in zip(names, sumsq.tolist()):
             layer = name.rsplit(".", 1)[0]
