@@ -152,6 +152,7 @@ class GradientWindow:
         self.trace_capacity = trace_capacity
         self.host = host
         self._trace_steps: list[int] = []
+        self._ones = [1.0] * num_layers
         window = self._window = HostWindow() if host else DeviceWindow()
         g = num_layers
         # Declared in the order they are updated together: each group is one op per step.
@@ -225,6 +226,13 @@ class GradientWindow:
                      layer_sumsq: list[float]) -> None:
         """:meth:`update` on floats: the same values, with Python arithmetic."""
         finite = math.isfinite(total_norm)
+        if finite and not spike:  # every layer's sum is finite too: the usual step, in fewer operations
+            self._window.update(steps=1.0, layer_norm_sum=[math.sqrt(s) for s in layer_sumsq],
+                                layer_finite_steps=self._ones, max_total_norm=total_norm, max_spike_ratio=0.0)
+            if len(self._trace_steps) < self.trace_capacity:
+                self._window.write("total_norm_trace", len(self._trace_steps), total_norm)
+                self._trace_steps.append(step)
+            return
         layer_norms = [math.sqrt(s) if s >= 0 else math.nan for s in layer_sumsq]
         safe_norm = total_norm if finite else 0.0  # nan_to_num(nan=0, posinf=0)
         self._window.update(
