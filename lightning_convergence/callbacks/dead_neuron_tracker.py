@@ -16,7 +16,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_convergence.callbacks._guard import cuts_lr_when_named_too_high, may_act, open_guard
+from lightning_convergence.callbacks._guard import cuts_lr_when_named_too_high, judged, may_act, open_guard
 from lightning_convergence.callbacks._unit_sites import UnitSites
 from lightning_convergence.callbacks._trainer_reads import over_ranks
 from lightning_convergence.callbacks.base import ConvergenceCallback
@@ -209,7 +209,14 @@ class DeadNeuronTracker(ConvergenceCallback):
         runway = trainer.estimated_stepping_batches - (last_step + 1) >= 2 * span
         acting = self.is_acting(trainer) and runway and may_act(self.context(trainer), trainer, self.state_key,
                                                                  "dead_units")
-        verdict = self._rule.judge(sites, last_step, act=acting)
+        # A partly dead layer waits until the loss showed harm (its finding confirmed as a warning
+        # by the consequence judge, a window later): revived while the loss keeps improving, it
+        # made healthy runs worse on the calibration sweep. A layer dead at 75% or more is revived at once.
+        harm_seen = None
+        if judged(trainer):
+            harm_seen = {d.layer for d in self.context(trainer).log.diagnoses
+                         if d.kind == "dead_units" and d.severity != "info"}
+        verdict = self._rule.judge(sites, last_step, act=acting, harm_seen=harm_seen)
         self._log(trainer, sites, verdict, last_step)
         findings = [self.rank(trainer, f) for f in verdict.findings]
         # Units killed by a bug in the code (gradients never zeroed, ...) die again: not revived.

@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -173,9 +174,13 @@ class UnitHealthRule:
         """Per layer, the step of its last revival."""
         return dict(self._last_revival)
 
-    def judge(self, sites: list[SiteWindow], last_step: int, act: bool = False) -> UnitVerdict:
+    def judge(self, sites: list[SiteWindow], last_step: int, act: bool = False,
+              harm_seen: Container[str] | None = None) -> UnitVerdict:
         """Judge one window that ended at ``last_step``; with ``act``, pick the units to revive
-        (and count them revived: their cooldown starts, and they are no longer dead before)."""
+        (and count them revived: their cooldown starts, and they are no longer dead before).
+        ``harm_seen``: when given, a layer dead below ``dead_at_once`` is revived only if it is
+        named there (its dead units were shown to hurt the loss); a layer dead at or above it has
+        lost the most of its function and is revived at once."""
         judged = [self._layer(site, last_step) for site in sites]
         layers = [layer for layer, _, _ in judged]
         findings = self.evaluate(layers)
@@ -186,6 +191,9 @@ class UnitHealthRule:
         for site, (layer, dead, dormant) in zip(sites, judged):
             if not act or not (layer.layer in reported or (self.redo_on == "dormant" and layer.dormant)):
                 continue
+            if (harm_seen is not None and layer.layer not in harm_seen
+                    and (layer.dead_fraction or 0.0) < self.thresholds.dead_at_once):
+                continue  # no harm seen yet: reported, and left as it is (no cooldown starts)
             units = [i for i, flag in enumerate((dormant if self.redo_on == "dormant" else dead) or []) if flag]
             last = self._last_revival.get(layer.layer)
             if not units or (last is not None and last_step - last < self.redo_cooldown_steps):
