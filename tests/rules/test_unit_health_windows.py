@@ -174,3 +174,25 @@ def _plain(value) -> bool:
     if isinstance(value, list):
         return all(_plain(v) for v in value)
     return type(value) in (int, float, bool, str)
+
+
+@pytest.mark.parametrize("dead,harm_seen,revived", [
+    ({0}, None, True),  # nothing judges the loss: revived as reported (25% of the layer)
+    ({0}, set(), False),  # a loss is judged and shows no harm yet: left as it is
+    ({0}, {"other"}, False),  # harm seen in another layer only
+    ({0}, {"net.1"}, True),  # this layer's dead units were shown to hurt the loss
+    ({0, 1, 2}, set(), True),  # 75% dead: most of the layer's function is gone, revived at once
+])
+def test_a_partly_dead_layer_waits_for_harm_and_a_mostly_dead_one_does_not(dead, harm_seen, revived):
+    rule = UnitHealthRule()
+    revivals = [rule.judge([site(dead)], last_step=10 * i + 9, act=True, harm_seen=harm_seen).revive
+                for i in range(2)]
+    assert [r for r in revivals if r] == ([{"net.1": sorted(dead)}] if revived else [])
+
+
+def test_a_layer_left_for_want_of_harm_starts_no_cooldown():
+    rule = UnitHealthRule(redo_cooldown_steps=1000)
+    waits = [rule.judge([site({0})], last_step=10 * i + 9, act=True, harm_seen=set()).revive for i in range(3)]
+    assert waits == [{}, {}, {}] and rule.last_revival == {}
+    # The harm is seen a window later: revived then, not 1000 steps later.
+    assert rule.judge([site({0})], last_step=39, act=True, harm_seen={"net.1"}).revive == {"net.1": [0]}
