@@ -55,7 +55,8 @@ class DeadNeuronTracker(ConvergenceCallback):
     or name the module whose output to track in ``include``.
 
     With ``auto_remediate=True`` dead units of a layer reported at warning level or above (25% of the layer by
-    default; a few dead units are normal in a healthy layer) get fresh incoming weights from the layer's default
+    default; a few dead units are normal in a healthy layer; when a callback judges the loss, below 75% only once
+    the loss showed harm, from 75% at once) get fresh incoming weights from the layer's default
     initialisation, zero outgoing weights (the function is unchanged at that step) and reset optimizer state for
     those rows and columns. Only units whose wiring is certain are touched: the producing Linear/Conv (through
     BatchNorm or dropout at most) and the consuming Linear/Conv (through dropout, pooling or a flatten at most),
