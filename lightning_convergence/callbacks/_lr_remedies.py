@@ -246,22 +246,21 @@ class LRRemedies:
     def _undo_raise_if_unstable(self, trainer: Trainer, pl_module: LightningModule, step: int,
                                 kinds: list[str]) -> bool:
         """A raise judged harmless at its window that later destabilised the run: the smoothed
-        loss rose :data:`RAISE_UNSTABLE` above its best since the raise, or the run diverged
-        while the raise was in force (an oscillation has its own remedy). The raise is taken
-        back, after a rollback to the last snapshot when that loses nothing
-        (``RecoveryPolicy.rollback_before_cut``; the state from just before the raise is gone),
-        recorded as an ``undo``, and no raise follows in this fit. A divergence is then answered
-        by undoing its cause instead of a cut below the rate the run had before the raise."""
+        loss rose :data:`RAISE_UNSTABLE` above its best since the raise (and no divergence or
+        oscillation, whose own remedies cut the rate). The raise is taken back, after a rollback
+        to the last snapshot when that loses nothing (``RecoveryPolicy.rollback_before_cut``; the
+        state from just before the raise is gone), recorded as an ``undo``, and no raise follows
+        in this fit."""
         counts, loss = self._counts, self._regime.ema
         if counts.raise_factor is None or loss is None or self._check.pending is not None:
             return False
-        if "oscillation" in kinds:
+        if {"divergence", "oscillation"} & set(kinds):
             return False
-        best, diverged = counts.best_after_raise, "divergence" in kinds
-        if not diverged and (best is None or (math.isfinite(loss) and loss < best)):
+        best = counts.best_after_raise
+        if best is None or (math.isfinite(loss) and loss < best):
             counts.best_after_raise = loss
             return False
-        if not diverged and math.isfinite(loss) and loss <= (1 + RAISE_UNSTABLE) * best:
+        if math.isfinite(loss) and loss <= (1 + RAISE_UNSTABLE) * best:
             return False
         factor, counts.raise_factor = counts.raise_factor, None
         rollback = self._policy.rollback_before_cut(step, loss if math.isfinite(loss) else math.inf)
@@ -272,7 +271,7 @@ class LRRemedies:
         self._check.block("learning_rate_too_low")
         self.record_intervention(trainer, "undo", step, {
             "reason": "learning_rate_too_low", "factor": 1.0 / factor, "loss_best_after": best, "loss_after": loss,
-            "why": "the run diverged after the raise" if diverged else "the smoothed loss rose above its best since the raise"})
+            "why": "the smoothed loss rose above its best since the raise"})
         return True
 
     def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:

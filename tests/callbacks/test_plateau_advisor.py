@@ -312,19 +312,18 @@ def test_the_update_ratios_estimate_raises_the_lr_at_most_twice_per_fit(tmp_path
 
 
 class HurtLaterByAHigherLR(DigitsMLP):
-    """Learns nothing at its LR (1e-6); from 40 steps after its LR first reaches ``harm_from``
-    (1e-5), and for as long as it stays there, ``harm`` is added to its loss (0.4: 17%, no
-    divergence; 4.0: a divergence): raises planted to look harmless at their verdicts and to hurt later."""
+    """Learns nothing at its LR (1e-6); from 40 steps after its LR first reaches 1e-5, and for as
+    long as it stays there, 0.4 is added to its loss (17%, no divergence): raises planted to look harmless at their
+    verdicts and to hurt later."""
 
     raised_at = None
-    harm, harm_from = 0.4, 1e-5
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
-        if self.optimizers().param_groups[0]["lr"] < self.harm_from:
+        if self.optimizers().param_groups[0]["lr"] < 1e-5:
             return loss
         self.raised_at = self.global_step if self.raised_at is None else self.raised_at
-        return loss + self.harm if self.global_step - self.raised_at >= 40 else loss
+        return loss + 0.4 if self.global_step - self.raised_at >= 40 else loss
 
 
 def test_a_raise_that_hurts_after_its_verdict_is_undone_and_not_tried_again(tmp_path):
@@ -343,25 +342,6 @@ def test_a_raise_that_hurts_after_its_verdict_is_undone_and_not_tried_again(tmp_
     assert late["detail"]["factor"] == pytest.approx(1 / raises[-1]["detail"]["factor"][0])
     assert late["detail"]["loss_after"] > 1.1 * late["detail"]["loss_best_after"]
     assert not [i for i in raises if i["step"] > late["step"]]  # and no raise after it
-
-
-def test_a_divergence_while_a_raise_is_in_force_undoes_the_raise_instead_of_cutting_below_it(tmp_path):
-    from lightning_convergence import GradientNormMonitor
-
-    L.seed_everything(0, verbose=False)
-    advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=10, range_test_steps=None)
-    model = HurtLaterByAHigherLR(lr=1e-6, optimizer="adam")
-    model.harm, model.harm_from = 4.0, 5e-4  # only the second raise (to about 1e-3) hurts
-    trainer = fit(tmp_path, model, [GradientNormMonitor(log_every_n_steps=10), advisor], max_epochs=14)
-    records = advisor._records_state(trainer)["interventions"]
-    diagnosed = [d["step"] for d in advisor._records_state(trainer)["diagnoses"] if d["kind"] == "divergence"]
-    raises = [i for i in records if i["action"] == "lr_scale" and i["detail"]["reason"] == "learning_rate_too_low"]
-    (undo,) = [i for i in records if i["action"] == "undo"]
-    assert diagnosed and undo["detail"]["why"] == "the run diverged after the raise"
-    assert undo["detail"]["factor"] == pytest.approx(1 / raises[-1]["detail"]["factor"][0])
-    # The rate goes back to where it was before the raise, not a tenth below it.
-    assert not [i for i in records if i["action"] == "lr_scale" and i["detail"]["reason"] == "divergence"]
-    assert not [i for i in raises if i["step"] > undo["step"]]
 
 
 class NamesTheLRTooHigh(L.Callback):
