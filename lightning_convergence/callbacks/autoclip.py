@@ -196,16 +196,18 @@ class AutoClip(ConvergenceCallback):
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         super().on_before_optimizer_step(trainer, pl_module, optimizer)
-        if trainer.fast_dev_run or self.probing(trainer):
-            return
         context = self.context(trainer)
+        if trainer.fast_dev_run or context.probing:  # a range test's steps are undone afterwards
+            return
         params, names = context.parameters(pl_module, optimizer)
         if not params:
             return
         step = trainer.global_step
-        active = self._steps >= self.clip_warmup_steps and self.is_acting(trainer)
+        warm = self._steps >= self.clip_warmup_steps
         self._steps += 1
+        logging = self._clock.closes_window(step, self.logging_cadence(trainer))
         if self.mode == "agc":
+            active = warm and self.is_acting(trainer)
             layout = context.shard_layout(trainer, pl_module, optimizer)
             fraction = self._clip_agc(params, names, active, layout)  # of units clipped this step
             clipped = (fraction > 0).to(torch.float32)
@@ -217,8 +219,11 @@ class AutoClip(ConvergenceCallback):
             norm = global_norm(sumsq)  # a float on the host path (gradients on the CPU)
             threshold = self._rule.update(norm)
             coefficient = clip_coefficient(norm, threshold, self.max_norm)
+            unclipped = isinstance(coefficient, float) and coefficient == 1.0  # the host path, under the threshold
+            # Whether it acts matters only for a clip, and for the scale that a logging step shows.
+            active = warm and (logging or not unclipped) and self.is_acting(trainer)
             clipped = coefficient < 1.0 if isinstance(coefficient, float) else (coefficient < 1.0).to(torch.float32)
-            if active and not (isinstance(coefficient, float) and coefficient == 1.0):  # (host path: no clip)
+            if active and not unclipped:
                 # The coefficient comes from the global norm (reduced under sharding): every rank
                 # scales its local shards by the same factor.
                 scale_gradients_(local_gradients(params), coefficient)
@@ -228,7 +233,7 @@ class AutoClip(ConvergenceCallback):
             fraction = clipped
         self._update_window(step, clipped, fraction)
         self._last = (norm, threshold, scale)  # the logged values come from these: no op on an ordinary step
-        if self._clock.closes_window(step, self.logging_cadence(trainer)):
+        if logging:
             self._log(trainer, step)
 
     def _guarding(self, trainer: Trainer, step: int) -> bool:
@@ -264,6 +269,9 @@ class AutoClip(ConvergenceCallback):
         (on the host, from a bool, on the host path)."""
         if isinstance(clipped, bool):
             self._window = HostWindow.like(self._window)
+            if not clipped:  # the usual step: the other slots would merge their identities
+                self._window.update(steps=1.0)
+                return
             self._window.update(steps=1.0, clipped_steps=clipped, unit_fraction_sum=fraction,
                                 first_clipped_step=float(step) if clipped else math.inf,
                                 last_clipped_step=float(step) if clipped else -math.inf)
