@@ -59,6 +59,12 @@ class StepWindow:
     def __len__(self) -> int:
         return len(self.fetch_s)
 
+    def plausible(self) -> bool:
+        """Whether every timing is a finite duration of at least 0 (clocks only move forward:
+        a window holding one that is not was measured wrongly, and is not judged)."""
+        return all(math.isfinite(v) and v >= 0 for name in ("fetch_s", "compute_s", "cpu_s", "busy_s", "wall_s")
+                   for v in getattr(self, name))
+
     def extend(self, other: StepWindow) -> None:
         for name in ("fetch_s", "compute_s", "cpu_s", "busy_s", "wall_s"):
             getattr(self, name).extend(getattr(other, name))

@@ -136,9 +136,9 @@ class WallTimeRule:
         t = self.thresholds
         if len(window) < t.min_steps:
             return None
+        if not window.plausible():
+            return None  # a timing that cannot be (clocks only move forward): not judged
         s = window.summary()
-        if not all(math.isfinite(s[k]) and s[k] >= 0 for k in ("fetch_ms", "compute_ms", "cpu_share")):
-            return None  # timings that cannot be (clocks only move forward)
         if loader.on_cpu and s["cpu_share"] < t.min_cpu_share:
             return None  # descheduled: every phase is slow, the wait is not the loader's
         if s["fetch_share"] < t.fetch_share or s["fetch_ms"] < t.min_fetch_ms:
