@@ -202,9 +202,9 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         if self.context(trainer).recovery_request is not None:  # only ever set while acting
             self._recover_between_windows(trainer, pl_module)
             return
-        loss, step = self.training_loss(trainer, outputs), self._clock.batch_step(trainer.global_step)
+        loss, step = self.training_loss(trainer, outputs, host=True), self._clock.batch_step(trainer.global_step)
         if loss is not None:
-            self._losses.append(step, loss)  # on the device: no host read
+            self._losses.append(step, loss)  # on the device: no host read (on the host path, a float)
         if self._clock.window_ends(trainer.global_step, self.logging_cadence(trainer)) and self._losses:
             self._end_window(trainer, pl_module, step)
 

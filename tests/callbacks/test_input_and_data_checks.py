@@ -73,6 +73,32 @@ def test_a_nan_batch_is_found_at_its_step_and_skipped_when_asked(tmp_path):
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+class Masked(Loader):
+    """NaN in the data that the model replaces before use: the loss and the gradients stay finite."""
+
+    def forward(self, x):
+        return super().forward(torch.nan_to_num(x, nan=0.0).detach())
+
+
+@pytest.mark.parametrize("host_path", [True, False])
+def test_nan_that_never_reaches_the_loss_is_counted_only_on_sampled_batches_on_the_cpu(tmp_path, monkeypatch,
+                                                                                       host_path):
+    # On the host path an unsampled batch is looked at only when its loss is not finite (reading
+    # the whole batch every step is what this saves); the accelerator's path counts every batch.
+    import lightning_convergence.stats.host
+    monkeypatch.setattr(lightning_convergence.stats.host, "HOST_PATH_ON_CPU", host_path)
+
+    def poison(x, y):
+        x[100, 3] = math.nan  # batch 3: not sampled (steps 0-2 and every 10th are)
+        x[10 * 32 + 5, 3] = math.nan  # batch 10: sampled
+        return x, y
+
+    checker = InputSanityChecker()
+    trainer = fit(tmp_path, Masked(poison), [checker], max_epochs=1)
+    found = [(d["kind"], d["step"]) for d in diagnoses(trainer, [checker], "warning")]
+    assert found[0] == (("nonfinite_inputs", 10) if host_path else ("nonfinite_inputs", 3))
+
+
 class OneBased(Loader):
     """Labels 1..10 in the data, shifted back in training_step (so the loss itself runs)."""
 
