@@ -314,11 +314,9 @@ class UnitSites:
         windows = []
         for name, site in self.sites.items():
             acc, link = site.accumulator, wiring.get(name)
-            activity = acc.host(values)
-            count = 0.0 if activity.values_per_unit is None else activity.values_per_unit.item()
+            peak, abs_sum, saturated, count = acc.host_lists(values)
             windows.append(SiteWindow(
-                name, site.activation, acc.kind, activity.peak.tolist(), activity.abs_sum.tolist(),
-                activity.saturated.tolist(), count, acc.batches,
+                name, site.activation, acc.kind, peak, abs_sum, saturated, count, acc.batches,
                 producer=link.producer_name if isinstance(link, UnitWiring) else None,
                 bias=values.get(f"{name}/bias"), redo_skipped=link if isinstance(link, str) else None))
         return windows

@@ -21,11 +21,10 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 
 from lightning_convergence.rules.findings import Cause, Finding, default_causes
 from lightning_convergence.validation import check_fields, check_fraction, check_positive_int
-from lightning_convergence.stats.activations import CAN_DIE, CAN_SATURATE, ActivationKind, dormant_mask
+from lightning_convergence.stats.activations import CAN_DIE, CAN_SATURATE, ActivationKind, dormant_units
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ class UnitHealthRule:
         """The site's :class:`LayerUnits`, its dead units (over two windows when the last one is
         known) and its dormant ones; remembers this window's dead units."""
         units = len(site.abs_sum)
-        dormant = dormant_mask(torch.tensor(site.abs_sum, dtype=torch.float64), self.dormant_tau).tolist()
+        dormant = dormant_units(site.abs_sum, self.dormant_tau)
         raw_dead = [p <= 0 for p in site.peak] if site.kind in CAN_DIE else None  # NaN is not dead
         previous = self._previous_dead.get(site.layer)
         dead, first_step, batches = raw_dead, self._window_start, site.batches

@@ -23,7 +23,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -213,6 +213,29 @@ class UnitAccumulator:
             views = {stat: self.window[self.slot(stat)] for stat in unit_slots(self.kind)}
         return _activity(self.kind, views, self.batches)
 
+    def host_lists(self, values: Mapping[str, Value]) -> tuple[list[float], list[float], list[float], float]:
+        """The site's part of ``window.read()`` as plain lists: ``(peak, abs_sum, saturated,
+        outputs per unit)``, the same numbers as :meth:`host` without a tensor made per statistic
+        (a window judgment reads every site of the model: 100 sites of an MLP).
+
+        Example:
+            >>> acc = UnitAccumulator("nonnegative", dim=1)
+            >>> acc.update(torch.relu(torch.tensor([[1.0, -2.0], [3.0, -1.0]])))
+            >>> acc.host_lists(acc.window.read())
+            ([4.0, 0.0], [4.0, 0.0], [0.0, 0.0], 0.0)
+        """
+        abs_sum = [float(v) for v in values[self.slot("abs_sum")]]
+        units = len(abs_sum)
+        if self.kind == "nonnegative":
+            peak = abs_sum
+        elif self.kind == "signed":
+            peak = [float(v) for v in values[self.slot("peak")]]
+        else:
+            peak = [math.inf] * units
+        if self.kind in CAN_SATURATE:
+            return peak, abs_sum, [float(v) for v in values[self.slot("saturated")]], float(values[self.slot("values")])
+        return peak, abs_sum, [0.0] * units, 0.0
+
     def host(self, values: Mapping[str, Value]) -> UnitActivity:
         """The site's part of ``window.read()`` (host numbers) as a :class:`UnitActivity` of
         CPU float64 tensors."""
@@ -244,6 +267,21 @@ def dormant_mask(abs_sum: Tensor, tau: float) -> Tensor:
         return torch.zeros(0, dtype=torch.bool, device=abs_sum.device)
     mean = abs_sum.mean()
     return torch.where(mean > 0, abs_sum / mean.clamp_min(torch.finfo(abs_sum.dtype).tiny) <= tau, mean <= 0)
+
+
+def dormant_units(abs_sum: Sequence[float], tau: float) -> list[bool]:
+    """:func:`dormant_mask` on host numbers (a window's read), element for element the same.
+
+    Example:
+        >>> dormant_units([10.0, 10.0, 0.5, 0.0], tau=0.1)
+        [False, False, True, True]
+    """
+    if not abs_sum:
+        return []
+    mean = sum(abs_sum) / len(abs_sum)
+    if mean > 0:
+        return [value / mean <= tau for value in abs_sum]
+    return [mean <= 0] * len(abs_sum)  # a silent layer is all dormant; a NaN one says nothing
 
 
 def unit_activity_reference(batches: list[Tensor], dim: int, kind: ActivationKind, eps: float = 0.01) -> dict:

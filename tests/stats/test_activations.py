@@ -12,6 +12,7 @@ from lightning_convergence.stats.activations import (
     UnitAccumulator,
     activation_kind,
     dormant_mask,
+    dormant_units,
     unit_activity_reference,
     unit_dim,
     unit_slots,
@@ -161,6 +162,7 @@ def test_each_kind_declares_only_what_it_measures(kind, slots):
 def test_dormant_mask_table(sums, tau, expected):
     assert dormant_mask(torch.tensor(sums), tau).tolist() == expected
     assert dormant_mask(torch.tensor(sums, dtype=torch.float64), tau).tolist() == expected
+    assert dormant_units(sums, tau) == expected  # the host twin the window judgment uses
 
 
 def test_unit_dim_rule_and_kinds():
@@ -169,3 +171,19 @@ def test_unit_dim_rule_and_kinds():
     assert unit_dim(torch.zeros(2, 5, 8), after_conv=False) == 2
     assert unit_dim(torch.zeros(2, 5, 8), after_conv=True) == 1
     assert activation_kind(torch.nn.Tanh()) == "tanh" and activation_kind(torch.nn.Conv2d(1, 1, 1)) is None
+
+
+@pytest.mark.parametrize("kind", ["nonnegative", "signed", "positive", "sigmoid", "tanh"])
+def test_host_lists_are_the_host_tensors_as_numbers(kind):
+    F = torch.nn.functional
+    # The window judgment reads host_lists; host (tensors) is the reference it must equal.
+    acc = UnitAccumulator(kind, 1)
+    x = torch.randn(6, 5)
+    x[:, 2] = -1.0  # a dead unit for the kinds that can die
+    for scale in (1.0, 10.0):
+        acc.update({"nonnegative": torch.relu, "signed": F.gelu, "positive": F.softplus,
+                    "sigmoid": torch.sigmoid, "tanh": torch.tanh}[kind](x * scale))
+    values = acc.window.read()
+    host = acc.host(values)
+    count = 0.0 if host.values_per_unit is None else host.values_per_unit.item()
+    assert acc.host_lists(values) == (host.peak.tolist(), host.abs_sum.tolist(), host.saturated.tolist(), count)
