@@ -146,3 +146,26 @@ def test_step_calls_counts_the_suites_calls_over_bare(tmp_path):
     for row in rows:
         entry = payload["variants"][f"cnn/{row[1].strip('`')}"]
         assert row[2] == f"{entry['per_step']:.0f}" and row[3] == f"{entry['over_bare']:+.0f}"
+
+
+@pytest.mark.slow
+def test_overhead_ab_runs_one_pair_from_each_checkout():
+    # The same checkout on both sides: the script's plumbing (one fit per side in its own process,
+    # the line it prints), not a comparison.
+    out = _run(["benchmarks/overhead_ab.py", ".", ".", "--models", "cnn", "--pairs", "1"])
+    line = next(line for line in out.splitlines() if line.startswith("cnn suite:"))
+    before, after = (float(x) for x in line.split("steady hook ms ")[1].split(",")[0].split(" -> "))
+    assert before > 0 and after > 0
+    assert f"(median {after / before:.2f})" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/nonexistent", str(ROOT)], "`before` must be a checkout of this repository"),
+    ([str(ROOT), str(ROOT), "--pairs", "0"], "`--pairs` must be at least 1"),
+])
+def test_overhead_ab_names_a_bad_argument(argv, message, capsys):
+    from benchmarks import overhead_ab
+
+    with pytest.raises(SystemExit):
+        overhead_ab.main(argv)
+    assert message in capsys.readouterr().err
