@@ -3,7 +3,7 @@
 Run from the repository root, with the venv active::
 
     git worktree add /tmp/before <commit>            # the commit to compare with, checked out apart
-    python benchmarks/overhead_ab.py /tmp/before .   # suite at defaults, three models, 6 pairs (3 min)
+    python benchmarks/overhead_ab.py /tmp/before .   # suite at defaults, three models, 6 pairs (4 min)
     python benchmarks/overhead_ab.py /tmp/before . --variant suite_acting --models cnn --pairs 4
 
 Why. The floor of ``overhead.py`` (one read of every gradient) moves by 10-20% between runs on a
@@ -29,6 +29,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.harness import parser  # noqa: E402
+from benchmarks.overhead import VARIANTS  # noqa: E402
+from benchmarks.overhead_models import MODELS  # noqa: E402
 
 _ONE_SIDE = r"""
 import json, sys
@@ -73,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pairs < 1:
         p.error(f"`--pairs` must be at least 1, got {args.pairs}")
     models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if not models or unknown:
+        p.error(f"`--models` must be a comma-separated subset of {','.join(MODELS)}, got {args.models!r}")
+    if args.variant not in VARIANTS or args.variant == "bare":  # bare has no hooks to time
+        p.error(f"`--variant` must be one of {', '.join(v for v in VARIANTS if v != 'bare')}, got {args.variant!r}")
     for model in models:
         pairs = []
         for index in range(args.pairs):

@@ -162,6 +162,9 @@ def test_overhead_ab_runs_one_pair_from_each_checkout():
 @pytest.mark.parametrize("argv, message", [
     (["/nonexistent", str(ROOT)], "`before` must be a checkout of this repository"),
     ([str(ROOT), str(ROOT), "--pairs", "0"], "`--pairs` must be at least 1"),
+    ([str(ROOT), str(ROOT), "--models", "cnn,foo"], "`--models` must be a comma-separated subset of"),
+    ([str(ROOT), str(ROOT), "--variant", "foo"], "`--variant` must be one of"),
+    ([str(ROOT), str(ROOT), "--variant", "bare"], "`--variant` must be one of"),
 ])
 def test_overhead_ab_names_a_bad_argument(argv, message, capsys):
     from benchmarks import overhead_ab

@@ -6,12 +6,12 @@ keeps the sums, as slots of one declared window named after each batch part; the
 window in one transfer once per logging step (and once after the first batches, so that a
 raw-pixel pipeline is named at once).
 
-Observing, on the host path (a batch on the CPU, where the loss is read for free), a batch that is
-not sampled is counted only when its loss is not finite: NaN/Inf in the data that never reach the loss do not
-hurt the run, and a finite loss is the cheapest proof that none did. That saves reading the whole
-batch on every step (0.08 ms a step on the overhead benchmark's CNN). On an accelerator every batch
-is counted on the device, as reading the loss there would wait for the step; acting, every batch
-is counted before its optimizer step, which it may skip.
+Observing, on the host path (a batch on the CPU, where the loss is read for free), a batch that
+is not sampled is counted only when its loss is not finite: NaN/Inf in the data that never reach
+the loss do not hurt the run, and a finite loss is the cheapest proof that none did. That saves
+reading the whole batch on every step (about 0.05 ms a step on the overhead benchmark's CNN). On
+an accelerator every batch is counted on the device, as reading the loss there would wait for the
+step; acting, every batch is counted before its optimizer step, which it may skip.
 """
 
 from __future__ import annotations
