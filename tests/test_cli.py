@@ -1,6 +1,7 @@
 """The main job, ``lightning-convergence demo``, run as a user runs it."""
 
 import json
+import logging
 import shutil
 import subprocess
 
@@ -11,7 +12,10 @@ from lightning_convergence.cli import main
 
 @pytest.mark.slow
 def test_demo_runs_and_explains(tmp_path, capsys):
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = rank_zero.level
     assert main(["demo", "--out", str(tmp_path), "--epochs", "2"]) == 0
+    assert rank_zero.level == level  # quiet while it ran, the caller's logging as it was afterwards
     out = capsys.readouterr().out
     assert "Diagnoses" in out and "Verdict: Without the suite:" in out
     assert f"tensorboard --logdir {tmp_path}" in out

@@ -133,7 +133,18 @@ def run_demo(fault: str = "lr_high", out: str = "convergence_demo", epochs: int 
     """Run the demo and print what happened; returns both runs' results. ``epochs=None`` takes
     the fault's own length (4 epochs for most)."""
     epochs = epochs or FAULTS[fault].get("epochs", 4)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    # Lightning's rank-zero info lines are left out while the demo runs, and only then: the
+    # caller's logging (a notebook, a test) is as it was afterwards.
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        return _run_demo(fault, out, epochs, seed)
+    finally:
+        logger.setLevel(level)
+
+
+def _run_demo(fault: str, out: str, epochs: int, seed: int) -> tuple[RunResult, RunResult]:
     print(f"lightning-convergence demo: fault {fault!r}: {FAULTS[fault]['what']}, on the bundled digits data.")
     extra = FAULTS[fault].get("suite")
     if extra:
