@@ -247,17 +247,20 @@ class DeadNeuronTracker(ConvergenceCallback):
 
     def _log(self, trainer: Trainer, sites: list[SiteWindow], verdict: UnitVerdict, last_step: int) -> None:
         metrics, histograms = {}, {}
+        # The histograms' tensors are made only in a window that writes them.
+        with_histograms = bool(self.histogram_every_n_steps) and (
+            (last_step + 1) % self.histogram_every_n_steps < self.logging_cadence(trainer))
         for site, layer in zip(sites, verdict.layers):
             if layer.window_dead is not None:
                 metrics[f"convergence/dead_fraction/{layer.layer}"] = layer.window_dead_fraction
             metrics[f"convergence/dormant_fraction/{layer.layer}"] = layer.dormant_fraction
             if layer.saturation is not None:
                 metrics[f"convergence/saturation/{layer.layer}"] = layer.saturation
-            mean = sum(site.abs_sum) / len(site.abs_sum) if site.abs_sum else 0.0
+            mean = sum(site.abs_sum) / len(site.abs_sum) if site.abs_sum and with_histograms else 0.0
             if mean > 0:
                 histograms[f"convergence/unit_activity/{layer.layer}"] = torch.tensor(site.abs_sum) / mean
         log_scalars(trainer, metrics, last_step)
-        if self.histogram_every_n_steps and (last_step + 1) % self.histogram_every_n_steps < self.logging_cadence(trainer):
+        if with_histograms:
             write_histograms(trainer, histograms, last_step)
 
     # ----------------------------------------------------------------- ReDo

@@ -224,16 +224,16 @@ class UnitAccumulator:
             >>> acc.host_lists(acc.window.read())
             ([4.0, 0.0], [4.0, 0.0], [0.0, 0.0], 0.0)
         """
-        abs_sum = [float(v) for v in values[self.slot("abs_sum")]]
+        abs_sum = list(values[self.slot("abs_sum")])  # floats already (a window's read is ``tolist``)
         units = len(abs_sum)
         if self.kind == "nonnegative":
             peak = abs_sum
         elif self.kind == "signed":
-            peak = [float(v) for v in values[self.slot("peak")]]
+            peak = list(values[self.slot("peak")])
         else:
             peak = [math.inf] * units
         if self.kind in CAN_SATURATE:
-            return peak, abs_sum, [float(v) for v in values[self.slot("saturated")]], float(values[self.slot("values")])
+            return peak, abs_sum, list(values[self.slot("saturated")]), float(values[self.slot("values")])
         return peak, abs_sum, [0.0] * units, 0.0
 
     def host(self, values: Mapping[str, Value]) -> UnitActivity:
