@@ -87,9 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = {side: one_fit(getattr(args, side), model, args.variant, args.threads) for side in order}
             pairs.append((result["before"], result["after"]))
         ratios = [after[0] / before[0] for before, after in pairs]
-        print(f"{model} {args.variant}: steady hook ms {statistics.median(b[0] for b, _ in pairs):.3f} -> "
-              f"{statistics.median(a[0] for _, a in pairs):.3f}, every step {statistics.median(b[1] for b, _ in pairs):.3f}"
-              f" -> {statistics.median(a[1] for _, a in pairs):.3f}; after/before per pair "
+        steady = [statistics.median(side[0] for side in sides) for sides in zip(*pairs)]  # before, after
+        every = [statistics.median(side[1] for side in sides) for sides in zip(*pairs)]
+        print(f"{model} {args.variant}: steady hook ms {steady[0]:.3f} -> {steady[1]:.3f}, every step "
+              f"{every[0]:.3f} -> {every[1]:.3f}; after/before per pair "
               f"{', '.join(f'{r:.2f}' for r in ratios)} (median {statistics.median(ratios):.2f})", flush=True)
     return 0
 

@@ -21,7 +21,6 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Literal
 
-
 from lightning_convergence.rules.findings import Cause, Finding, default_causes
 from lightning_convergence.validation import check_fields, check_fraction, check_positive_int
 from lightning_convergence.stats.activations import CAN_DIE, CAN_SATURATE, ActivationKind, dormant_units
