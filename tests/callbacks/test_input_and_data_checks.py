@@ -73,6 +73,20 @@ def test_a_nan_batch_is_found_at_its_step_and_skipped_when_asked(tmp_path):
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
+def test_observing_on_the_cpu_a_nan_batch_is_found_at_its_step_from_its_loss(tmp_path):
+    # Batch 3 is not sampled: on the host path it is looked at because its loss is NaN, after the
+    # optimizer step, and counted at the step it belongs to.
+    def poison(x, y):
+        x[100, 3] = math.nan
+        return x, y
+
+    checker = InputSanityChecker()
+    trainer = fit(tmp_path, Loader(poison), [checker], max_epochs=1)
+    found = diagnoses(trainer, [checker], "warning")
+    assert [(d["kind"], d["step"]) for d in found] == [("nonfinite_inputs", 3)]
+    assert "first at step 3" in found[0]["message"]
+
+
 class Masked(Loader):
     """NaN in the data that the model replaces before use: the loss and the gradients stay finite."""
 
