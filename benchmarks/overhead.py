@@ -269,6 +269,10 @@ def summarise(fits: dict[str, list[Fit]]) -> dict[str, Any]:
             row["hook_ms"] = median([f.hook_ms() for f in runs])
             row["steady_hook_ms"] = median([f.hook_ms(steady=True) for f in runs])
             row["every_step_ms"] = median([f.every_step_ms() for f in runs])
+            # Per repeat too: a ratio against the floor is also taken within each repeat (the
+            # floor's fit ran in the same repeat), so that its spread shows the run's noise.
+            row["every_step_ms_per_repeat"] = [f.every_step_ms() for f in runs]
+            row["steady_hook_ms_per_repeat"] = [f.hook_ms(steady=True) for f in runs]
             row["logging_extra_ms"] = median([f.logging_extra_ms() for f in runs])
             row["logging_extra_fraction"] = row["logging_extra_ms"] / bare_ms
             row["hook_fraction"] = row["hook_ms"] / bare_ms
@@ -336,7 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "ordinary steps). **every step**: median hook ms of ordinary steps (no logging step or the one "
                   "after it, no sampled step, none of the one-off early steps 7, 15, 31); **logging steps, spread**: "
                   "what the logging steps and the steps after them cost above that, per step of the window, and as "
-                  "a share of the bare step; **steady**: window mean without the one-off early steps.", "",
+                  "a share of the bare step; **steady**: window mean without the one-off early steps. A ratio is "
+                  "the median over repeats against the floor's median; **per repeat**: the same ratio within each "
+                  "repeat, against that repeat's floor (the floor's fit ran in the same repeat): its spread is the "
+                  "run's noise.", "",
                   floor_table(results), ""]
     for model, result in results.items():
         generated += [f"## {model}", "", f"{result['description']}; {result['parameters']:,} parameters in "

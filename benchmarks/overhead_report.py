@@ -46,13 +46,20 @@ def floor_table(models: dict[str, Any]) -> str:
         if "floor" not in v:
             continue
         floor = v["floor"]["every_step_ms"]
+        floor_per_repeat = v["floor"].get("every_step_ms_per_repeat")
 
         def versus(variant: str, key: str, target: float | None = None) -> str:
             if variant not in v:
                 return "not run"
             ratio = v[variant][key] / floor
             verdict = "" if target is None else (": met" if ratio <= target else ": not met")
-            return f"{v[variant][key]:.2f} ms = {ratio:.2f}x{verdict}"
+            spread = ""
+            per_repeat = v[variant].get(f"{key}_per_repeat")
+            if per_repeat and floor_per_repeat and len(per_repeat) == len(floor_per_repeat) > 1:
+                # Within each repeat, against that repeat's floor: the run's own noise.
+                ratios = [x / f for x, f in zip(per_repeat, floor_per_repeat)]
+                spread = f" (per repeat {min(ratios):.2f}x-{max(ratios):.2f}x)"
+            return f"{v[variant][key]:.2f} ms = {ratio:.2f}x{verdict}{spread}"
 
         pair = v.get("monitor+autoclip")
         logging = "not run" if pair is None else (

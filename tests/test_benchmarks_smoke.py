@@ -172,3 +172,17 @@ def test_overhead_ab_names_a_bad_argument(argv, message, capsys):
     with pytest.raises(SystemExit):
         overhead_ab.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_floor_table_shows_each_repeats_ratio_against_its_own_floor():
+    from benchmarks.overhead_report import floor_table
+
+    variants = {"floor": {"every_step_ms": 0.5, "every_step_ms_per_repeat": [0.5, 0.4, 0.5]},
+                "monitor+autoclip": {"every_step_ms": 0.52, "every_step_ms_per_repeat": [0.55, 0.52, 0.5],
+                                     "logging_extra_ms": 0.1, "logging_extra_fraction": 0.001},
+                "suite": {"steady_hook_ms": 0.9, "steady_hook_ms_per_repeat": [0.9, 0.8, 1.0]}}
+    table = floor_table({"cnn": {"variants": variants}})
+    assert "0.52 ms = 1.04x: met (per repeat 1.00x-1.30x)" in table
+    assert "0.90 ms = 1.80x: not met (per repeat 1.80x-2.00x)" in table
+    del variants["suite"]["steady_hook_ms_per_repeat"]  # a run saved before the per-repeat values
+    assert "0.90 ms = 1.80x: not met |" in floor_table({"cnn": {"variants": variants}})
