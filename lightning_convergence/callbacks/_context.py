@@ -52,6 +52,10 @@ class RunContext:
     guards: dict = field(default_factory=dict)  # owner -> its guarded remedy (``callbacks._guard``)
     lr_remedy_pending: bool = False  # PlateauAdvisor's last LR remedy waits for its verdict
     lr_cut_step: int | None = None  # PlateauAdvisor's last LR cut: evidence from before it is stale
+    # Owner -> ``revive(trainer, step)``: remedies that go with PlateauAdvisor's cut of a learning
+    # rate named too high, taken right after it and judged with it (DeadNeuronTracker's ReDo of
+    # units that rate killed); each owner sets or drops its own at every window.
+    revive_with_cut: dict = field(default_factory=dict)
     # An acting PlateauAdvisor answers a divergence with a rollback; GradientNormMonitor then hands
     # it runs of non-finite gradients that came after finite ones (``recovery_request``: plain
     # JSON for the report) instead of stopping the run.

@@ -130,6 +130,12 @@ class LRRemedies:
         self._scale(trainer, LRFactors.uniform(trainer.optimizers, self.divergence_factor),
                     "learning_rate_too_high", step, {"named_by": kind, "rolled_back": rolled},
                     loss_before=loss if rolled else None)
+        # What goes with the cut (units that rate killed, revived): after it, so that an undo of
+        # the cut (to the state kept before the rollback and the cut) undoes it too.
+        # Each returns the steps its part needs before the verdict (revived units must learn first).
+        for revive in list(self.context(trainer).revive_with_cut.values()):
+            self._check.wait(revive(trainer, step))
+        self.context(trainer).revive_with_cut.clear()
 
     def _apply_with_probe(self, trainer: Trainer, pl_module: LightningModule, actions: list[Action],
                           step: int) -> None:
@@ -274,9 +280,12 @@ class LRRemedies:
             "why": "the smoothed loss rose above its best since the raise"})
         return True
 
-    def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int) -> bool:
-        """Judge the last LR remedy against the loss before it; undo it if it did harm."""
-        verdict = self._check.judge(self._regime.ema, step, min_steps=self.logging_cadence(trainer))
+    def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int,
+                         diverged: bool = False) -> bool:
+        """Judge the last LR remedy against the loss before it; undo it if it did harm. A window
+        that ``diverged`` is judged at once, even when the remedy asked to wait longer."""
+        verdict = self._check.judge(self._regime.ema, step, min_steps=self.logging_cadence(trainer),
+                                    at_once=diverged)
         if verdict is None or not verdict.harmed:
             if self._check.pending is None:
                 self._before.clear()

@@ -9,6 +9,7 @@ acted on and reset.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -207,9 +208,9 @@ class DeadNeuronTracker(ConvergenceCallback):
         # in the fit: revived units need time to learn, and a revival near the end cannot pay off
         # (on the calibration sweep, revivals with fewer than 100 steps left helped 3 runs and
         # harmed 3; earlier ones helped 5 and harmed none).
-        runway = trainer.estimated_stepping_batches - (last_step + 1) >= 2 * span
-        acting = self.is_acting(trainer) and runway and may_act(self.context(trainer), trainer, self.state_key,
-                                                                 "dead_units")
+        left = trainer.estimated_stepping_batches - (last_step + 1)
+        may = self.is_acting(trainer) and may_act(self.context(trainer), trainer, self.state_key, "dead_units")
+        acting = may and left >= 2 * span
         # A partly dead layer waits until the loss showed harm (its finding confirmed as a warning
         # by the consequence judge, a window later): revived while the loss keeps improving, it
         # made healthy runs worse on the calibration sweep. A layer dead at 75% or more is revived at once.
@@ -223,22 +224,33 @@ class DeadNeuronTracker(ConvergenceCallback):
         # Units killed by a bug in the code (gradients never zeroed, ...) die again: not revived.
         held = {f.layer: f.causes[0].cause for f in findings if f.kind == "dead_units" and remedy_for(f.causes) == "none"}
         # Units killed by a learning rate too high, named by the update ratios, die again at that
-        # rate: the LR cut comes first (PlateauAdvisor's, when one acts); once the rate was cut
-        # (the ratios were measured before), they may be revived.
+        # rate: they are revived together with the LR cut that answers them (PlateauAdvisor's,
+        # when one acts), as one remedy judged by the cut's verdict and undone with it. A rollback
+        # before the cut returns to weights in which these units were dead already (they were dead
+        # over the whole window), and at the lower rate they stay dead: the mlp/adamw/0.1 run of
+        # the calibration sweep ended 1.2x behind its observed twin with the cut alone. The pair
+        # needs one window for its verdict and one to learn, the span of one.
+        context = self.context(trainer)
+        context.revive_with_cut.pop(self.state_key, None)
         if cuts_lr_when_named_too_high(trainer):
-            cut = self.context(trainer).lr_cut_step
             held.update({f.layer: "learning_rate_too_high" for f in findings
-                         if f.kind == "dead_units" and lr_named_too_high(f.causes, measured_after=cut)})
+                         if f.kind == "dead_units" and lr_named_too_high(f.causes, measured_after=context.lr_cut_step)})
+            with_cut = {layer: verdict.candidates[layer] for layer, cause in held.items()
+                        if cause == "learning_rate_too_high" and layer in verdict.candidates}
+            # Revived units add capacity back: not in a run that overfits (its validation loss rose
+            # while the training loss fell), where the lost capacity is not what hurts.
+            overfits = any(d.kind == "overfitting" and d.severity != "info" for d in context.log.diagnoses)
+            if may and left >= span and with_cut and not overfits:
+                context.revive_with_cut[self.state_key] = partial(self._revive_with_cut, with_cut, last_step, span)
         for finding in findings:
             self.record(trainer, finding, step=last_step)
         for layer, units in verdict.blocked.items():
             self._sites.say_left_alone(layer, units)
         revive = {layer: units for layer, units in verdict.revive.items() if layer not in held}
         for layer in set(verdict.revive) - set(revive):
-            where = ("the learning rate, which PlateauAdvisor cuts instead" if held[layer] == "learning_rate_too_high"
-                     else "in the code or data")
-            self.warn(f"the dead units of `{layer}` are not revived: their top cause, {held[layer]}, is {where}, "
-                      f"and they would die again.")
+            if held[layer] != "learning_rate_too_high":
+                self.warn(f"the dead units of `{layer}` are not revived: their top cause, {held[layer]}, is in the "
+                          f"code or data, and they would die again.")
         if revive:
             open_guard(self.context(trainer), trainer, self.state_key, self.source, "dead_units", last_step)
             for layer, units in revive.items():
@@ -265,7 +277,21 @@ class DeadNeuronTracker(ConvergenceCallback):
 
     # ----------------------------------------------------------------- ReDo
 
-    def _revive(self, trainer: Trainer, layer: str, units: list[int], step: int) -> None:
+    def _revive_with_cut(self, units_by_layer: dict[str, list[int]], last_step: int, span: int, trainer: Trainer,
+                         step: int) -> int:
+        """Called by the LR cut that answers a learning rate too high, at ``step``, right after it:
+        revive the layers this callback found dead under that rate in the window of ``span``
+        steps that ended at ``last_step`` (only then: a later cut answers other evidence).
+        Returns the steps the pair needs before its verdict: one such window, for the revived
+        units to learn (0 when nothing was revived)."""
+        if step != last_step:
+            return 0
+        for layer, units in units_by_layer.items():
+            self._rule.count_revived(layer, units, last_step)
+            self._revive(trainer, layer, units, last_step, with_lr_cut=True)
+        return span
+
+    def _revive(self, trainer: Trainer, layer: str, units: list[int], step: int, with_lr_cut: bool = False) -> None:
         wiring = (self._sites.wiring or {})[layer]
         assert isinstance(wiring, UnitWiring)  # the rule revives only sites with a producer
         # Seeded by the step and the site, identically on every DDP rank and after a resume.
@@ -275,6 +301,8 @@ class DeadNeuronTracker(ConvergenceCallback):
         self.record_intervention(trainer, "reinit_units", step, {
             "layer": layer, "units": revived, "of": self._sites.sites[layer].accumulator.units,
             "producer": wiring.producer_name, "consumer": wiring.consumer_name, "criterion": self.redo_on,
+            **({"with": "lr_cut", "why": "killed by a learning rate too high: revived with its cut, judged and "
+                                        "undone with it"} if with_lr_cut else {}),
         })
 
     # ----------------------------------------------------------------- end of fit and state

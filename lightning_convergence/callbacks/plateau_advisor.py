@@ -236,7 +236,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             self._regime.restart_from(verdict.check.loss_before)
         # Nothing acts once the run is stopping (a stop of another callback in this step says why).
         if (self.is_acting(trainer) and not trainer.should_stop and not undone
-                and not self._undo_if_harmful(trainer, pl_module, step)
+                and not self._undo_if_harmful(trainer, pl_module, step, diverged="divergence" in kinds)
                 and not self._undo_raise_if_unstable(trainer, pl_module, step, kinds)):
             hold = {f.kind for f in findings if remedy_for(f.causes) == "none"}
             raises = [f for f in findings if remedy_for(f.causes) == "raise_lr"]

@@ -23,6 +23,7 @@ class OpenCheck:
     step: int
     loss_before: float
     factor: float  # the LR factor it applied (1.0 when it changed no LR)
+    min_steps: int = 0  # optimizer steps the remedy needs before a verdict (the judge may ask more)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class InterventionCheck:
         True
         >>> check.judge(loss_now=0.49, step=410, min_steps=10).harmed, check.judge(loss_now=0.1) is None
         (False, True)
+        >>> check.open("learning_rate_too_high", step=500, loss_before=0.5, factor=0.1)
+        >>> check.wait(40)  # a part of the remedy must learn first
+        >>> check.judge(loss_now=0.6, step=510, min_steps=10) is None  # waits 40 steps
+        True
+        >>> check.judge(loss_now=5.0, step=510, min_steps=10, at_once=True).harmed  # unless it diverged
+        True
     """
 
     def __init__(self, margin: float = HARM_MARGIN) -> None:
@@ -74,13 +81,22 @@ class InterventionCheck:
         if loss_before is not None and math.isfinite(loss_before):
             self.pending = OpenCheck(reason, int(step), float(loss_before), float(factor))
 
-    def judge(self, loss_now: float | None, step: int | None = None, min_steps: int = 0) -> Verdict | None:
+    def wait(self, steps: int) -> None:
+        """The open check's remedy needs ``steps`` optimizer steps before its verdict (a part of
+        it that must learn first, such as revived units)."""
+        if self.pending is not None:
+            self.pending.min_steps = max(self.pending.min_steps, int(steps))
+
+    def judge(self, loss_now: float | None, step: int | None = None, min_steps: int = 0,
+              at_once: bool = False) -> Verdict | None:
         """At a window of the loss after the remedy: the verdict on it, once ``min_steps``
-        optimizer steps have passed since it acted (``None`` before that, and when none is open;
-        a window that closes right after a remedy holds too few of its steps to judge it). A
-        remedy that did harm blocks its reason."""
+        optimizer steps (and the remedy's own :meth:`wait`) have passed since it acted (``None``
+        before that, and when none is open; a window that closes right after a remedy holds too
+        few of its steps to judge it). ``at_once``: the window diverged; the remedy's own wait is
+        not waited out. A remedy that did harm blocks its reason."""
         check = self.pending
-        if check is None or (step is not None and step - check.step < min_steps):
+        wait = min_steps if at_once else max(min_steps, check.min_steps) if check is not None else 0
+        if check is None or (step is not None and step - check.step < wait):
             return None
         self.pending = None
         after = math.nan if loss_now is None else float(loss_now)

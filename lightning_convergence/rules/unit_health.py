@@ -120,6 +120,10 @@ class UnitVerdict:
     findings: list[Finding]
     revive: dict[str, list[int]]  # per layer, the units to re-initialise now (already forgotten)
     blocked: dict[str, list[int]]  # per layer, units that qualify but whose wiring is not known
+    # Per layer with a known wiring, the units that qualify for a revival in this window, acting
+    # or not (``revive`` is these when acting); a revival decided later is counted with
+    # :meth:`UnitHealthRule.count_revived`.
+    candidates: dict[str, list[int]] = field(default_factory=dict)
 
 
 class UnitHealthRule:
@@ -186,8 +190,9 @@ class UnitHealthRule:
         reported = {f.layer for f in findings if f.kind == "dead_units" and f.severity != "info"}
         revive: dict[str, list[int]] = {}
         blocked: dict[str, list[int]] = {}
+        candidates: dict[str, list[int]] = {}
         for site, (layer, dead, dormant) in zip(sites, judged):
-            if not act or not (layer.layer in reported or (self.redo_on == "dormant" and layer.dormant)):
+            if not (layer.layer in reported or (self.redo_on == "dormant" and layer.dormant)):
                 continue
             if (harm_seen is not None and layer.layer not in harm_seen
                     and (layer.dead_fraction or 0.0) < self.thresholds.dead_at_once):
@@ -197,12 +202,20 @@ class UnitHealthRule:
             if not units or (last is not None and last_step - last < self.redo_cooldown_steps):
                 continue
             if site.producer is None:
-                blocked[layer.layer] = units
+                if act:
+                    blocked[layer.layer] = units
                 continue
-            revive[layer.layer] = units
-            self._revived(layer.layer, units, last_step)
+            candidates[layer.layer] = units
+            if act:
+                revive[layer.layer] = units
+                self._revived(layer.layer, units, last_step)
         self._previous_start, self._window_start = self._window_start, last_step + 1
-        return UnitVerdict(layers, findings, revive, blocked)
+        return UnitVerdict(layers, findings, revive, blocked, candidates)
+
+    def count_revived(self, layer: str, units: list[int], step: int) -> None:
+        """Count ``units`` of ``layer`` revived at ``step``, a revival decided after :meth:`judge`
+        (from its ``candidates``): their cooldown starts, and they are no longer dead before."""
+        self._revived(layer, units, step)
 
     def _layer(self, site: SiteWindow, last_step: int) -> tuple[LayerUnits, list[bool] | None, list[bool]]:
         """The site's :class:`LayerUnits`, its dead units (over two windows when the last one is

@@ -13,6 +13,7 @@ from lightning_convergence.recorder.console import ConvergenceWarning
 from tests.helpers.loggers import MemoryLogger
 from tests.helpers.models import DigitsMLP, digits_tensors, trainer_kwargs
 from tests.helpers.no_action import assert_no_action, final_weights
+from lightning_convergence.callbacks._context import run_context
 
 
 class PlantedCNN(DigitsMLP):
@@ -156,11 +157,12 @@ class LargeUpdates(L.Callback):
 
 
 @pytest.mark.parametrize("with_advisor", [True, False])
-def test_dead_units_put_down_to_a_learning_rate_too_high_are_left_to_the_lr_cut(tmp_path, with_advisor):
+def test_dead_units_put_down_to_a_learning_rate_too_high_are_revived_with_the_lr_cut(tmp_path, with_advisor):
     """A first layer dead from the start (weights and biases 0: no negative bias to blame) while
     the updates are far too large: the top cause is the learning rate, and at that rate revived
-    units die again. With PlateauAdvisor acting, the tracker leaves them to its LR cut and says
-    so; alone, the tracker revives them (nothing else would act)."""
+    units die again. With PlateauAdvisor acting, the tracker revives them together with its LR
+    cut, right after it at the same step, as one remedy under the cut's verdict; alone, the
+    tracker revives them at once (nothing else would act)."""
     from lightning_convergence import PlateauAdvisor
 
     L.seed_everything(0)
@@ -176,10 +178,50 @@ def test_dead_units_put_down_to_a_learning_rate_too_high_are_left_to_the_lr_cut(
     records = tracker._records_state(trainer)
     dead = [d for d in records["diagnoses"] if d["kind"] == "dead_units" and d["severity"] != "info"]
     assert dead and dead[0]["causes"][0]["cause"] == "learning_rate_too_high"
-    revived = [i for i in records["interventions"] if i["action"] == "reinit_units"]
-    said = [str(w.message) for w in caught if "not revived" in str(w.message)]
-    assert (revived == []) is with_advisor
-    assert bool(said) is with_advisor and (not said or "PlateauAdvisor cuts instead" in said[0])
+    log = run_context(trainer).log.interventions
+    revived = [i for i in log if i.action == "reinit_units"]
+    assert revived and (revived[0].detail["layer"], revived[0].detail["units"]) == ("net.1", 32)
+    assert not [w for w in caught if "not revived" in str(w.message)]
+    if with_advisor:
+        cut = [i for i in log if i.action == "lr_scale" and i.detail["reason"] == "learning_rate_too_high"]
+        assert cut and cut[0].detail["named_by"] == "dead_units" and revived[0].step == cut[0].step
+        assert log.index(revived[0]) == log.index(cut[0]) + 1  # right after the cut it goes with
+        assert revived[0].detail["with"] == "lr_cut"
+    else:
+        assert "with" not in revived[0].detail
+
+
+class PlantedOverfitting(L.Callback):
+    """Adds an overfitting warning to the run's log at step 1, as PlateauAdvisor would when the
+    validation loss rose while the training loss fell (planted: the digits MLP does not overfit
+    within 3 epochs)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from lightning_convergence.recorder.records import Diagnosis
+
+        if trainer.global_step == 1:
+            run_context(trainer).log.add_diagnosis(
+                Diagnosis("overfitting", "warning", step=1, epoch=0, source="planted", observation="Planted."))
+
+
+def test_dead_units_are_not_revived_with_the_lr_cut_in_a_run_that_overfits(tmp_path):
+    """Revived units give capacity back, which is not what hurts a run that overfits: the same
+    layer dead under a learning rate too high gets the cut alone."""
+    from lightning_convergence import PlateauAdvisor
+
+    L.seed_everything(0)
+    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
+    with torch.no_grad():
+        model.net[0].weight.zero_()
+        model.net[0].bias.zero_()
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000)
+    advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=4)
+    trainer, _ = fit(tmp_path, model, [LargeUpdates(), PlantedOverfitting(), tracker, advisor],
+                     log_every_n_steps=4, max_epochs=3)
+    log = run_context(trainer).log.interventions
+    cut = [i for i in log if i.action == "lr_scale" and i.detail["reason"] == "learning_rate_too_high"]
+    assert cut and cut[0].detail["named_by"] == "dead_units"
+    assert not [i for i in log if i.action == "reinit_units" and i.step == cut[0].step]
 
 
 class HurtByLiveUnits(DigitsMLP):
@@ -216,6 +258,55 @@ def test_a_revival_that_hurts_is_undone_and_not_tried_again(tmp_path):
     assert undos[0]["detail"]["reason"] == "dead_units"
     assert undos[0]["detail"]["loss_after"] > 1.1 * undos[0]["detail"]["loss_before"]
     assert bool((model.net[0].bias == -5.0).all())  # the state from before the revival is back, and kept
+
+
+class HurtByLiveUnitsZeroInit(DigitsMLP):
+    """A first hidden layer with weights and biases at 0 (dead, with no negative bias to blame,
+    so the large updates name the learning rate), SGD at 0.05, and a loss ``penalty`` higher as
+    soon as any of its units fires: a revival planted to hurt."""
+
+    def __init__(self, penalty: float):
+        super().__init__(hidden=32, lr=0.05, n=512)
+        self.penalty = penalty
+        with torch.no_grad():
+            self.net[0].weight.zero_()
+            self.net[0].bias.zero_()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        alive = (self.net[0](x) > 0).any()
+        loss = nn.functional.cross_entropy(self(x), y) + self.penalty * alive.float()
+        self.log("train_loss", loss)
+        return loss
+
+
+@pytest.mark.parametrize("penalty, judged_after", [(0.5, 8), (10.0, 4)])
+def test_a_revival_with_the_lr_cut_is_judged_with_it_and_undone_with_it(tmp_path, penalty, judged_after):
+    """Units dead under a learning rate named too high are revived right after PlateauAdvisor's
+    cut, and the pair is judged as one: the planted harm is undone as a whole (the rate back as
+    the user set it, the layer's weights back to 0, as before the pair). A loss worse by 0.5 is
+    judged after a window of the tracker (8 steps, two of the advisor's), which revived units need
+    to learn; a loss worse by 10, a divergence, at the advisor's next window."""
+    from lightning_convergence import PlateauAdvisor
+
+    L.seed_everything(0)
+    model = HurtByLiveUnitsZeroInit(penalty)
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000,
+                                log_every_n_steps=8)
+    advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=4)  # its windows: 4 steps
+    trainer, _ = fit(tmp_path, model, [LargeUpdates(), tracker, advisor], log_every_n_steps=4, max_epochs=4)
+    log = run_context(trainer).log.interventions
+    actions = [(i.action, i.step, i.detail.get("reason")) for i in log]
+    cut = next(i for i in log if i.action == "lr_scale" and i.detail["reason"] == "learning_rate_too_high")
+    revived = next(i for i in log if i.action == "reinit_units")
+    undo = next(i for i in log if i.action == "undo")
+    assert revived.step == cut.step and revived.detail["with"] == "lr_cut", actions
+    assert undo.detail["reason"] == "learning_rate_too_high" and undo.detail["intervention_step"] == cut.step
+    assert undo.step - cut.step == judged_after, actions
+    assert undo.detail["loss_after"] > 1.1 * undo.detail["loss_before"]
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05)
+    assert sum(1 for i in log if i.action == "reinit_units") == 1, actions  # not tried again
+    assert bool((model.net[0].weight == 0).all()) and bool((model.net[0].bias == 0).all())
 
 
 class KeepsKilling(DigitsMLP):

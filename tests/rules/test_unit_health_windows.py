@@ -196,3 +196,17 @@ def test_a_layer_left_for_want_of_harm_starts_no_cooldown():
     assert waits == [{}, {}, {}] and rule.last_revival == {}
     # The harm is seen a window later: revived then, not 1000 steps later.
     assert rule.judge([site({0})], last_step=39, act=True, harm_seen={"net.1"}).revive == {"net.1": [0]}
+
+
+def test_candidates_are_named_without_acting_and_a_later_revival_starts_the_cooldown():
+    """Observing (``act=False``), the verdict still names the units a revival would take
+    (another remedy may take them with it); nothing counts as revived until
+    ``count_revived``, which starts the layer's cooldown like a revival in ``judge``."""
+    rule = UnitHealthRule(redo_cooldown_steps=30)
+    verdict = rule.judge([site({0, 1, 2, 3})], last_step=9, act=False)
+    assert verdict.revive == {} and verdict.candidates == {"net.1": [0, 1, 2, 3]}
+    assert rule.judge([site({0, 1, 2, 3})], last_step=19, act=False).candidates == {"net.1": [0, 1, 2, 3]}
+    rule.count_revived("net.1", [0, 1, 2, 3], 19)
+    assert rule.judge([site({0, 1, 2, 3})], last_step=29, act=False).candidates == {}  # cooling down
+    assert rule.judge([site({0, 1, 2, 3}, producer=None)], last_step=59, act=False).candidates == {}  # no wiring
+    assert rule.judge([site({0, 1, 2, 3})], last_step=69, act=False).candidates == {"net.1": [0, 1, 2, 3]}
