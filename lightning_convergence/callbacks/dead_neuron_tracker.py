@@ -83,8 +83,11 @@ class DeadNeuronTracker(ConvergenceCallback):
         histogram_every_n_steps: cadence of per-layer histograms of unit activity (TensorBoard).
         auto_remediate: revive dead units (ReDo) in reported layers, under the suite's do-no-harm
             guard, and not when the revival cannot pay off: fewer than two of this tracker's
-            windows left in the fit, a top cause in the user's code or data, or a learning rate
-            too high (named by the update ratios) while PlateauAdvisor acts (its LR cut answers it).
+            windows left in the fit, or a top cause in the user's code or data. Units whose top
+            cause is a learning rate too high (named by the update ratios) die again at that
+            rate: while PlateauAdvisor acts they are revived right after its LR cut, at the same
+            step, as one remedy judged by the cut's verdict and undone with it (one window left
+            suffices; not in a run with an ``overfitting`` warning).
         redo_on: revive ``"dead"`` units, or all ``"dormant"`` ones as in the paper.
         redo_cooldown_steps: optimizer steps before the same layer may be revived again.
         seed: seed of the private generator that draws the new weights.
