@@ -90,16 +90,17 @@ def close_guards(context: RunContext) -> None:
 
 
 def judge_guards(context: RunContext, trainer: Trainer, loss_now: float | None, step: int,
-                 min_steps: int, loss_start: float | None = None) -> list[Verdict]:
+                 min_steps: int, loss_start: float | None = None, noise: float = 0.0) -> list[Verdict]:
     """At a window of the loss: the verdicts on the guarded remedies due now (``loss_start``:
-    the loss at the start, for remedies taken before any window); a harmful one is undone (its
+    the loss at the start, for remedies taken before any window; ``noise``: that of the
+    difference of two smoothed losses, ``InterventionCheck.judge``); a harmful one is undone (its
     state put back) and recorded as ``undo`` by its owner. Returns the harmful ones."""
     undone = []
     for guard in context.guards.values():
         if guard.unpriced is not None and loss_start is not None:
             (reason, at), guard.unpriced = guard.unpriced, None
             guard.check.open(reason, at, loss_start)
-        verdict = guard.check.judge(loss_now, step, min_steps)
+        verdict = guard.check.judge(loss_now, step, min_steps, noise=noise)
         if verdict is None:
             continue
         if verdict.harmed:

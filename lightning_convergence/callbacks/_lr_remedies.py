@@ -19,6 +19,7 @@ from lightning_convergence.callbacks._rollback_disk import load_rollback_checkpo
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.lr_range_test import RangeTestPlan, RangeTestResult
 from lightning_convergence.rules.findings import Finding
+from lightning_convergence.rules.intervention_check import difference_noise
 from lightning_convergence.rules.recovery import Action
 from lightning_convergence.rules.remedy_choice import named_too_high, remedy_for
 
@@ -280,12 +281,17 @@ class LRRemedies:
             "why": "the smoothed loss rose above its best since the raise"})
         return True
 
+    def _loss_noise(self) -> float:
+        """The noise of the difference of two smoothed training losses, from the batch losses'
+        spread around the smoothed loss (``rules.intervention_check.difference_noise``)."""
+        return difference_noise(self._regime.noise, self._regime.thresholds.beta)
+
     def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int,
                          diverged: bool = False) -> bool:
         """Judge the last LR remedy against the loss before it; undo it if it did harm. A window
         that ``diverged`` is judged at once, even when the remedy asked to wait longer."""
         verdict = self._check.judge(self._regime.ema, step, min_steps=self.logging_cadence(trainer),
-                                    at_once=diverged)
+                                    at_once=diverged, noise=self._loss_noise())
         if verdict is None or not verdict.harmed:
             if self._check.pending is None:
                 self._before.clear()

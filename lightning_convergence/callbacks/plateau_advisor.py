@@ -231,7 +231,7 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         # The other callbacks' guarded remedies (ReDo), judged on the same loss.
         context = self.context(trainer)
         undone = judge_guards(context, trainer, self._regime.ema, step, self.logging_cadence(trainer),
-                              loss_start=self._regime.initial)
+                              loss_start=self._regime.initial, noise=self._loss_noise())
         for verdict in undone:
             self._regime.restart_from(verdict.check.loss_before)
         # Nothing acts once the run is stopping (a stop of another callback in this step says why).

@@ -3,9 +3,17 @@
 When a remedy changes training (the learning rate raised or cut), the caller keeps the state
 from just before it and opens a check with the smoothed training loss of that moment. At the
 next window of the loss, :meth:`InterventionCheck.judge` compares: a loss worse by more than
-``margin`` (relative), or non-finite, means the remedy did harm. The caller then undoes it (the
-state from before, the factor reverted), records an ``undo`` with these numbers, and the same
-remedy is not tried again for the same reason (:meth:`allowed`).
+``margin`` (relative) and by more than its noise, or non-finite, means the remedy did harm. The
+caller then undoes it (the state from before, the factor reverted), records an ``undo`` with
+these numbers, and the same remedy is not tried again for the same reason (:meth:`allowed`).
+
+The noise: the two losses compared are exponential moving averages of per-batch losses, each
+with a standard deviation of ``sigma * sqrt((1 - beta) / (1 + beta))`` for batch losses of
+standard deviation ``sigma`` around the trend; their difference, of ``sqrt(2)`` times that. The
+caller gives the batch losses' mean absolute deviation from the smoothed loss, which is
+``sigma * sqrt(2 / pi)`` for normal noise; a rise within :data:`NOISE_MULTIPLE` standard
+deviations of the difference is not harm (:func:`difference_noise`). Near a floor, where batch
+losses barely differ, the relative margin decides.
 """
 
 from __future__ import annotations
@@ -15,6 +23,20 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 HARM_MARGIN = 0.1  # a smoothed loss 10% above its level before the remedy: worse than its noise near a floor
+NOISE_MULTIPLE = 2.0  # standard deviations of the difference of two smoothed losses that a rise must exceed
+
+
+def difference_noise(mean_abs_deviation: float, beta: float) -> float:
+    """Standard deviation of the difference of two independent smoothed losses (EMAs with
+    ``beta``) of batch losses whose mean absolute deviation from the smoothed loss is
+    ``mean_abs_deviation`` (taken as normal: ``sigma = mad * sqrt(pi / 2)``). Same unit as the loss.
+
+    Example:
+        >>> round(difference_noise(0.1, beta=0.9), 4)  # EMA of about 10 steps
+        0.0407
+    """
+    sigma = mean_abs_deviation * math.sqrt(math.pi / 2)
+    return math.sqrt(2.0) * sigma * math.sqrt((1.0 - beta) / (1.0 + beta))
 
 
 @dataclass
@@ -60,6 +82,10 @@ class InterventionCheck:
         True
         >>> check.judge(loss_now=5.0, step=510, min_steps=10, at_once=True).harmed  # unless it diverged
         True
+        >>> check = InterventionCheck()
+        >>> check.open("learning_rate_too_high", step=600, loss_before=0.21, factor=0.1)
+        >>> check.judge(loss_now=0.233, step=610, noise=difference_noise(0.06, beta=0.9)).harmed  # within noise
+        False
     """
 
     def __init__(self, margin: float = HARM_MARGIN) -> None:
@@ -88,19 +114,22 @@ class InterventionCheck:
             self.pending.min_steps = max(self.pending.min_steps, int(steps))
 
     def judge(self, loss_now: float | None, step: int | None = None, min_steps: int = 0,
-              at_once: bool = False) -> Verdict | None:
+              at_once: bool = False, noise: float = 0.0) -> Verdict | None:
         """At a window of the loss after the remedy: the verdict on it, once ``min_steps``
         optimizer steps (and the remedy's own :meth:`wait`) have passed since it acted (``None``
         before that, and when none is open; a window that closes right after a remedy holds too
         few of its steps to judge it). ``at_once``: the window diverged; the remedy's own wait is
-        not waited out. A remedy that did harm blocks its reason."""
+        not waited out. ``noise``: the standard deviation of the difference of the two losses
+        (:func:`difference_noise`); a rise within :data:`NOISE_MULTIPLE` of it is no harm. A
+        remedy that did harm blocks its reason."""
         check = self.pending
         wait = min_steps if at_once else max(min_steps, check.min_steps) if check is not None else 0
         if check is None or (step is not None and step - check.step < wait):
             return None
         self.pending = None
         after = math.nan if loss_now is None else float(loss_now)
-        harmed = not math.isfinite(after) or after > check.loss_before * (1.0 + self.margin)
+        harmed = not math.isfinite(after) or (after > check.loss_before * (1.0 + self.margin)
+                                               and after - check.loss_before > NOISE_MULTIPLE * noise)
         if harmed:
             self.blocked.add(check.reason)
         return Verdict(check, after, harmed)
