@@ -251,7 +251,11 @@ class DeadNeuronTracker(ConvergenceCallback):
             self._sites.say_left_alone(layer, units)
         revive = {layer: units for layer, units in verdict.revive.items() if layer not in held}
         for layer in set(verdict.revive) - set(revive):
-            if held[layer] != "learning_rate_too_high":
+            if held[layer] == "learning_rate_too_high":
+                self.warn(f"the dead units of `{layer}` are not revived on their own: their top cause is a learning "
+                          f"rate too high, at which they would die again; they are revived with PlateauAdvisor's cut "
+                          f"of the rate, when it makes one.")
+            else:
                 self.warn(f"the dead units of `{layer}` are not revived: their top cause, {held[layer]}, is in the "
                           f"code or data, and they would die again.")
         if revive:
