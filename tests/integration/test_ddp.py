@@ -322,3 +322,61 @@ def test_nonfinite_gradients_after_finite_steps_give_the_same_rollback_on_both(t
     assert len(rollbacks) == 1 and rollbacks[0]["detail"]["found_by"] == "nonfinite_gradients"
     assert rollbacks[0]["step"] == 11 and ranks[0]["global_step"] == 32  # skips at 6-10; then it trained on
     assert not any(i["action"] == "stop" for i in ranks[0]["records"]["interventions"])
+
+
+class DeadFirstLayer(DigitsMLP):
+    """The first hidden layer's weights and biases at 0: dead from the start, with no negative
+    bias to blame (SGD at 0.05, the same data order on both ranks' shards)."""
+
+    def __init__(self):
+        super().__init__(shuffle=False, hidden=32, lr=0.05)
+        with torch.no_grad():
+            self.net[0].weight.zero_()
+            self.net[0].bias.zero_()
+
+
+class PlantedLargeUpdates(L.Callback):
+    """Posts, on every rank alike, what GradientNormMonitor would after updates far too large
+    (planted: the model's own updates are ordinary), so that the dead units name the rate."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from lightning_convergence.callbacks._context import run_context
+
+        run_context(trainer).evidence.post(update_ratio_median=0.5, update_ratio_step=trainer.global_step)
+
+
+class WriteLog(L.Callback):
+    def __init__(self, out_dir):
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module):
+        from lightning_convergence.callbacks._context import run_context
+
+        weights = torch.cat([p.detach().reshape(-1) for p in pl_module.parameters()])
+        log = run_context(trainer).log
+        result = {"checksum": float(weights.double().sum()),
+                  "interventions": [i.to_dict() for i in log.interventions]}
+        with open(os.path.join(self.out_dir, f"log{trainer.global_rank}.json"), "w") as handle:
+            json.dump(result, handle)
+
+
+def test_units_revived_with_the_lr_cut_are_revived_alike_on_both_ranks(tmp_path):
+    """The dead units' window is reduced over ranks and the cut is decided on the averaged loss,
+    so both ranks revive the same units right after the same cut, with the same draws."""
+    from lightning_convergence import DeadNeuronTracker, PlateauAdvisor
+
+    L.seed_everything(0, verbose=False)
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
+    kwargs = trainer_kwargs(tmp_path, logger=False, max_epochs=3, devices=2, strategy=strategy)
+    kwargs.pop("deterministic")
+    callbacks = [PlantedLargeUpdates(),
+                 DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000,
+                                   log_every_n_steps=4),
+                 PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=4), WriteLog(str(tmp_path))]
+    L.Trainer(callbacks=callbacks, **kwargs).fit(DeadFirstLayer())
+    ranks = [json.load(open(tmp_path / f"log{r}.json")) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    log = ranks[0]["interventions"]
+    cut = next(i for i in log if i["action"] == "lr_scale" and i["detail"]["reason"] == "learning_rate_too_high")
+    revived = next(i for i in log if i["action"] == "reinit_units")
+    assert revived["step"] == cut["step"] and revived["detail"]["with"] == "lr_cut"
