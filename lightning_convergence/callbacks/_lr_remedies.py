@@ -87,7 +87,8 @@ class LRRemedies:
             if loss_before is None:
                 self._before.take(trainer.lightning_module, trainer.optimizers, step)
             cause = cause or ("learning_rate_too_low" if reason == "lr_range_test" else reason)
-            self._check.open(cause, step, judged_from, multipliers[0][0] if multipliers.get(0) else 1.0)
+            self._check.open(cause, step, judged_from, multipliers[0][0] if multipliers.get(0) else 1.0,
+                             noise=self._loss_noise())
             self.context(trainer).lr_remedy_pending = self._check.pending is not None
         first = multipliers[0][0] if multipliers.get(0) else 1.0
         if any(f < 1 for factors in multipliers.values() for f in factors):
@@ -134,8 +135,9 @@ class LRRemedies:
         # What goes with the cut (units that rate killed, revived): after it, so that an undo of
         # the cut (to the state kept before the rollback and the cut) undoes it too.
         # Each returns the steps its part needs before the verdict (revived units must learn first).
+        restored_to = rollback.detail.get("to_step") if rolled and rollback is not None else None
         for revive in list(self.context(trainer).revive_with_cut.values()):
-            self._check.wait(revive(trainer, step))
+            self._check.wait(revive(trainer, step, restored_to))
         self.context(trainer).revive_with_cut.clear()
 
     def _apply_with_probe(self, trainer: Trainer, pl_module: LightningModule, actions: list[Action],
@@ -282,9 +284,11 @@ class LRRemedies:
         return True
 
     def _loss_noise(self) -> float:
-        """The noise of the difference of two smoothed training losses, from the batch losses'
-        spread around the smoothed loss (``rules.intervention_check.difference_noise``)."""
-        return difference_noise(self._regime.noise, self._regime.thresholds.beta)
+        """The noise of the difference of two smoothed training losses, from the last window's
+        batch losses around the smoothed loss (``rules.intervention_check.difference_noise``);
+        0 before a window was read."""
+        sigma = self._regime.batch_sigma
+        return 0.0 if sigma is None else difference_noise(sigma, self._regime.thresholds.beta)
 
     def _undo_if_harmful(self, trainer: Trainer, pl_module: LightningModule, step: int,
                          diverged: bool = False) -> bool:

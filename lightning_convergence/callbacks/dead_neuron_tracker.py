@@ -221,7 +221,9 @@ class DeadNeuronTracker(ConvergenceCallback):
         if judged(trainer):
             harm_seen = {d.layer for d in self.context(trainer).log.diagnoses
                          if d.kind == "dead_units" and d.severity != "info"}
-        verdict = self._rule.judge(sites, last_step, act=acting, harm_seen=harm_seen)
+        # Judged without acting: the revivals below are counted as they are made (a layer held
+        # back for a cut that never comes keeps its dead units and no cooldown).
+        verdict = self._rule.judge(sites, last_step, act=False, harm_seen=harm_seen)
         self._log(trainer, sites, verdict, last_step)
         findings = [self.rank(trainer, f) for f in verdict.findings]
         # Units killed by a bug in the code (gradients never zeroed, ...) die again: not revived.
@@ -232,13 +234,16 @@ class DeadNeuronTracker(ConvergenceCallback):
         # before the cut returns to weights in which these units were dead already (they were dead
         # over the whole window), and at the lower rate they stay dead: the mlp/adamw/0.1 run of
         # the calibration sweep ended 1.2x behind its observed twin with the cut alone. The pair
-        # needs one window for its verdict and one to learn, the span of one.
+        # needs one window for its verdict and one to learn, the span of one. The offer stands
+        # until this tracker's next window (PlateauAdvisor may run first in a step and cut a
+        # window later, on this finding).
         context = self.context(trainer)
         context.revive_with_cut.pop(self.state_key, None)
         if cuts_lr_when_named_too_high(trainer):
             held.update({f.layer: "learning_rate_too_high" for f in findings
                          if f.kind == "dead_units" and lr_named_too_high(f.causes, measured_after=context.lr_cut_step)})
-            with_cut = {layer: verdict.candidates[layer] for layer, cause in held.items()
+            first_steps = {layer.layer: layer.first_step for layer in verdict.layers}
+            with_cut = {layer: (verdict.candidates[layer], first_steps[layer]) for layer, cause in held.items()
                         if cause == "learning_rate_too_high" and layer in verdict.candidates}
             # Revived units add capacity back: not in a run that overfits (its validation loss rose
             # while the training loss fell), where the lost capacity is not what hurts.
@@ -247,10 +252,12 @@ class DeadNeuronTracker(ConvergenceCallback):
                 context.revive_with_cut[self.state_key] = partial(self._revive_with_cut, with_cut, last_step, span)
         for finding in findings:
             self.record(trainer, finding, step=last_step)
-        for layer, units in verdict.blocked.items():
-            self._sites.say_left_alone(layer, units)
-        revive = {layer: units for layer, units in verdict.revive.items() if layer not in held}
-        for layer in set(verdict.revive) - set(revive):
+        if acting:
+            for layer, units in verdict.unwired.items():
+                self._sites.say_left_alone(layer, units)
+        qualifying = verdict.candidates if acting else {}
+        revive = {layer: units for layer, units in qualifying.items() if layer not in held}
+        for layer in set(qualifying) - set(revive):
             if held[layer] == "learning_rate_too_high":
                 self.warn(f"the dead units of `{layer}` are not revived on their own: their top cause is a learning "
                           f"rate too high, at which they would die again; they are revived with PlateauAdvisor's cut "
@@ -261,6 +268,7 @@ class DeadNeuronTracker(ConvergenceCallback):
         if revive:
             open_guard(self.context(trainer), trainer, self.state_key, self.source, "dead_units", last_step)
             for layer, units in revive.items():
+                self._rule.count_revived(layer, units, last_step)
                 self._revive(trainer, layer, units, last_step)
         self._sites.reset()
 
@@ -284,19 +292,23 @@ class DeadNeuronTracker(ConvergenceCallback):
 
     # ----------------------------------------------------------------- ReDo
 
-    def _revive_with_cut(self, units_by_layer: dict[str, list[int]], last_step: int, span: int, trainer: Trainer,
-                         step: int) -> int:
-        """Called by the LR cut that answers a learning rate too high, at ``step``, right after it:
-        revive the layers this callback found dead under that rate in the window of ``span``
-        steps that ended at ``last_step`` (only then: a later cut answers other evidence).
-        Returns the steps the pair needs before its verdict: one such window, for the revived
-        units to learn (0 when nothing was revived)."""
-        if step != last_step:
-            return 0
-        for layer, units in units_by_layer.items():
+    def _revive_with_cut(self, found: dict[str, tuple[list[int], int]], last_step: int, span: int,
+                         trainer: Trainer, step: int, restored_to: int | None = None) -> int:
+        """Called by the LR cut that answers a learning rate too high, at ``step``, right after it
+        (after its rollback to ``restored_to``, if any): revive the units this callback found
+        dead under that rate, per layer ``(units, first step of the evidence)``, in its window of
+        ``span`` steps that ended at ``last_step``. A layer whose evidence starts after the step
+        rolled back to is left as it is: in the weights put back, its units may still have been
+        alive. Returns the steps the pair needs before its verdict: one such window, for the
+        revived units to learn (0 when nothing was revived)."""
+        revived = False
+        for layer, (units, first_step) in found.items():
+            if step < last_step or (restored_to is not None and restored_to < first_step):
+                continue
             self._rule.count_revived(layer, units, last_step)
-            self._revive(trainer, layer, units, last_step, with_lr_cut=True)
-        return span
+            self._revive(trainer, layer, units, step, with_lr_cut=True)
+            revived = True
+        return span if revived else 0
 
     def _revive(self, trainer: Trainer, layer: str, units: list[int], step: int, with_lr_cut: bool = False) -> None:
         wiring = (self._sites.wiring or {})[layer]

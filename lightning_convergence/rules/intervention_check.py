@@ -9,11 +9,14 @@ these numbers, and the same remedy is not tried again for the same reason (:meth
 
 The noise: the two losses compared are exponential moving averages of per-batch losses, each
 with a standard deviation of ``sigma * sqrt((1 - beta) / (1 + beta))`` for batch losses of
-standard deviation ``sigma`` around the trend; their difference, of ``sqrt(2)`` times that. The
-caller gives the batch losses' mean absolute deviation from the smoothed loss, which is
-``sigma * sqrt(2 / pi)`` for normal noise; a rise within :data:`NOISE_MULTIPLE` standard
-deviations of the difference is not harm (:func:`difference_noise`). Near a floor, where batch
-losses barely differ, the relative margin decides.
+standard deviation ``sigma`` around the trend; their difference, of ``sqrt(2)`` times that
+(:func:`difference_noise`). The caller estimates ``sigma`` from the last window's batch losses
+(``LossRegimeRule.batch_sigma``: from the median distance between successive batch losses over
+the last 100 steps, which a slow trend barely enters and one spike does not move), and the
+verdict takes the smaller of the estimate when the remedy acted and now
+(a remedy that makes the loss noisier does not raise its own bar). A rise within
+:data:`NOISE_MULTIPLE` standard deviations of the difference is not harm. Near a floor, where
+batch losses barely differ, the relative margin decides.
 """
 
 from __future__ import annotations
@@ -26,16 +29,15 @@ HARM_MARGIN = 0.1  # a smoothed loss 10% above its level before the remedy: wors
 NOISE_MULTIPLE = 2.0  # standard deviations of the difference of two smoothed losses that a rise must exceed
 
 
-def difference_noise(mean_abs_deviation: float, beta: float) -> float:
+def difference_noise(sigma: float, beta: float) -> float:
     """Standard deviation of the difference of two independent smoothed losses (EMAs with
-    ``beta``) of batch losses whose mean absolute deviation from the smoothed loss is
-    ``mean_abs_deviation`` (taken as normal: ``sigma = mad * sqrt(pi / 2)``). Same unit as the loss.
+    ``beta``, long past their start) of batch losses with standard deviation ``sigma`` around
+    their trend. Same unit as the loss.
 
     Example:
-        >>> round(difference_noise(0.1, beta=0.9), 4)  # EMA of about 10 steps
-        0.0407
+        >>> round(difference_noise(0.125, beta=0.9), 4)  # EMA of about 10 steps
+        0.0406
     """
-    sigma = mean_abs_deviation * math.sqrt(math.pi / 2)
     return math.sqrt(2.0) * sigma * math.sqrt((1.0 - beta) / (1.0 + beta))
 
 
@@ -46,6 +48,7 @@ class OpenCheck:
     loss_before: float
     factor: float  # the LR factor it applied (1.0 when it changed no LR)
     min_steps: int = 0  # optimizer steps the remedy needs before a verdict (the judge may ask more)
+    noise: float | None = None  # the difference's noise when the remedy acted (:func:`difference_noise`)
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,13 @@ class Verdict:
     check: OpenCheck
     loss_after: float
     harmed: bool
+    noise: float = 0.0  # the difference's noise the verdict used
 
     def evidence(self) -> dict[str, Any]:
         return {"reason": self.check.reason, "intervention_step": self.check.step, "factor": self.check.factor,
-                "loss_before": self.check.loss_before, "loss_after": self.loss_after}
+                "loss_before": self.check.loss_before, "loss_after": self.loss_after,
+                "rise_needed": max(self.check.loss_before * HARM_MARGIN, NOISE_MULTIPLE * self.noise),
+                "waited_steps": self.check.min_steps}
 
 
 class InterventionCheck:
@@ -84,7 +90,7 @@ class InterventionCheck:
         True
         >>> check = InterventionCheck()
         >>> check.open("learning_rate_too_high", step=600, loss_before=0.21, factor=0.1)
-        >>> check.judge(loss_now=0.233, step=610, noise=difference_noise(0.06, beta=0.9)).harmed  # within noise
+        >>> check.judge(loss_now=0.233, step=610, noise=difference_noise(0.075, beta=0.9)).harmed  # within noise
         False
     """
 
@@ -101,11 +107,14 @@ class InterventionCheck:
         """The remedy for ``reason`` did harm, found later than its verdict: it acts no more."""
         self.blocked.add(reason)
 
-    def open(self, reason: str, step: int, loss_before: float | None, factor: float = 1.0) -> None:
+    def open(self, reason: str, step: int, loss_before: float | None, factor: float = 1.0,
+             noise: float | None = None) -> None:
         """A remedy for ``reason`` acted at ``step`` when the smoothed loss was ``loss_before``
-        (no check is opened without a finite loss to compare with)."""
+        and the noise of a difference of two smoothed losses ``noise`` (no check is opened without
+        a finite loss to compare with)."""
         if loss_before is not None and math.isfinite(loss_before):
-            self.pending = OpenCheck(reason, int(step), float(loss_before), float(factor))
+            self.pending = OpenCheck(reason, int(step), float(loss_before), float(factor),
+                                     noise=None if noise is None else float(noise))
 
     def wait(self, steps: int) -> None:
         """The open check's remedy needs ``steps`` optimizer steps before its verdict (a part of
@@ -120,19 +129,21 @@ class InterventionCheck:
         before that, and when none is open; a window that closes right after a remedy holds too
         few of its steps to judge it). ``at_once``: the window diverged; the remedy's own wait is
         not waited out. ``noise``: the standard deviation of the difference of the two losses
-        (:func:`difference_noise`); a rise within :data:`NOISE_MULTIPLE` of it is no harm. A
-        remedy that did harm blocks its reason."""
+        (:func:`difference_noise`) now; the smaller of it and the one when the remedy acted is
+        used, and a rise within :data:`NOISE_MULTIPLE` of that is no harm. A remedy that did harm
+        blocks its reason."""
         check = self.pending
         wait = min_steps if at_once else max(min_steps, check.min_steps) if check is not None else 0
         if check is None or (step is not None and step - check.step < wait):
             return None
         self.pending = None
         after = math.nan if loss_now is None else float(loss_now)
+        noise = noise if check.noise is None else min(noise, check.noise)
         harmed = not math.isfinite(after) or (after > check.loss_before * (1.0 + self.margin)
                                                and after - check.loss_before > NOISE_MULTIPLE * noise)
         if harmed:
             self.blocked.add(check.reason)
-        return Verdict(check, after, harmed)
+        return Verdict(check, after, harmed, noise)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pending": None if self.pending is None else asdict(self.pending), "blocked": sorted(self.blocked)}

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import deque
 from dataclasses import dataclass
 
 from lightning_convergence.rules.causes import UPDATE_RATIO_LOW
@@ -43,6 +44,9 @@ from lightning_convergence.rules.findings import Finding
 from lightning_convergence.validation import check_fields, check_open_fraction, check_positive_float, check_positive_int
 
 _SLOW_BETA = 0.98
+_MEDIAN_ABS_NORMAL = 0.6745  # median |x - mean| of a normal variable, in standard deviations
+_SPREAD_STEPS = 100  # batch losses the spread is read over (the median of 100: about 11% error)
+_MIN_SPREAD_VALUES = 10  # before that many, no spread
 TAIL_MIN_STEPS = 10  # a last partial window (or a run shorter than one window) is judged from this many losses
 _NOISE_MULTIPLE = 6.0  # a single loss this many typical deviations above the start is a jump
 
@@ -108,6 +112,13 @@ class LossRegimeRule:
         self.raw_peak = -math.inf  # the highest single loss seen
         self.raw_peak_step = -1
         self.noise = 0.0
+        # The standard deviation of one batch's loss around its trend over the last
+        # ``_SPREAD_STEPS`` steps, from the median distance between successive batch losses (a
+        # slow trend barely enters it, and one spike moves two of the distances, not the median);
+        # None before ``_MIN_SPREAD_VALUES`` of them.
+        self.batch_sigma: float | None = None
+        self._distances: deque[float] = deque(maxlen=_SPREAD_STEPS)
+        self._last_value: float | None = None
         self.steps_seen = 0
         self._first: list[float] = []
         self._previous_chunks: list[tuple[float, float]] = []  # (mean, variance) of the last window
@@ -160,6 +171,9 @@ class LossRegimeRule:
             if not math.isfinite(value):
                 continue
             self.steps_seen += 1
+            if self._last_value is not None:
+                self._distances.append(abs(value - self._last_value))
+            self._last_value = value
             if self.initial is None:
                 self._first.append(value)
                 if len(self._first) >= t.initial_steps:
@@ -184,6 +198,9 @@ class LossRegimeRule:
                 self.best, self.best_step = self.slow, step
             if onset is None and self._diverged(self.ema):
                 onset = step
+        if len(self._distances) >= _MIN_SPREAD_VALUES:
+            # x_t - x_(t-1) has a standard deviation of sqrt(2) sigma.
+            self.batch_sigma = statistics.median(self._distances) / (_MEDIAN_ABS_NORMAL * math.sqrt(2.0))
         return onset if onset is not None and self.ema is not None and self._diverged(self.ema) else None
 
     def _divergence_line(self) -> float:
@@ -316,7 +333,8 @@ class LossRegimeRule:
     def state_dict(self) -> dict:
         return {"ema": self.ema, "slow": self.slow, "initial": self.initial, "best": self.best, "best_step": self.best_step,
                 "peak": self.peak, "peak_step": self.peak_step, "raw_peak": self.raw_peak,
-                "raw_peak_step": self.raw_peak_step, "noise": self.noise,
+                "raw_peak_step": self.raw_peak_step, "noise": self.noise, "batch_sigma": self.batch_sigma,
+                "distances": list(self._distances), "last_value": self._last_value,
                 "steps_seen": self.steps_seen, "first": list(self._first),
                 "previous_chunks": [list(c) for c in self._previous_chunks]}
 
@@ -328,6 +346,11 @@ class LossRegimeRule:
         self.raw_peak = float(state.get("raw_peak", -math.inf))
         self.raw_peak_step = int(state.get("raw_peak_step", -1))
         self.noise = float(state.get("noise", 0.0))
+        sigma = state.get("batch_sigma")
+        self.batch_sigma = None if sigma is None else float(sigma)
+        self._distances = deque((float(d) for d in state.get("distances", [])), maxlen=_SPREAD_STEPS)
+        last = state.get("last_value")
+        self._last_value = None if last is None else float(last)
         self._first = [float(v) for v in state["first"]]
         self._previous_chunks = [(float(m), float(v)) for m, v in state["previous_chunks"]]
 

@@ -124,6 +124,7 @@ class UnitVerdict:
     # or not (``revive`` is these when acting); a revival decided later is counted with
     # :meth:`UnitHealthRule.count_revived`.
     candidates: dict[str, list[int]] = field(default_factory=dict)
+    unwired: dict[str, list[int]] = field(default_factory=dict)  # qualifying units without a known wiring
 
 
 class UnitHealthRule:
@@ -191,6 +192,7 @@ class UnitHealthRule:
         revive: dict[str, list[int]] = {}
         blocked: dict[str, list[int]] = {}
         candidates: dict[str, list[int]] = {}
+        unwired: dict[str, list[int]] = {}
         for site, (layer, dead, dormant) in zip(sites, judged):
             if not (layer.layer in reported or (self.redo_on == "dormant" and layer.dormant)):
                 continue
@@ -202,6 +204,7 @@ class UnitHealthRule:
             if not units or (last is not None and last_step - last < self.redo_cooldown_steps):
                 continue
             if site.producer is None:
+                unwired[layer.layer] = units
                 if act:
                     blocked[layer.layer] = units
                 continue
@@ -210,7 +213,7 @@ class UnitHealthRule:
                 revive[layer.layer] = units
                 self._revived(layer.layer, units, last_step)
         self._previous_start, self._window_start = self._window_start, last_step + 1
-        return UnitVerdict(layers, findings, revive, blocked, candidates)
+        return UnitVerdict(layers, findings, revive, blocked, candidates, unwired)
 
     def count_revived(self, layer: str, units: list[int], step: int) -> None:
         """Count ``units`` of ``layer`` revived at ``step``, a revival decided after :meth:`judge`

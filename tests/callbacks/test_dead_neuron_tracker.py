@@ -192,6 +192,46 @@ def test_dead_units_put_down_to_a_learning_rate_too_high_are_revived_with_the_lr
         assert "with" not in revived[0].detail
 
 
+def test_the_revival_with_the_cut_does_not_depend_on_the_order_of_the_callbacks(tmp_path):
+    """PlateauAdvisor listed before the tracker judges a step's window before the tracker's
+    finding of that step exists, and cuts at its next window on it: the units are revived right
+    after that cut all the same."""
+    from lightning_convergence import PlateauAdvisor
+
+    L.seed_everything(0)
+    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
+    with torch.no_grad():
+        model.net[0].weight.zero_()
+        model.net[0].bias.zero_()
+    tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000,
+                                log_every_n_steps=8)
+    advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=4)
+    trainer, _ = fit(tmp_path, model, [LargeUpdates(), advisor, tracker], log_every_n_steps=4, max_epochs=3)
+    log = run_context(trainer).log.interventions
+    actions = [(i.action, i.step, i.detail.get("reason")) for i in log]
+    cut = next(i for i in log if i.action == "lr_scale" and i.detail["reason"] == "learning_rate_too_high")
+    revived = next(i for i in log if i.action == "reinit_units")
+    assert revived.detail["with"] == "lr_cut" and revived.step == cut.step, actions
+    assert log.index(revived) == log.index(cut) + 1
+
+
+@pytest.mark.parametrize("step, restored_to, revived", [
+    (119, None, True),  # the cut at the end of the window that found them, no rollback
+    (129, 109, True),  # a window later, rolled back into the evidence's window (from step 40)
+    (119, 0, False),  # rolled back to before the evidence: the units may have been alive there
+    (109, None, False),  # a cut before the window ended cannot answer it
+])
+def test_a_revival_offered_to_the_cut_is_taken_only_for_weights_the_evidence_covers(step, restored_to, revived):
+    """The offer's decision alone (``_revive_with_cut`` with the revival itself recorded by a
+    stub: the wiring and weights are exercised by the fits above)."""
+    tracker = DeadNeuronTracker(auto_remediate=True)
+    done = []
+    tracker._revive = lambda trainer, layer, units, at, with_lr_cut=False: done.append((layer, at, with_lr_cut))
+    wait = tracker._revive_with_cut({"net.1": ([0, 1], 40)}, 119, 40, None, step, restored_to)
+    assert done == ([("net.1", step, True)] if revived else []) and wait == (40 if revived else 0)
+    assert tracker._rule.last_revival == ({"net.1": 119} if revived else {})
+
+
 class PlantedOverfitting(L.Callback):
     """Adds an overfitting warning to the run's log at step 1, as PlateauAdvisor would when the
     validation loss rose while the training loss fell (planted: the digits MLP does not overfit
