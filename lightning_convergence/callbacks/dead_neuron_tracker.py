@@ -87,7 +87,8 @@ class DeadNeuronTracker(ConvergenceCallback):
             cause is a learning rate too high (named by the update ratios) die again at that
             rate: while PlateauAdvisor acts they are revived right after its LR cut, at the same
             step, as one remedy judged by the cut's verdict and undone with it (one window left
-            suffices; not in a run with an ``overfitting`` warning).
+            suffices; not in a run with an ``overfitting`` warning, nor after a rollback to
+            weights from before the window that found them dead).
         redo_on: revive ``"dead"`` units, or all ``"dormant"`` ones as in the paper.
         redo_cooldown_steps: optimizer steps before the same layer may be revived again.
         seed: seed of the private generator that draws the new weights.
