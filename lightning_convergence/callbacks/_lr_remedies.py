@@ -47,6 +47,7 @@ class RemedyCounts:
     last_cut_step: int | None = None  # ratios measured at or before it describe the rate before
     raise_factor: float | None = None  # the last LR raise still in force (no cut since), watched
     best_after_raise: float | None = None  # the lowest smoothed loss since it
+    monitor_best_after_raise: float | None = None  # the best validation metric since it
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +56,7 @@ class RemedyCounts:
         self.range_tests, self.high_cuts = int(state.get("range_tests", 0)), int(state.get("high_cuts", 0))
         self.raises, self.last_cut_step = int(state.get("raises", 0)), state.get("last_cut_step")
         self.raise_factor, self.best_after_raise = state.get("raise_factor"), state.get("best_after_raise")
+        self.monitor_best_after_raise = state.get("monitor_best_after_raise")
 
 
 class LRRemedies:
@@ -97,6 +99,7 @@ class LRRemedies:
             self._counts.raise_factor = None  # the rate was judged again since any raise
         elif first > 1 and reason in ("learning_rate_too_low", "lr_range_test"):
             self._counts.raise_factor, self._counts.best_after_raise = first, None
+            self._counts.monitor_best_after_raise = None
         for change in self._factors.scale(trainer.optimizers, multipliers):
             self.record_intervention(trainer, "lr_scale", step, {"reason": reason, "loss_before": judged_from,
                                                                  **change, **(detail or {})})
@@ -271,6 +274,40 @@ class LRRemedies:
             return False
         if math.isfinite(loss) and loss <= (1 + RAISE_UNSTABLE) * best:
             return False
+        self._take_back_raise(trainer, pl_module, step, loss, {
+            "loss_best_after": best, "loss_after": loss, "why": "the smoothed loss rose above its best since the raise"})
+        return True
+
+    def _undo_raise_if_validation_worse(self, trainer: Trainer, pl_module: LightningModule, step: int,
+                                        current: float) -> None:
+        """At a validation end, ``current`` the monitored metric: a raise still in force (and past
+        its verdict) whose metric got :data:`RAISE_UNSTABLE` worse than its best since the raise is
+        taken back as in :meth:`_undo_raise_if_unstable`. The training loss can pass a raise's
+        verdict while the outcome suffers: on the calibration sweep a transformer at chance was
+        raised 2.58x, its training loss fell a little (2.31 -> 2.22) and its validation loss rose
+        (2.13 -> 2.49); kept, the raise ended in a divergence and the run 1.1x behind its observed
+        twin; taken back at that check, 0.97x."""
+        counts = self._counts
+        if counts.raise_factor is None or self._check.pending is not None or not math.isfinite(current):
+            return
+        best = counts.monitor_best_after_raise
+        better = (lambda a, b: a < b) if self.mode == "min" else (lambda a, b: a > b)
+        if best is None or better(current, best):
+            counts.monitor_best_after_raise = current
+            return
+        worse = current > (1 + RAISE_UNSTABLE) * best if self.mode == "min" else current < (1 - RAISE_UNSTABLE) * best
+        if not worse:
+            return
+        loss = self._regime.ema
+        self._take_back_raise(trainer, pl_module, step, loss if loss is not None else math.inf, {
+            "monitor_best_after": best, "monitor_now": current,
+            "why": f"`{self.monitor}` rose above its best since the raise"})
+
+    def _take_back_raise(self, trainer: Trainer, pl_module: LightningModule, step: int, loss: float,
+                         detail: dict) -> None:
+        """Revert the raise in force (after a rollback to the last snapshot when that loses
+        nothing at smoothed loss ``loss``), record an ``undo`` with ``detail``, and raise no more."""
+        counts = self._counts
         factor, counts.raise_factor = counts.raise_factor, None
         rollback = self._policy.rollback_before_cut(step, loss if math.isfinite(loss) else math.inf)
         if rollback is not None:
@@ -278,10 +315,8 @@ class LRRemedies:
             self._roll_back(trainer, pl_module, back, step)
         self._factors.scale(trainer.optimizers, LRFactors.uniform(trainer.optimizers, 1.0 / factor))
         self._check.block("learning_rate_too_low")
-        self.record_intervention(trainer, "undo", step, {
-            "reason": "learning_rate_too_low", "factor": 1.0 / factor, "loss_best_after": best, "loss_after": loss,
-            "why": "the smoothed loss rose above its best since the raise"})
-        return True
+        self.record_intervention(trainer, "undo", step, {"reason": "learning_rate_too_low", "factor": 1.0 / factor,
+                                                         **detail})
 
     def _loss_noise(self) -> float:
         """The noise of the difference of two smoothed training losses, from the last window's

@@ -301,6 +301,8 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
             return
         log_scalars(trainer, {tags.loss(self.monitor): current}, step)
         self._plateau_check(trainer, current, step, f"`{self.monitor}`")
+        if self.is_acting(trainer) and not trainer.should_stop:
+            self._undo_raise_if_validation_worse(trainer, pl_module, step, current)
         # The training loss of this moment (not of the last window's end): validation may run
         # far more often than the loss windows close. Under DDP one collective, on every rank.
         _, pending = self._losses.peek(lambda values: over_ranks(trainer, values, "mean"))
