@@ -295,8 +295,9 @@ class LRRemedies:
         if best is None or better(current, best):
             counts.monitor_best_after_raise = current
             return
-        worse = current > (1 + RAISE_UNSTABLE) * best if self.mode == "min" else current < (1 - RAISE_UNSTABLE) * best
-        if not worse:
+        # Worse by RAISE_UNSTABLE of its size, in the metric's direction (a metric may be negative).
+        worse_by = current - best if self.mode == "min" else best - current
+        if worse_by <= RAISE_UNSTABLE * abs(best):
             return
         loss = self._regime.ema
         self._take_back_raise(trainer, pl_module, step, loss if loss is not None else math.inf, {
