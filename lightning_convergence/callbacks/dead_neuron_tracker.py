@@ -232,9 +232,10 @@ class DeadNeuronTracker(ConvergenceCallback):
         # Units killed by a learning rate too high, named by the update ratios, die again at that
         # rate: they are revived together with the LR cut that answers them (PlateauAdvisor's,
         # when one acts), as one remedy judged by the cut's verdict and undone with it. A rollback
-        # before the cut returns to weights in which these units were dead already (they were dead
-        # over the whole window), and at the lower rate they stay dead: the mlp/adamw/0.1 run of
-        # the calibration sweep ended 1.2x behind its observed twin with the cut alone. The pair
+        # before the cut into this window returns to weights in which these units were dead
+        # already, and at the lower rate they stay dead: the mlp/adamw/0.1 run of the calibration
+        # sweep ended 1.2x behind its observed twin with the cut alone (a rollback to before the
+        # window is left alone: ``_revive_with_cut``). The pair
         # needs one window for its verdict and one to learn, the span of one. The offer stands
         # until this tracker's next window (PlateauAdvisor may run first in a step and cut a
         # window later, on this finding).
