@@ -156,6 +156,17 @@ class LargeUpdates(L.Callback):
         run_context(trainer).evidence.post(update_ratio_median=0.5, update_ratio_step=trainer.global_step)
 
 
+def _zero_first_layer_mlp() -> DigitsMLP:
+    """The first hidden layer's weights and biases at 0: dead from the start, with no negative
+    bias to blame (SGD at 0.05, seed 0)."""
+    L.seed_everything(0)
+    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
+    with torch.no_grad():
+        model.net[0].weight.zero_()
+        model.net[0].bias.zero_()
+    return model
+
+
 @pytest.mark.parametrize("with_advisor", [True, False])
 def test_dead_units_put_down_to_a_learning_rate_too_high_are_revived_with_the_lr_cut(tmp_path, with_advisor):
     """A first layer dead from the start (weights and biases 0: no negative bias to blame) while
@@ -165,11 +176,7 @@ def test_dead_units_put_down_to_a_learning_rate_too_high_are_revived_with_the_lr
     tracker revives them at once (nothing else would act)."""
     from lightning_convergence import PlateauAdvisor
 
-    L.seed_everything(0)
-    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
-    with torch.no_grad():
-        model.net[0].weight.zero_()
-        model.net[0].bias.zero_()
+    model = _zero_first_layer_mlp()
     tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000)
     advisor = [PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=4)] if with_advisor else []
     with warnings.catch_warnings(record=True) as caught:
@@ -198,11 +205,7 @@ def test_the_revival_with_the_cut_does_not_depend_on_the_order_of_the_callbacks(
     after that cut all the same."""
     from lightning_convergence import PlateauAdvisor
 
-    L.seed_everything(0)
-    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
-    with torch.no_grad():
-        model.net[0].weight.zero_()
-        model.net[0].bias.zero_()
+    model = _zero_first_layer_mlp()
     tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000,
                                 log_every_n_steps=8)
     advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=4)
@@ -250,11 +253,7 @@ def test_dead_units_are_not_revived_with_the_lr_cut_in_a_run_that_overfits(tmp_p
     layer dead under a learning rate too high gets the cut alone."""
     from lightning_convergence import PlateauAdvisor
 
-    L.seed_everything(0)
-    model = DigitsMLP(hidden=32, lr=0.05, n=1500)
-    with torch.no_grad():
-        model.net[0].weight.zero_()
-        model.net[0].bias.zero_()
+    model = _zero_first_layer_mlp()
     tracker = DeadNeuronTracker(sample_every_n_steps=1, auto_remediate=True, redo_cooldown_steps=1000)
     advisor = PlateauAdvisor(monitor=None, auto_remediate=True, log_every_n_steps=4)
     trainer, _ = fit(tmp_path, model, [LargeUpdates(), PlantedOverfitting(), tracker, advisor],
