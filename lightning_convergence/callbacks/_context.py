@@ -56,6 +56,9 @@ class RunContext:
     # rate named too high, taken right after it and judged with it (DeadNeuronTracker's ReDo of
     # units that rate killed); each owner sets or drops its own at every window.
     revive_with_cut: dict = field(default_factory=dict)
+    # PlateauAdvisor's noise of a difference of two smoothed losses at its last window
+    # (``rules.intervention_check.difference_noise``): a guard opened now keeps it for its verdict.
+    loss_noise: float | None = None
     # An acting PlateauAdvisor answers a divergence with a rollback; GradientNormMonitor then hands
     # it runs of non-finite gradients that came after finite ones (``recovery_request``: plain
     # JSON for the report) instead of stopping the run.

@@ -79,7 +79,7 @@ def open_guard(context: RunContext, trainer: Trainer, owner: str, source: str, r
     if loss is None:
         guard.unpriced = (reason, step)
     else:
-        guard.check.open(reason, step, loss)
+        guard.check.open(reason, step, loss, noise=context.loss_noise)
 
 
 def close_guards(context: RunContext) -> None:
@@ -105,6 +105,7 @@ def judge_guards(context: RunContext, trainer: Trainer, loss_now: float | None, 
             continue
         if verdict.harmed:
             guard.before.restore(trainer.lightning_module, trainer.optimizers)
+            context.revive_with_cut.clear()  # offered on weights that are gone
             context.log.add_intervention(Intervention("undo", step, guard.source, verdict.evidence()))
             undone.append(verdict)
         guard.before.clear()

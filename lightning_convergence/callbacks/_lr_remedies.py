@@ -14,7 +14,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 
-from lightning_convergence.callbacks._guard import close_guards
+from lightning_convergence.callbacks._guard import close_guards, remedy_pending
 from lightning_convergence.callbacks._rollback_disk import load_rollback_checkpoint, rollback_path
 from lightning_convergence.remedies.lr_factors import LRFactors
 from lightning_convergence.remedies.lr_range_test import RangeTestPlan, RangeTestResult
@@ -127,6 +127,7 @@ class LRRemedies:
         loss, module = self._regime.ema, trainer.lightning_module
         rollback = self._policy.rollback_before_cut(step, loss)
         rolled = False
+        offers = list(self.context(trainer).revive_with_cut.values())  # a rollback drops them
         if rollback is not None:
             self._before.take(module, trainer.optimizers, step)  # an undo returns to the run as it was
             rolled = self._roll_back(trainer, module, rollback, step)
@@ -139,7 +140,7 @@ class LRRemedies:
         # the cut (to the state kept before the rollback and the cut) undoes it too.
         # Each returns the steps its part needs before the verdict (revived units must learn first).
         restored_to = rollback.detail.get("to_step") if rolled and rollback is not None else None
-        for revive in list(self.context(trainer).revive_with_cut.values()):
+        for revive in offers:
             self._check.wait(revive(trainer, step, restored_to))
         self.context(trainer).revive_with_cut.clear()
 
@@ -189,6 +190,9 @@ class LRRemedies:
             return False
         self._regime.restart_from_mark()
         close_guards(self.context(trainer))
+        # Revivals offered to a cut were judged on weights that are gone (a cut that rolls back
+        # takes its offers before).
+        self.context(trainer).revive_with_cut.clear()
         self._check.pending = None
         self.record_intervention(trainer, "rollback", step, {"reason": action.reason, **action.detail})
         return True
@@ -280,15 +284,17 @@ class LRRemedies:
 
     def _undo_raise_if_validation_worse(self, trainer: Trainer, pl_module: LightningModule, step: int,
                                         current: float) -> None:
-        """At a validation end, ``current`` the monitored metric: a raise still in force (and past
-        its verdict) whose metric got :data:`RAISE_UNSTABLE` worse than its best since the raise is
-        taken back as in :meth:`_undo_raise_if_unstable`. The training loss can pass a raise's
-        verdict while the outcome suffers: on the calibration sweep a transformer at chance was
-        raised 2.58x, its training loss fell a little (2.31 -> 2.22) and its validation loss rose
-        (2.13 -> 2.49); kept, the raise ended in a divergence and the run 1.1x behind its observed
-        twin; taken back at that check, 0.97x."""
+        """At a validation end (``step``: the last optimizer step), ``current`` the monitored
+        metric: a raise still in force whose metric got :data:`RAISE_UNSTABLE` (of its size, in its
+        direction) worse than its best since the raise is taken back as in
+        :meth:`_undo_raise_if_unstable`, once no remedy of the suite waits for its verdict (the
+        best is tracked meanwhile). The training loss can pass a raise's verdict while the outcome
+        suffers: on the calibration sweep a transformer at chance was raised 2.58x, its training
+        loss fell a little (2.31 -> 2.22) and its validation loss rose (2.13 -> 2.49); kept, the
+        raise ended in a divergence and the run 1.1x behind its observed twin; taken back at that
+        check, 0.97x."""
         counts = self._counts
-        if counts.raise_factor is None or self._check.pending is not None or not math.isfinite(current):
+        if counts.raise_factor is None or not math.isfinite(current):
             return
         best = counts.monitor_best_after_raise
         better = (lambda a, b: a < b) if self.mode == "min" else (lambda a, b: a > b)
@@ -297,27 +303,33 @@ class LRRemedies:
             return
         # Worse by RAISE_UNSTABLE of its size, in the metric's direction (a metric may be negative).
         worse_by = current - best if self.mode == "min" else best - current
-        if worse_by <= RAISE_UNSTABLE * abs(best):
+        if worse_by <= RAISE_UNSTABLE * abs(best) or remedy_pending(self.context(trainer)):
             return
         loss = self._regime.ema
-        self._take_back_raise(trainer, pl_module, step, loss if loss is not None else math.inf, {
-            "monitor_best_after": best, "monitor_now": current,
-            "why": f"`{self.monitor}` rose above its best since the raise"})
+        if self._take_back_raise(trainer, pl_module, step, loss if loss is not None else math.inf, {
+                "monitor_best_after": best, "monitor_now": current,
+                "why": f"`{self.monitor}` rose above its best since the raise"}):
+            self._losses.clear()  # the window's losses so far came from the weights rolled back
 
     def _take_back_raise(self, trainer: Trainer, pl_module: LightningModule, step: int, loss: float,
-                         detail: dict) -> None:
+                         detail: dict) -> bool:
         """Revert the raise in force (after a rollback to the last snapshot when that loses
-        nothing at smoothed loss ``loss``), record an ``undo`` with ``detail``, and raise no more."""
+        nothing at smoothed loss ``loss``), record an ``undo`` with ``detail``, and raise no more.
+        Update ratios measured before now describe the raised rate: stale, as after a cut.
+        Returns whether it rolled back."""
         counts = self._counts
         factor, counts.raise_factor = counts.raise_factor, None
         rollback = self._policy.rollback_before_cut(step, loss if math.isfinite(loss) else math.inf)
+        rolled = False
         if rollback is not None:
             back = Action("rollback", "learning_rate_too_low", detail=rollback.detail)
-            self._roll_back(trainer, pl_module, back, step)
+            rolled = self._roll_back(trainer, pl_module, back, step)
         self._factors.scale(trainer.optimizers, LRFactors.uniform(trainer.optimizers, 1.0 / factor))
         self._check.block("learning_rate_too_low")
+        counts.last_cut_step = self.context(trainer).lr_cut_step = step
         self.record_intervention(trainer, "undo", step, {"reason": "learning_rate_too_low", "factor": 1.0 / factor,
                                                          **detail})
+        return rolled
 
     def _loss_noise(self) -> float:
         """The noise of the difference of two smoothed training losses, from the last window's
@@ -338,6 +350,7 @@ class LRRemedies:
             return False
         self._before.restore(pl_module, trainer.optimizers)
         self._before.clear()
+        self.context(trainer).revive_with_cut.clear()  # offered on weights that are gone
         self._regime.restart_from(verdict.check.loss_before)
         revert = LRFactors.uniform(trainer.optimizers, 1.0 / verdict.check.factor)
         self._factors.scale(trainer.optimizers, revert)

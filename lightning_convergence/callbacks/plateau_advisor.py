@@ -230,8 +230,9 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         self.judge_consequences(trainer, self._regime.ema, kinds, loss_start=self._regime.initial)
         # The other callbacks' guarded remedies (ReDo), judged on the same loss.
         context = self.context(trainer)
+        context.loss_noise = self._loss_noise()  # what a guard opened before the next window compares with
         undone = judge_guards(context, trainer, self._regime.ema, step, self.logging_cadence(trainer),
-                              loss_start=self._regime.initial, noise=self._loss_noise())
+                              loss_start=self._regime.initial, noise=context.loss_noise)
         for verdict in undone:
             self._regime.restart_from(verdict.check.loss_before)
         # Nothing acts once the run is stopping (a stop of another callback in this step says why).
@@ -302,7 +303,8 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         log_scalars(trainer, {tags.loss(self.monitor): current}, step)
         self._plateau_check(trainer, current, step, f"`{self.monitor}`")
         if self.is_acting(trainer) and not trainer.should_stop:
-            self._undo_raise_if_validation_worse(trainer, pl_module, step, current)
+            # At the last optimizer step's number, as the remedies at a window's end.
+            self._undo_raise_if_validation_worse(trainer, pl_module, self._clock.batch_step(step), current)
         # The training loss of this moment (not of the last window's end): validation may run
         # far more often than the loss windows close. Under DDP one collective, on every rank.
         _, pending = self._losses.peek(lambda values: over_ranks(trainer, values, "mean"))

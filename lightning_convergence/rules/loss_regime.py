@@ -327,6 +327,7 @@ class LossRegimeRule:
         self.peak, self.peak_step = -math.inf, -1
         self.raw_peak, self.raw_peak_step = -math.inf, -1
         self.steps_seen = 0  # no_learning is judged afresh from here
+        self._last_value = None  # no distance across the rollback
 
     # ----------------------------------------------------------------- state
 

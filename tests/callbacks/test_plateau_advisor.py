@@ -341,19 +341,21 @@ def test_a_raise_that_hurts_after_its_verdict_is_undone_and_not_tried_again(tmp_
     assert late["detail"]["why"] and late["step"] >= model.raised_at + 40 > raises[-1]["step"] + 10
     assert late["detail"]["factor"] == pytest.approx(1 / raises[-1]["detail"]["factor"][0])
     assert late["detail"]["loss_after"] > 1.1 * late["detail"]["loss_best_after"]
+    assert advisor.factor_of(0, 0) == pytest.approx(raises[0]["detail"]["factor"][0])  # the last one reverted
     assert not [i for i in raises if i["step"] > late["step"]]  # and no raise after it
 
 
 class HurtOnValidationByAHigherLR(DigitsMLP):
-    """Learns nothing at its LR (1e-6); from 40 steps after its LR first reaches 1e-5, and for as
-    long as it stays there, its validation loss is 1.0 higher while its training loss is not
-    touched: a raise planted to look harmless on the training loss and to hurt the outcome."""
+    """Learns nothing at its LR (1e-6); from 40 steps after its LR first reaches 5e-4, and for as
+    long as it stays there, its validation loss is 1.0 higher (and ``val_neg``, its negative, 1.0
+    lower) while its training loss is not touched: a raise planted to look harmless on the
+    training loss and to hurt the outcome."""
 
     raised_at = None
     raised = False  # the LR of the last training step (the suite's factors apply inside the optimizer step)
 
     def training_step(self, batch, batch_idx):
-        self.raised = self.optimizers().param_groups[0]["lr"] >= 1e-5
+        self.raised = self.optimizers().param_groups[0]["lr"] >= 5e-4
         if self.raised and self.raised_at is None:
             self.raised_at = self.global_step
         return super().training_step(batch, batch_idx)
@@ -361,29 +363,39 @@ class HurtOnValidationByAHigherLR(DigitsMLP):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
-        hurt = self.raised and self.global_step - self.raised_at >= 40
-        self.log("val_loss", loss + 1.0 if hurt else loss)
+        if self.raised and self.global_step - self.raised_at >= 40:
+            loss = loss + 1.0
+        self.log("val_loss", loss)
+        self.log("val_neg", -loss)
 
 
-def test_a_raise_that_hurts_the_monitored_metric_is_undone_and_not_tried_again(tmp_path):
-    """The validation loss, the outcome, rises 10% above its best since the raise while the
-    training loss does not: the raise in force is taken back (its factor reverted), with the
-    metric's numbers, and no raise follows."""
+@pytest.mark.parametrize("monitor, mode", [("val_loss", "min"), ("val_neg", "max")])
+def test_a_raise_that_hurts_the_monitored_metric_is_undone_and_not_tried_again(tmp_path, monitor, mode):
+    """The validation loss, the outcome, gets 10% worse than its best since the raise while the
+    training loss does not (in ``max`` mode: a negative metric 10% of its size lower): the raise
+    in force is taken back (its factor reverted: the rate back below the harm), with the metric's
+    numbers, no raise follows, and the metric recovers."""
     from lightning_convergence import GradientNormMonitor
 
     L.seed_everything(0, verbose=False)
-    advisor = PlateauAdvisor(monitor="val_loss", auto_remediate=True, log_every_n_steps=10, range_test_steps=None)
+    advisor = PlateauAdvisor(monitor=monitor, mode=mode, auto_remediate=True, log_every_n_steps=10,
+                             range_test_steps=None)
     model = HurtOnValidationByAHigherLR(lr=1e-6, optimizer="adam")
     trainer = fit(tmp_path, model, [GradientNormMonitor(log_every_n_steps=10), advisor], max_epochs=14)
     records = advisor._records_state(trainer)["interventions"]
     raises = [i for i in records if i["action"] == "lr_scale" and i["detail"]["reason"] == "learning_rate_too_low"]
     undos = [i for i in records if i["action"] == "undo"]
-    assert raises and len(undos) == 1, [(i["action"], i["step"]) for i in records]
+    assert len(raises) == 2 and len(undos) == 1, [(i["action"], i["step"]) for i in records]
     undo = undos[0]
-    assert "`val_loss`" in undo["detail"]["why"] and undo["step"] >= model.raised_at + 40
-    assert undo["detail"]["monitor_now"] > 1.1 * undo["detail"]["monitor_best_after"]
+    assert f"`{monitor}`" in undo["detail"]["why"] and undo["step"] >= model.raised_at + 40
+    best, now = undo["detail"]["monitor_best_after"], undo["detail"]["monitor_now"]
+    assert abs(now - best) > 0.1 * abs(best)
     assert undo["detail"]["factor"] == pytest.approx(1 / raises[-1]["detail"]["factor"][0])  # the raise in force
+    assert advisor.factor_of(0, 0) == pytest.approx(raises[0]["detail"]["factor"][0])  # the first one stays
     assert not [i for i in raises if i["step"] > undo["step"]]  # and no raise after it
+    assert not model.raised  # the rate is back below the harm
+    final = float(trainer.callback_metrics["val_loss"])
+    assert final < (best if mode == "min" else -best) + 0.5  # the planted 1.0 is gone
 
 
 class NamesTheLRTooHigh(L.Callback):
