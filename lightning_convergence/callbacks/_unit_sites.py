@@ -109,6 +109,9 @@ class UnitSites:
         # and only for the forward of sampled batches otherwise (see start_batch).
         self._hooks: list[tuple[nn.Module, Any]] = []
         self._calls: dict[str, int] = {}
+        # This batch's statistics of every site, merged into the window in one update at the
+        # batch's end (see flush): one merge per site cost more than its reduction.
+        self._pending: dict[str, Tensor] = {}
         self._keys: list[int] = []  # this tracker's observers for compiled regions
         self._token = torch.zeros(())  # see _compiled_sites: keeps the op in compiled graphs
         self.compiled = False  # some of the model runs through torch.compile (set by attach)
@@ -182,9 +185,10 @@ class UnitSites:
             self._register()
 
     def end_batch(self) -> None:
-        """Stop sampling; warn about the sites that could not be tracked in this batch, and
-        once about hooked modules none of which has run yet."""
+        """Stop sampling and merge the batch into the window; warn about the sites that could
+        not be tracked in this batch, and once about hooked modules none of which has run yet."""
         self.sampling = False
+        self.flush()
         if not self.compiled:
             self._unregister()
         for problem in self.problems:
@@ -227,11 +231,18 @@ class UnitSites:
             if site is None:
                 return
         try:
-            site.accumulator.update(output)
+            self._pending.update(site.accumulator.batch_slots(output))
         except ValueError as error:  # the unit count changed: the site cannot be tracked
             self.problems.append(f"`{name}`: {error}")
             self._dropped.add(name)
             del self.sites[name]
+
+    def flush(self) -> None:
+        """Merge the statistics of the batch so far into the window: one update for every site
+        (a concatenation and a merge per reduction kind), on the device."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            self.window.update(**pending)
 
     def _new_site(self, name: str, module_name: str, index: int, module: nn.Module, output: Tensor) -> Site | None:
         kind: ActivationKind = activation_kind(module) or "signed"
@@ -302,6 +313,7 @@ class UnitSites:
         With ``all_reduce`` the window is first merged over ranks (one collective per reduction
         kind; every rank must call this at the same step with the same sites).
         """
+        self.flush()
         if all_reduce is not None:
             self.window.reduce_across(all_reduce)
         wiring = self.wiring or {}
@@ -323,6 +335,7 @@ class UnitSites:
 
     def reset(self) -> None:
         """Start a new window for every site."""
+        self._pending = {}
         self.window.reset()
         for site in self.sites.values():
             site.accumulator.batches = 0
@@ -331,6 +344,7 @@ class UnitSites:
 
     def state_dict(self) -> dict:
         """Each site's description and host count, and the window by slot name."""
+        self.flush()
         sites = {name: {"module_name": site.module_name, "call_index": site.call_index, "activation": site.activation,
                         "kind": site.accumulator.kind, "dim": site.accumulator.dim, "units": site.accumulator.units,
                         "batches": site.accumulator.batches}
@@ -340,7 +354,7 @@ class UnitSites:
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         """Restore :meth:`state_dict`, or the older form: one entry per site with its tensors."""
         sites, window = (state["sites"], state["window"]) if "window" in state else (state, _window_of_old_sites(state))
-        self.sites, self._dropped, self.window = {}, set(), DeviceWindow()
+        self.sites, self._dropped, self.window, self._pending = {}, set(), DeviceWindow(), {}
         for name, s in sites.items():
             acc = UnitAccumulator(s["kind"], int(s["dim"]), self.eps, self.window, prefix=f"{name}/")
             if s["units"] is not None:

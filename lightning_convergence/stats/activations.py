@@ -185,14 +185,24 @@ class UnitAccumulator:
 
     def update(self, output: Tensor) -> None:
         """Add one batch of outputs (one or two reductions and merges, no host sync)."""
+        self.window.update(**self.batch_slots(output))
+
+    def batch_slots(self, output: Tensor) -> dict[str, Tensor]:
+        """One batch's statistics keyed by slot name, counted as a batch of the window but not
+        merged yet: the caller merges them, with other sites' of the same window, in one
+        ``window.update`` (a merge per site cost more than the reduction on small outputs).
+
+        Raises:
+            ValueError: the unit count differs from the first batch's.
+        """
         units = output.shape[self.dim] if output.dim() else 1
         if self.units is None:
             self.declare(units)
         elif units != self.units:
             raise ValueError(f"the activation's unit count changed from {self.units} to {units}.")
         stats = unit_batch_stats(output, self.dim, self.kind, self.eps)
-        self.window.update(**{self.slot(stat): value for stat, value in stats.items()})
         self.batches += 1
+        return {self.slot(stat): value for stat, value in stats.items()}
 
     def reset(self) -> None:
         """Start a new window: the batch count to 0 and the slots to their identity."""

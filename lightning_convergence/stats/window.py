@@ -176,9 +176,9 @@ class DeviceWindow:
         for target, kind, names in plan:
             if len(names) == 1:
                 value = values[names[0]].reshape(-1)
-            else:
-                value = torch.cat([values[n].reshape(-1) for n in names])
-            _merge(target, value if value.dtype == self.dtype else value.to(self.dtype), kind)
+            else:  # (a reshape per value costs more than the concatenation: only where needed)
+                value = torch.cat([v if v.dim() == 1 else v.reshape(-1) for v in map(values.__getitem__, names)])
+            _merge(target, value, kind)  # each merge promotes the value to the buffer's dtype exactly
 
     def set(self, **values: Tensor) -> None:
         """Overwrite the named slots (state carried across windows, such as an EMA), on the
@@ -304,7 +304,8 @@ class DeviceWindow:
 
 
 def _merge(current: Tensor, value: Tensor, kind: str) -> None:
-    """Merge ``value`` into ``current`` in place (both flat, one device)."""
+    """Merge ``value`` into ``current`` in place (both flat, one device; ``value`` of any
+    floating dtype no wider than ``current``'s, promoted exactly by the op)."""
     if kind == "sum":
         current.add_(value)
     elif kind == "max":

@@ -542,3 +542,26 @@ def test_unit_dims_override_picks_the_unit_dimension(tmp_path):
         tracker = DeadNeuronTracker(sample_every_n_steps=1, unit_dims=dims)
         fit(tmp_path, Sequence(), [tracker], log_every_n_steps=4, limit_train_batches=4, max_epochs=1)
         assert tracker._sites.sites["act"].accumulator.units == units
+
+
+def test_a_sampled_batch_reaches_the_window_once_whenever_it_is_read_or_saved():
+    # The sites' statistics of a batch are merged at the batch's end in one update; a read or a
+    # checkpoint before that end merges them first, and the end then adds nothing twice.
+    from lightning_convergence.callbacks._unit_sites import UnitSites
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.GELU())
+    sites = UnitSites(0.01, None, (), ())
+    assert sites.attach(model) == 2
+    x = torch.randn(8, 4)
+    hidden = model[1](model[0](x))  # (before sampling starts: the hooks would count this call)
+    sites.start_batch(sampled=True)
+    out = model(x)
+    saved = sites.state_dict()["window"]
+    windows = {w.layer: w for w in sites.read()}
+    sites.end_batch()
+    assert torch.allclose(saved["1/abs_sum"], hidden.detach().sum(0).double())
+    assert torch.allclose(saved["3/peak"], out.detach().amax(0).double())
+    assert windows["3"].abs_sum == pytest.approx(out.detach().abs().sum(0).tolist(), rel=1e-6)
+    assert sites.window.read() == {k: v.tolist() for k, v in saved.items()}  # not merged twice
+    assert sites.batches == 1

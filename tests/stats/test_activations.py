@@ -187,3 +187,27 @@ def test_host_lists_are_the_host_tensors_as_numbers(kind):
     host = acc.host(values)
     count = 0.0 if host.values_per_unit is None else host.values_per_unit.item()
     assert acc.host_lists(values) == (host.peak.tolist(), host.abs_sum.tolist(), host.saturated.tolist(), count)
+
+
+def test_sites_merged_in_one_update_equal_sites_merged_one_by_one():
+    # UnitSites merges a batch's statistics of every site in one window update (several runs of
+    # sum and max slots, float32 and float64 values): the same window as one update per site.
+    generator = torch.Generator().manual_seed(3)
+    kinds = {"a/": ("nonnegative", torch.relu), "b/": ("signed", torch.nn.functional.gelu),
+             "c/": ("tanh", torch.tanh), "d/": ("signed", torch.nn.functional.silu)}
+    batches = [{p: act(torch.randn(6, 5, generator=generator) * 3) for p, (_, act) in kinds.items()} for _ in range(3)]
+    one_by_one, together = DeviceWindow(), DeviceWindow()
+    singles = {p: UnitAccumulator(kind, 1, window=one_by_one, prefix=p) for p, (kind, _) in kinds.items()}
+    merged = {p: UnitAccumulator(kind, 1, window=together, prefix=p) for p, (kind, _) in kinds.items()}
+    for batch in batches:
+        for prefix, output in batch.items():
+            singles[prefix].update(output)
+        pending = {}
+        for prefix, output in batch.items():
+            pending.update(merged[prefix].batch_slots(output))
+        if batch is batches[0]:
+            assert together.read()["a/abs_sum"] == [0.0] * 5  # counted, not merged, until the update
+            assert merged["a/"].batches == 1
+        together.update(**pending)
+    assert together.read() == one_by_one.read()
+    assert [a.batches for a in merged.values()] == [3] * 4
