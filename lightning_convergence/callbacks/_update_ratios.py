@@ -34,6 +34,7 @@ class UpdateSample:
     step: int = -1
     pending: bool = False
 
+    @torch.no_grad()
     def take(self, params: list[torch.nn.Parameter], step: int) -> None:
         """Keep the sampled values of ``params`` (their local shards) as they are now."""
         local = _local_weights(params)
@@ -42,6 +43,7 @@ class UpdateSample:
         self.values = [values_at(p, index) for p, index in zip(local, self.positions)]
         self.step, self.pending = step, True
 
+    @torch.no_grad()
     def measure(self, params: list[torch.nn.Parameter], group_index: Tensor, num_groups: int, backend: str,
                 layout: ShardLayout | None) -> tuple[list[float], list[float], list[float]]:
         """Per group: the exact squared weight norm, the sampled squared weight norm before the
@@ -72,4 +74,6 @@ class UpdateSample:
 
 
 def _local_weights(params: list[torch.nn.Parameter]) -> list[Tensor]:
-    return [local_view(p.detach()) for p in params]
+    # Read under no_grad (the callers' decorator) rather than a detach per tensor: on the CPU
+    # each small op costs microseconds, and a model has hundreds of parameters.
+    return [local_view(p) for p in params]

@@ -24,7 +24,7 @@ from lightning_convergence import tags
 from lightning_convergence.rules.causes import is_adaptive
 from lightning_convergence.rules.findings import Finding
 from lightning_convergence.rules.gradient_health import is_rising, norm_trend
-from lightning_convergence.recorder.tensorboard import log_scalars, write_histograms
+from lightning_convergence.recorder.tensorboard import log_scalar_series, log_scalars, write_histograms
 from lightning_convergence.rules import GradientHealthRule, GradientThresholds, GradientWindow, SpikeDetector
 from lightning_convergence.rules.gradient_window import step_norms
 from lightning_convergence.stats import ABSMAX, NONFINITE, Backend, tensor_stats, validate_backend
@@ -288,8 +288,7 @@ class GradientNormMonitor(ConvergenceCallback):
             if track.layout is not None:
                 counts = track.layout.tensor_stats(counts, count_nonfinite=True)  # collective: all_reduce
             metrics[tags.GRAD_NONFINITE_VALUES] = counts[:, NONFINITE].sum().item()
-        for trace_step, norm in summary.total_norm_trace[:-1]:
-            log_scalars(trainer, {tags.GRAD_NORM_TOTAL: norm}, trace_step)
+        log_scalar_series(trainer, tags.GRAD_NORM_TOTAL, summary.total_norm_trace[:-1])
         if summary.total_norm_trace:
             metrics[tags.GRAD_NORM_TOTAL] = summary.total_norm_trace[-1][1]
         log_scalars(trainer, metrics, step)

@@ -61,3 +61,30 @@ def test_a_logger_with_a_prefix_and_other_loggers_get_lightnings_log_metrics(tmp
     _written(tmp_path, "ours")
     header = csv.read_text().splitlines()[0].split(",")
     assert "convergence/grad_norm/total" in header and "step" in header
+
+
+def test_a_series_writes_the_events_of_one_call_per_point(tmp_path):
+    # The per-step trace: one event per step, as one log_scalars call per point writes, to
+    # TensorBoard and to the other loggers; non-finite points dropped.
+    from lightning_convergence.recorder.tensorboard import log_scalar_series
+
+    tag = "convergence/grad_norm/total"
+    points = [(3, 1.5), (4, float("nan")), (5, 0.25), (6, float("inf")), (7, 1024.0)]  # float32-exact
+
+    def series(trainer, metrics, step):
+        if step == 0:
+            log_scalar_series(trainer, tag, points)
+
+    def one_by_one(trainer, metrics, step):
+        if step == 0:
+            for at, value in points:
+                log_scalars(trainer, {tag: value}, at)
+
+    ours, reference = (_written(tmp_path, name, write=write) for name, write in (("series", series),
+                                                                                  ("calls", one_by_one)))
+    assert read_scalars(ours) == read_scalars(reference) == {tag: [(3, 1.5), (5, 0.25), (7, 1024.0)]}
+    for prefix in ("", "p"):
+        assert read_scalars(_written(tmp_path, f"series_{prefix or 0}", prefix=prefix, write=series)) == {
+            f"{prefix}-{tag}" if prefix else tag: [(3, 1.5), (5, 0.25), (7, 1024.0)]}
+    rows = (tmp_path / "series_csv" / "version_0" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4 and sorted(rows[0].split(",")) == sorted(["step", tag])
