@@ -96,6 +96,6 @@ def cpu_sums_of_squares(tensors: Sequence[Tensor | None], dtype: torch.dtype = t
     for tensor in tensors:  # a plain loop: the no-sync test recognises the reads by this frame's name
         if tensor is None or not tensor.is_cpu or tensor.dtype is not dtype or tensor.layout is not torch.strided:
             return None
-        flat = tensor.reshape(-1)
+        flat = tensor if tensor.dim() == 1 else tensor.reshape(-1)  # (a reshape is an op: biases need none)
         values.append(torch.dot(flat, flat).item())
     return values
