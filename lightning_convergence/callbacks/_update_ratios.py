@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lightning_convergence.callbacks._sharding import ShardLayout
-from lightning_convergence.stats import sum_by_group, sum_of_squares
+from lightning_convergence.stats import host_sum_of_squares, sum_by_group, sum_of_squares
 from lightning_convergence.stats.sharding import local_view
 from lightning_convergence.stats.weight_sample import sample_positions, values_at
 
@@ -55,12 +55,21 @@ class UpdateSample:
         assert self.values is not None and self.positions is not None
         self.pending = False
         local = _local_weights(params)
-        now = [values_at(p, index) for p, index in zip(local, self.positions)]
+        now: list[Tensor] = []
+        positions = iter(self.positions)
+        # On the host path each weight's sample is gathered right after its exact sum of squares,
+        # from the cache that read filled; the values are those of the general path below.
+        weight_floats = None if layout is not None else host_sum_of_squares(
+            local, backend, then=lambda weight: now.append(values_at(weight, next(positions))))
+        if weight_floats is None:
+            now = [values_at(p, index) for p, index in zip(local, self.positions)]
+            weight_sq = sum_of_squares(local, backend).double()
+        else:  # (float32, as sum_of_squares packs the same floats)
+            weight_sq = torch.tensor(weight_floats, dtype=torch.float32, device=group_index.device).double()
         scale = torch.tensor([p.numel() / max(s.numel(), 1) for p, s in zip(local, now)],
                              dtype=torch.float64, device=group_index.device)  # [params]
         before_sq = sum_of_squares(self.values, backend).double() * scale
         update_sq = sum_of_squares(torch._foreach_sub(self.values, now), backend).double() * scale
-        weight_sq = sum_of_squares(local, backend).double()
         rows = torch.stack([weight_sq, before_sq, update_sq])  # [3, params]
         if layout is not None:
             rows = layout.sum_of_squares(rows)  # collective: one all_reduce(SUM)

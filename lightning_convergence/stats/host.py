@@ -16,7 +16,7 @@ turns the host path off, for those tests and for a user who wants the device pat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -68,7 +68,8 @@ def cpu_floats(values: Tensor) -> list[float]:
     return values.reshape(-1).tolist()
 
 
-def cpu_sums_of_squares(tensors: Sequence[Tensor | None], dtype: torch.dtype = torch.float32) -> list[float] | None:
+def cpu_sums_of_squares(tensors: Sequence[Tensor | None], dtype: torch.dtype = torch.float32,
+                        then: Callable[[Tensor], object] | None = None) -> list[float] | None:
     """Per-tensor sum of squares of dense CPU tensors of ``dtype``, as Python floats.
 
     One BLAS dot product per tensor, read at once: the dot reads a tensor once, on all threads,
@@ -80,6 +81,10 @@ def cpu_sums_of_squares(tensors: Sequence[Tensor | None], dtype: torch.dtype = t
     Args:
         tensors: ``N`` tensors of any shape.
         dtype: the dtype every tensor must have (float32 or float64).
+        then: called with each tensor right after its dot, while the tensor is in the cache the
+            dot filled (a gather of sampled values from each weight after its dot took 1.7 ms
+            against 2.35 ms for the two passes one after the other, on the 100 tensors of the
+            overhead benchmark's MLP, cold).
 
     Returns:
         ``N`` floats; ``None`` (having read nothing of the rest) as soon as a tensor is missing,
@@ -98,4 +103,6 @@ def cpu_sums_of_squares(tensors: Sequence[Tensor | None], dtype: torch.dtype = t
             return None
         flat = tensor if tensor.dim() == 1 else tensor.reshape(-1)  # (a reshape is an op: biases need none)
         values.append(torch.dot(flat, flat).item())
+        if then is not None:
+            then(tensor)
     return values

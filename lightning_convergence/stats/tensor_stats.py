@@ -10,7 +10,7 @@ here reads a value on the host.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -144,14 +144,16 @@ def sum_of_squares(tensors: Sequence[Tensor | None], backend: str = "auto") -> T
     return _run_grouped(tensors, backend, width=1)
 
 
-def host_sum_of_squares(tensors: Sequence[Tensor | None], backend: str = "auto") -> list[float] | None:
+def host_sum_of_squares(tensors: Sequence[Tensor | None], backend: str = "auto",
+                        then: Callable[[Tensor], object] | None = None) -> list[float] | None:
     """The every-step pass on the host path: :func:`sum_of_squares` as ``N`` Python floats.
 
     Taken when every tensor is a dense float32 CPU tensor (none missing), ``backend`` is
     ``"auto"`` or ``"foreach"`` and the host path is on (:mod:`~lightning_convergence.stats.host`);
     the values are then exactly those of :func:`sum_of_squares`, without building a tensor that
     the host path would read back at once. ``None`` when the tensors do not all qualify: call
-    :func:`sum_of_squares`.
+    :func:`sum_of_squares`. ``then`` is called with each tensor right after its sum (see
+    :func:`~lightning_convergence.stats.host.cpu_sums_of_squares`), on the host path only.
 
     Example:
         >>> import torch
@@ -162,4 +164,4 @@ def host_sum_of_squares(tensors: Sequence[Tensor | None], backend: str = "auto")
     """
     if not host.HOST_PATH_ON_CPU or backend not in ("auto", "foreach"):
         return None
-    return host.cpu_sums_of_squares(tensors, torch.float32)
+    return host.cpu_sums_of_squares(tensors, torch.float32, then)
