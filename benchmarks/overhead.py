@@ -176,6 +176,20 @@ class Fit:
         steps = [s for s in window if not self._special(s) and s % SAMPLE_EVERY != 0 and s not in ONE_OFF_STEPS]
         return median([sum(h[s] for h in self.hooks.values()) for s in steps or window]) * 1e3
 
+    def split_ms(self, names: Sequence[str]) -> dict[str, float]:
+        """``names``' hook ms per step over the window (the one-off steps left out), in three
+        parts: ``every_step``, the median of the ordinary steps; ``sampled`` and ``logging``, what
+        the sampled steps (one in ``SAMPLE_EVERY``) and the logging steps (and the steps after
+        them) cost above that median, spread over the window. The parts add up to
+        ``hook_ms(names, steady=True)`` but for the ordinary steps' mean against their median."""
+        steps = [s for s in range(WARMUP, WARMUP + len(self.intervals)) if s not in ONE_OFF_STEPS]
+        per_step = {s: sum(self.hooks[n][s] for n in names) for s in steps}
+        ordinary = [per_step[s] for s in steps if not self._special(s) and s % SAMPLE_EVERY != 0]
+        base = median(ordinary) if ordinary else 0.0
+        sampled = sum(per_step[s] - base for s in steps if not self._special(s) and s % SAMPLE_EVERY == 0)
+        logging = sum(per_step[s] - base for s in steps if self._special(s))
+        return {"every_step": base * 1e3, "sampled": sampled / len(steps) * 1e3, "logging": logging / len(steps) * 1e3}
+
     def logging_extra_ms(self) -> float:
         """What the logging steps (and the steps after them) cost above the every-step path,
         spread over the window: ms per step."""
@@ -279,6 +293,9 @@ def summarise(fits: dict[str, list[Fit]]) -> dict[str, Any]:
             owners = sorted({n.split(".")[0] for n in runs[0].hooks})
             row["per_callback_ms"] = {o: median([f.hook_ms([n for n in f.hooks if n.split(".")[0] == o]) for f in runs])
                                       for o in owners}
+            splits = {o: [f.split_ms([n for n in f.hooks if n.split(".")[0] == o]) for f in runs] for o in owners}
+            row["per_callback_split_ms"] = {o: {part: median([s[part] for s in per_run]) for part in per_run[0]}
+                                            for o, per_run in splits.items()}
         out[variant] = row
     return out
 

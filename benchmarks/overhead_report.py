@@ -72,12 +72,20 @@ def floor_table(models: dict[str, Any]) -> str:
 
 
 def breakdown_table(models: dict[str, Any]) -> str:
-    rows = [["model", "variant", "per callback, ms/step (window mean)"]]
+    """Each callback's hook ms per step in the suites, split into its every-step cost and what its
+    sampled and logging steps add, spread over the window (medians over repeats), and as a share
+    of the model's floor (when the floor ran)."""
+    rows = [["model", "variant", "callback", "every step", "sampled steps", "logging steps", "total ms/step",
+             "of the floor"]]
     for model, result in models.items():
+        floor = result["variants"].get("floor", {}).get("every_step_ms")
         for v in ("suite", "suite_acting", "suite_log1"):
-            parts = result["variants"].get(v, {}).get("per_callback_ms", {})
-            if parts:
-                rows.append([model, f"`{v}`", "; ".join(f"{k} {ms:.3f}" for k, ms in parts.items())])
+            splits = result["variants"].get(v, {}).get("per_callback_split_ms", {})
+            for callback, parts in sorted(splits.items(), key=lambda item: -sum(item[1].values())):
+                total = sum(parts.values())
+                rows.append([model, f"`{v}`", callback, f"{parts['every_step']:.3f}", f"{parts['sampled']:.3f}",
+                             f"{parts['logging']:.3f}", f"{total:.3f}",
+                             f"{total / floor:.0%}" if floor else "-"])
     return markdown_table(rows)
 
 

@@ -103,6 +103,10 @@ def test_overhead_runs_and_reports_what_it_timed(tmp_path):
         assert row["hook_fraction"] == pytest.approx(row["hook_ms"] / variants["bare"]["step_ms"])
         assert sum(row["per_callback_ms"].values()) == pytest.approx(row["hook_ms"], rel=1e-6)
     assert "forward hooks" in variants["tracker"]["per_callback_ms"]  # the tracker's hooks on the activations
+    split = variants["suite"]["per_callback_split_ms"]  # every step, sampled and logging steps, per callback
+    assert set(split) == set(variants["suite"]["per_callback_ms"])
+    assert all(set(parts) == {"every_step", "sampled", "logging"} and parts["every_step"] >= 0
+               for parts in split.values())
     assert "FloorPass" in variants["floor"]["per_callback_ms"]
     stats = payload["models"]["cnn"]["stats_pass"]
     assert set(stats) == {"floor", "sum_of_squares", "_foreach_norm"}
@@ -114,6 +118,9 @@ def test_overhead_runs_and_reports_what_it_timed(tmp_path):
     floor_row = _table(md, "model")[0]  # the targets against the floor
     assert floor_row[0] == "cnn" and floor_row[1] == f"{variants['floor']['every_step_ms']:.2f}"
     assert floor_row[2].startswith(f"{pair['every_step_ms']:.2f} ms = ")
+    monitor = split["GradientNormMonitor"]
+    assert (f"| cnn | `suite` | GradientNormMonitor | {monitor['every_step']:.3f} | {monitor['sampled']:.3f} | "
+            f"{monitor['logging']:.3f} | {sum(monitor.values()):.3f} | ") in md
 
 
 def test_step_ops_counts_one_sum_per_gradient_for_the_floor():
@@ -186,3 +193,24 @@ def test_floor_table_shows_each_repeats_ratio_against_its_own_floor():
     assert "0.90 ms = 1.80x: not met (per repeat 1.80x-2.00x)" in table
     del variants["suite"]["steady_hook_ms_per_repeat"]  # a run saved before the per-repeat values
     assert "0.90 ms = 1.80x: not met |" in floor_table({"cnn": {"variants": variants}})
+
+
+def test_the_overhead_split_puts_each_step_in_its_part():
+    """Fit.split_ms on planted hook times: ordinary steps 1 ms, sampled steps 3 ms, logging steps
+    (and the steps after them) 10 ms: the parts are the median and the extras spread over the
+    window, and add up to the steady mean."""
+    from benchmarks.overhead import LOG_EVERY, ONE_OFF_STEPS, SAMPLE_EVERY, WARMUP, Fit
+
+    steps = 60
+    fit = Fit([0.05] * steps, None, LOG_EVERY, {})
+    special = [fit._special(s) for s in range(WARMUP + steps)]
+    fit.hooks["X.on_train_batch_end"] = [1e-2 if special[s] else 3e-3 if s % SAMPLE_EVERY == 0 else 1e-3
+                                         for s in range(WARMUP + steps)]
+    window = [s for s in range(WARMUP, WARMUP + steps) if s not in ONE_OFF_STEPS]
+    n_special = sum(special[s] for s in window)
+    n_sampled = sum(not special[s] and s % SAMPLE_EVERY == 0 for s in window)
+    split = fit.split_ms(["X.on_train_batch_end"])
+    assert n_special == 2 and n_sampled == 5  # steps 49 and 50; 10, 20, 30, 40 and 60
+    assert split == pytest.approx({"every_step": 1.0, "sampled": n_sampled * 2.0 / len(window),
+                                   "logging": n_special * 9.0 / len(window)})
+    assert sum(split.values()) == pytest.approx(fit.hook_ms(["X.on_train_batch_end"], steady=True))
