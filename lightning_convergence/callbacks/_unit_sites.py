@@ -179,6 +179,7 @@ class UnitSites:
     def start_batch(self, sampled: bool) -> None:
         """Begin a training batch. In eager mode the hooks are on the modules only while a sampled
         batch runs: on the other steps a module without hooks takes torch's fast call path."""
+        self.flush()  # what a forward that never reached its batch's end left (a fault)
         self.sampling = sampled
         self._calls = {}
         if sampled:

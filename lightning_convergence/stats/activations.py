@@ -84,6 +84,23 @@ def _other_dims(x: Tensor, dim: int) -> tuple[int, ...]:
     return tuple(d for d in range(x.dim()) if d != dim)
 
 
+def _saturated(x: Tensor, kind: ActivationKind, eps: float) -> Tensor:
+    """Where a sigmoid's or tanh's output is within ``eps`` of a flat end."""
+    centre, half_width = (0.5, 0.5) if kind == "sigmoid" else (0.0, 1.0)
+    return (x - centre).abs() >= half_width - eps
+
+
+def _unit_values(x: Tensor, kind: ActivationKind, eps: float) -> dict[str, Tensor]:
+    """:func:`unit_batch_stats` of an output with one value per unit (nothing to reduce)."""
+    stats = {"abs_sum": x.abs().to(torch.float32).reshape(-1)}
+    if kind == "signed":
+        stats["peak"] = x.to(torch.float32, copy=True).reshape(-1)
+    if kind in CAN_SATURATE:
+        stats["saturated"] = _saturated(x, kind, eps).to(torch.float32).reshape(-1)
+        stats["values"] = torch.ones((), dtype=torch.float64, device=x.device)
+    return stats
+
+
 @dataclass
 class UnitActivity:
     """What one window says about the units of one activation site (tensors on the device)."""
@@ -124,15 +141,16 @@ def unit_batch_stats(output: Tensor, dim: int, kind: ActivationKind, eps: float 
     """
     x = output.detach()
     dims = _other_dims(x, dim)
+    if not dims:  # a 1-d (or 0-d) output: each value is its own unit, seen once (a reduction over
+        # no dimension would be over all of them); a copy, as the activation may change in place
+        return _unit_values(x, kind, eps)
     if kind == "nonnegative":
         return {"abs_sum": x.sum(dim=dims, dtype=torch.float32)}  # [units]; > 0 exactly when some output > 0
     stats = {"abs_sum": x.abs().sum(dim=dims, dtype=torch.float32)}
     if kind == "signed":
         stats["peak"] = x.amax(dim=dims).float()
     if kind in CAN_SATURATE:
-        centre = 0.5 if kind == "sigmoid" else 0.0
-        half_width = 0.5 if kind == "sigmoid" else 1.0
-        stats["saturated"] = ((x - centre).abs() >= half_width - eps).sum(dim=dims, dtype=torch.float32)
+        stats["saturated"] = _saturated(x, kind, eps).sum(dim=dims, dtype=torch.float32)
         units = x.shape[dim] if x.dim() else 1
         # float64: a count that float32 would round past 2**24 outputs.
         stats["values"] = torch.full((), x.numel() // max(units, 1), dtype=torch.float64, device=x.device)

@@ -36,6 +36,8 @@ REDUCTIONS: tuple[Reduction, ...] = ("sum", "min", "max", "first")
 # NaN (an unset slot is NaN); across ranks it takes the smallest value any rank set.
 _IDENTITY: dict[str, float] = {"sum": 0.0, "min": math.inf, "max": -math.inf, "first": math.nan}
 
+_MAX_PLANS = 256  # merge plans kept, one per set of names updated together
+
 AllReduce = Callable[[Tensor, str], Tensor]
 """``all_reduce(tensor, op)`` with ``op`` in ``"sum" | "min" | "max"``, returning the reduced tensor."""
 
@@ -172,6 +174,8 @@ class DeviceWindow:
         key = tuple(values)
         plan = self._plans.get(key)
         if plan is None:
+            if len(self._plans) >= _MAX_PLANS:  # sets of names that vary with the data (a model's branches)
+                self._plans.clear()
             plan = self._plans[key] = self._plan(key)
         for target, kind, names in plan:
             if len(names) == 1:

@@ -565,3 +565,22 @@ def test_a_sampled_batch_reaches_the_window_once_whenever_it_is_read_or_saved():
     assert windows["3"].abs_sum == pytest.approx(out.detach().abs().sum(0).tolist(), rel=1e-6)
     assert sites.window.read() == {k: v.tolist() for k, v in saved.items()}  # not merged twice
     assert sites.batches == 1
+
+
+def test_a_forward_that_never_reached_its_batch_end_is_merged_by_the_next_batch():
+    # A fault between a sampled forward and its batch end: the next batch merges what it left,
+    # as a merge per site did at once, so the window's count and sums agree.
+    from lightning_convergence.callbacks._unit_sites import UnitSites
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+    sites = UnitSites(0.01, None, (), ())
+    sites.attach(model)
+    first, second = torch.randn(8, 4), torch.randn(8, 4)
+    sites.start_batch(sampled=True)
+    a = model(first)  # ... and no end_batch
+    sites.start_batch(sampled=True)
+    b = model(second)
+    sites.end_batch()
+    assert sites.batches == 2
+    assert torch.allclose(sites.window["1/abs_sum"], (a.sum(0) + b.sum(0)).detach().double())

@@ -211,3 +211,30 @@ def test_sites_merged_in_one_update_equal_sites_merged_one_by_one():
         together.update(**pending)
     assert together.read() == one_by_one.read()
     assert [a.batches for a in merged.values()] == [3] * 4
+
+
+@pytest.mark.parametrize("kind", sorted(ACTIVATIONS))
+def test_a_1d_output_is_one_unit_per_value_and_merges_with_other_sites(kind):
+    # Shape [N] (a squeezed last layer): each value is its own unit, seen once per batch; its
+    # statistics keep the unit count, so they concatenate with other sites' in one update.
+    generator = torch.Generator().manual_seed(1)
+    batches = [ACTIVATIONS[kind](torch.randn(7, generator=generator) * 3) for _ in range(2)]
+    window = DeviceWindow()
+    site = UnitAccumulator(kind, 0, window=window, prefix="last/")
+    other = UnitAccumulator("nonnegative", 1, window=window, prefix="hidden/")
+    for batch in batches:
+        window.update(**site.batch_slots(batch), **other.batch_slots(torch.relu(torch.randn(7, 4))))
+    activity, ref = site.host(window.read()), unit_activity_reference(batches, 0, kind)
+    torch.testing.assert_close(activity.abs_sum, torch.tensor(ref["abs_sum"], dtype=torch.float64), rtol=1e-6, atol=1e-6)
+    if kind in ("nonnegative", "signed"):
+        assert (activity.peak <= 0).tolist() == ref["dead"]
+    assert activity.saturated.tolist() == [float(s) for s in ref["saturated"]]
+    if kind in ("sigmoid", "tanh"):
+        assert activity.values_per_unit.item() == 2.0
+
+
+def test_a_1d_statistic_is_a_copy_of_the_activation():
+    x = torch.tensor([1.0, -2.0, 3.0])
+    stats = UnitAccumulator("signed", 0).batch_slots(x)
+    x.mul_(0)  # an in-place op after the hook, before the batch's statistics are merged
+    assert stats["peak"].tolist() == [1.0, -2.0, 3.0] and stats["abs_sum"].tolist() == [1.0, 2.0, 3.0]
