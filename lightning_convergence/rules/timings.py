@@ -38,20 +38,25 @@ class StepWindow:
     """The timed steps of one window, per step in seconds: the wait for its batch, its compute
     (forward, backward, optimizer), the process CPU time and the wall time from its
     ``on_train_batch_start`` to its ``on_train_batch_end`` (``busy``), and its whole wall time.
-    The first step of each epoch (its wait is the loader starting) is not in it."""
+    The first step of each epoch (its wait is the loader starting) is not in it. The CPU time may
+    be measured on some steps only (``cpu_s=None`` on the others): the CPU share is taken over the
+    steps that measured it (``cpu_busy_s``, their busy time)."""
 
     fetch_s: list[float] = field(default_factory=list)
     compute_s: list[float] = field(default_factory=list)
-    cpu_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)  # the steps that measured it only
     busy_s: list[float] = field(default_factory=list)
     wall_s: list[float] = field(default_factory=list)
     samples: int = 0
+    cpu_busy_s: list[float] = field(default_factory=list)  # busy time of the steps in ``cpu_s``
 
-    def add(self, fetch_s: float, compute_s: float, cpu_s: float, busy_s: float, wall_s: float,
+    def add(self, fetch_s: float, compute_s: float, cpu_s: float | None, busy_s: float, wall_s: float,
             samples: int = 0) -> None:
         self.fetch_s.append(float(fetch_s))
         self.compute_s.append(float(compute_s))
-        self.cpu_s.append(float(cpu_s))
+        if cpu_s is not None:
+            self.cpu_s.append(float(cpu_s))
+            self.cpu_busy_s.append(float(busy_s))
         self.busy_s.append(float(busy_s))
         self.wall_s.append(float(wall_s))
         self.samples += int(samples)
@@ -62,11 +67,10 @@ class StepWindow:
     def plausible(self) -> bool:
         """Whether every timing is a finite duration of at least 0 (clocks only move forward:
         a window holding one that is not was measured wrongly, and is not judged)."""
-        return all(math.isfinite(v) and v >= 0 for name in ("fetch_s", "compute_s", "cpu_s", "busy_s", "wall_s")
-                   for v in getattr(self, name))
+        return all(math.isfinite(v) and v >= 0 for name in _DURATIONS for v in getattr(self, name))
 
     def extend(self, other: StepWindow) -> None:
-        for name in ("fetch_s", "compute_s", "cpu_s", "busy_s", "wall_s"):
+        for name in _DURATIONS:
             getattr(self, name).extend(getattr(other, name))
         self.samples += other.samples
 
@@ -76,12 +80,15 @@ class StepWindow:
         if not self:
             return {}
         fetch, compute = statistics.median(self.fetch_s), statistics.median(self.compute_s)
-        wall, busy = sum(self.wall_s), sum(self.busy_s)
+        wall, cpu_busy = sum(self.wall_s), sum(self.cpu_busy_s)
         return {"fetch_ms": 1000 * fetch, "compute_ms": 1000 * compute,
                 "step_ms": 1000 * statistics.median(self.wall_s),
                 "fetch_share": fetch / (fetch + compute) if fetch + compute > 0 else 0.0,
-                "cpu_share": sum(self.cpu_s) / busy if busy > 0 else 1.0,
+                "cpu_share": sum(self.cpu_s) / cpu_busy if cpu_busy > 0 else 1.0,
                 "samples_per_s": self.samples / wall if wall > 0 and self.samples else math.nan}
+
+
+_DURATIONS = ("fetch_s", "compute_s", "cpu_s", "busy_s", "wall_s", "cpu_busy_s")
 
 
 @dataclass

@@ -377,3 +377,25 @@ def test_a_validation_loader_that_restarts_its_workers_is_data_loader_restarts(t
     assert d["kind"] == "slow_data_loading" and d["causes"][0]["cause"] == "data_loader_restarts"
     assert d["layer"] == "wall_time/validation_start" and "validation DataLoader" in d["message"]
     assert d["evidence"]["validation_start_ms_each"] == pytest.approx(500.0, abs=1.0)
+
+
+def test_the_cpu_time_is_read_on_one_step_in_ten_and_gives_the_process_share(tmp_path):
+    # A CPU-time clock costs microseconds right after a training step (a system call), so it is
+    # read on one step in ten and on each window's first; the share is the same for steps alike.
+    from lightning_convergence import tags
+    from lightning_convergence.callbacks.training_speed_monitor import CPU_TIME_EVERY
+    from tests.helpers.loggers import MemoryLogger
+
+    clock, reads = FakeClock(), []
+
+    def cpu_now():
+        reads.append(clock.cpu)
+        return clock.cpu
+
+    monitor = TrainingSpeedMonitor(clock=clock.now, cpu_clock=cpu_now)
+    logger = MemoryLogger(str(tmp_path))
+    fit(tmp_path, Timed(clock, compute_s=0.004, cpu_share=0.3, n=3200), [monitor], logger=logger, log_every_n_steps=25)
+    steps = 100  # 3200 samples in batches of 32: four windows of 25 steps
+    assert len(reads) <= 2 * (steps // CPU_TIME_EVERY + steps // 25)  # a pair per sampled step
+    shares = [share for _, share in logger.series(tags.SPEED_CPU_SHARE)]
+    assert len(shares) >= 3 and shares == pytest.approx([0.3] * len(shares), rel=0.02)
