@@ -19,6 +19,7 @@ _EXPORTS = {
     "default_callbacks": "lightning_convergence.suite",
     "Diagnosis": "lightning_convergence.recorder.records",
     "Intervention": "lightning_convergence.recorder.records",
+    "ConvergenceWarning": "lightning_convergence.recorder.console",  # to filter the suite's warnings
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
@@ -27,4 +28,4 @@ __getattr__ = lazy_exports("lightning_convergence", _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    return sorted({*__all__, "__getattr__", "__doc__", "__name__"})

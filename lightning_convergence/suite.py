@@ -21,6 +21,19 @@ def _suite(auto_remediate: bool, warmup: bool) -> list[tuple[type[Callback], dic
             for entry in registry.CALLBACKS if modes & entry.modes]
 
 
+def _acting_only(names: list[str], auto_remediate: bool) -> str:
+    """Which of ``names`` belong to a callback that the suite holds in another mode, said."""
+    if auto_remediate:
+        return ""
+    owners = {}
+    for cls, _ in _suite(True, warmup=True):
+        for name in sorted(set(names) & _accepted(cls)):
+            owners.setdefault(name, cls.__name__)
+    said = [f" `{name}` is an argument of {owner}, which joins the suite only with `auto_remediate=True`."
+            for name, owner in owners.items()]
+    return "".join(said)
+
+
 def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Callback]:
     """The suite, ready for ``Trainer(callbacks=...)``.
 
@@ -39,7 +52,8 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
     Raises:
         TypeError: an override that no callback of the suite accepts, or a non-bool
             ``auto_remediate``.
-        ValueError: warmup asked for with ``auto_remediate=False``.
+        ValueError: warmup asked for with ``auto_remediate=False``, or settings for a callback
+            that the suite holds only when acting (``AutoClip={...}`` without ``auto_remediate=True``).
 
     Example:
         >>> len(default_callbacks())
@@ -63,10 +77,17 @@ def default_callbacks(auto_remediate: bool = False, **overrides: Any) -> list[Ca
     known = set().union(*(_accepted(cls) for cls, _ in suite))
     unknown = sorted(set(shared) - known)
     if unknown:
-        raise TypeError(f"default_callbacks() got unknown overrides {unknown}; known: {sorted(known)}.")
+        elsewhere = _acting_only(unknown, auto_remediate)
+        raise TypeError(f"default_callbacks() got unknown overrides {unknown}; known: {sorted(known)}.{elsewhere}")
     for name, value in per_callback.items():
         if value is not None and not isinstance(value, dict):
             raise TypeError(f"`{name}` must be a dict of arguments or None, got {value!r}.")
+    chosen = {cls.__name__ for cls, _ in suite}
+    absent = sorted(name for name, value in per_callback.items() if value and name not in chosen)
+    if absent:  # settings that would be dropped without a word
+        raise ValueError(f"default_callbacks() got settings for {absent}, which the suite does not hold with "
+                         f"auto_remediate={auto_remediate}: they change training, so they join only with "
+                         "`auto_remediate=True`. Pass it, or add the callback to `Trainer(callbacks=...)` yourself.")
     callbacks = []
     for cls, defaults in suite:
         if cls.__name__ in per_callback and per_callback[cls.__name__] is None:

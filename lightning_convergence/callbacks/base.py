@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers.logger import DummyLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -295,7 +295,12 @@ class ConvergenceCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.write_report(trainer)
+        path = self.write_report(trainer)
+        context = self.context(trainer)
+        if path is not None and "report" not in context.said:  # once per fit, by the first callback to write
+            context.said.add("report")
+            rank_zero_info(f"lightning-convergence: {context.log.headline(trainer.global_step)} Report: {path} "
+                           f"(`lightning-convergence report {os.path.dirname(path)}` shows it).")
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

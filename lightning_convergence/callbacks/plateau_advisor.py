@@ -122,8 +122,10 @@ class PlateauAdvisor(LRRemedies, ConvergenceCallback):
         report_window_steps: int = 500,
     ) -> None:
         super().__init__(auto_remediate, report_window_steps, log_every_n_steps)
-        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+        if monitor is not None and not isinstance(monitor, str):
             raise TypeError(f"`monitor` must be a metric name or None, got {monitor!r}.")
+        if monitor == "":
+            raise ValueError("`monitor` must be a metric name or None, got ''.")
         # The rules check their own settings (ReduceLROnPlateau's in the schedule, the recovery
         # policy's in the policy, the regime's in its rule), naming the argument.
         self._schedule = PlateauSchedule(mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps)

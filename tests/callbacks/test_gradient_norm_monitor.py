@@ -193,6 +193,12 @@ def test_default_callbacks_routes_overrides_and_rejects_unknown():
         default_callbacks(percentil=10)
     with pytest.raises(TypeError, match="`auto_remediate`"):
         default_callbacks(auto_remediate=1)
+    # Settings of a callback the observing suite does not hold are refused, not dropped.
+    with pytest.raises(ValueError, match=r"settings for \['AutoClip'\].*auto_remediate=True"):
+        default_callbacks(AutoClip={"z_thresh": 3.0})
+    with pytest.raises(TypeError, match="`z_thresh` is an argument of AutoClip, which joins the suite only with"):
+        default_callbacks(z_thresh=3.0)
+    assert len(default_callbacks(AutoClip=None)) == len(default_callbacks())  # leaving it out is fine
 
 
 def test_thresholds_are_public_config():

@@ -218,7 +218,7 @@ def test_state_dict_survives_weights_only_load(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,error,named", [
-    ({"monitor": ""}, TypeError, "monitor"), ({"mode": "up"}, ValueError, "mode"),
+    ({"monitor": ""}, ValueError, "monitor"), ({"monitor": 3}, TypeError, "monitor"), ({"mode": "up"}, ValueError, "mode"),
     ({"factor": 1.0}, ValueError, "factor"), ({"factor": float("nan")}, ValueError, "factor"),
     ({"patience": -1}, ValueError, "patience"), ({"patience": True}, TypeError, "patience"),
     ({"threshold": -0.1}, ValueError, "threshold"), ({"threshold_mode": "relative"}, ValueError, "threshold_mode"),

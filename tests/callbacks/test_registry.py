@@ -55,6 +55,14 @@ def test_the_public_exports_are_the_registry():
                                                                                      entry.name)
 
 
+def test_the_warning_class_is_public_and_the_package_lists_only_its_public_names():
+    from lightning_convergence.recorder.console import ConvergenceWarning
+
+    assert lightning_convergence.ConvergenceWarning is ConvergenceWarning
+    assert {"CALLBACKS", "ALIASES", "lazy_exports", "annotations"}.isdisjoint(dir(lightning_convergence))
+    assert set(lightning_convergence.__all__) <= set(dir(lightning_convergence))
+
+
 def test_each_former_name_is_the_class_it_names_now():
     for alias, (_, name) in ALIASES.items():
         assert alias not in BY_NAME

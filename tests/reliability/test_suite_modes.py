@@ -143,6 +143,17 @@ def test_every_logger_setup_runs_and_writes_the_report(tmp_path, loggers):
     assert os.path.exists(os.path.join(directory, REPORT_FILENAME))
 
 
+def test_the_end_of_a_fit_says_the_headline_and_where_the_report_is_once(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="lightning.pytorch.utilities.rank_zero"):
+        trainer, _ = fit(tmp_path, DigitsMLP(nan_at_step=3), logger=CSVLogger(tmp_path))
+    said = [r.getMessage() for r in caplog.records if "Report: " in r.getMessage()]
+    path = os.path.join(trainer.log_dir, REPORT_FILENAME)
+    report = json.load(open(path))
+    assert said == [f"lightning-convergence: {report['summary']['headline']} Report: {path} "
+                    f"(`lightning-convergence report {trainer.log_dir}` shows it)."]
+    assert "nonfinite" in said[0]
+
+
 def test_fast_dev_run_takes_no_action_where_a_real_run_would(tmp_path):
     def make_model():
         return DigitsMLP(nan_at_step=1)
