@@ -123,7 +123,7 @@ class InputSanityChecker(ConvergenceCallback):
         self._targets: set[str] = set()
         self._batches_seen = 0
         self._last_evaluated = -1
-        self._step_nonfinite: Tensor | None = None  # NaN/Inf count of this step's batches (acting)
+        self._step_nonfinite: Tensor | int | None = None  # NaN/Inf count of this step's batches (acting)
         self._unchecked: tuple[int, list[tuple[str, Tensor]]] | None = None  # a host-path batch, until its loss
         self._said: set[str] = set()
         self._rule = InputHealthRule(self.thresholds, num_classes)
@@ -184,11 +184,13 @@ class InputSanityChecker(ConvergenceCallback):
         flag, self._step_nonfinite = self._step_nonfinite, None
         if flag is None or not self.is_acting(trainer):
             return
+        if isinstance(flag, int) and trainer.world_size == 1:
+            return  # counted on the host (no NaN/Inf), one process: nothing to agree on or skip
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if all(p.grad is None for p in params):
             return  # already skipped on every rank (GradientNormMonitor's agreed skip came first)
         # NaN inputs are rank-local: the skip is decided from the count summed over ranks.
-        self.skip_step(trainer, params, flag, trainer.global_step, "nonfinite_inputs")
+        self.skip_step(trainer, params, torch.as_tensor(flag), trainer.global_step, "nonfinite_inputs")
 
     @override
     def on_train_batch_end(

@@ -157,15 +157,16 @@ class NonfiniteCounter:
         self.window.declare(f"{name}/first_nonfinite", (), "min")
 
     @torch.no_grad()
-    def update(self, x: Tensor, step: int) -> Tensor:
-        """Count this batch's NaN/Inf (one reduction, no host read); returns the count (0-d).
+    def update(self, x: Tensor, step: int) -> Tensor | int:
+        """Count this batch's NaN/Inf (one reduction, no host read); returns the count (0-d), or
+        the int 0 on the host path for a batch without any.
 
         On the host path (a CPU batch) a finite sum proves there is none (a NaN or Inf anywhere
         makes the sum non-finite): one reduction without a temporary, and nothing to merge; only
         a non-finite sum (NaN/Inf, or finite values whose sum overflows) is counted exactly.
         """
         if on_host_path(x) and math.isfinite(cpu_scalar(x.detach().sum())):
-            return torch.zeros((), dtype=torch.int64)
+            return 0
         count = x.numel() - torch.isfinite(x.detach()).sum()
         # float64, as the window: a step number stays exact
         first = torch.full((), math.inf, dtype=torch.float64, device=count.device).masked_fill(count > 0, step)
