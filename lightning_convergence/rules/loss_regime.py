@@ -233,8 +233,12 @@ class LossRegimeRule:
                        evidence={"nonfinite_steps": len(nonfinite), "window_steps": count}, step=nonfinite[0])
 
     def _rising_divergence(self, onset: int) -> Finding:
-        seen = (f"The smoothed training loss climbed from its best {self.best:.4g} (step {self.best_step}) to "
-                f"{self.ema:.4g}; it started at {self.initial:.4g}. The climb began at step {onset}.")
+        if self.best >= self.initial:  # it never improved: the best is where it started
+            seen = (f"The smoothed training loss climbed from where it started, {self.initial:.4g}, to "
+                    f"{self.ema:.4g}, from step {onset} on, without ever improving.")
+        else:
+            seen = (f"The smoothed training loss climbed from its best {self.best:.4g} (step {self.best_step}) to "
+                    f"{self.ema:.4g}; it started at {self.initial:.4g}. The climb began at step {onset}.")
         evidence = {"loss_ema": self.ema, "best": self.best, "best_step": self.best_step, "initial": self.initial}
         return Finding("divergence", "critical", seen, evidence=evidence, step=onset)
 

@@ -45,8 +45,19 @@ def test_climbing_loss_is_divergence_with_its_onset():
     for start in range(0, 200, 20):
         findings = rule.evaluate(list(range(start, start + 20)), losses[start:start + 20])
         if findings:
-            assert 120 <= findings[0].step <= 160 and "climbed" in findings[0].message
+            assert 120 <= findings[0].step <= 160 and "climbed from its best" in findings[0].message
             break
+
+
+def test_a_loss_that_climbs_from_its_start_is_said_to_have_never_improved():
+    # Its best is where it started: the message says so once, not as a best and a start.
+    rule, found = LossRegimeRule(), []
+    losses = [2.0 * 1.08 ** i for i in range(100)]
+    for start in range(0, 100, 20):
+        found += rule.evaluate(list(range(start, start + 20)), losses[start:start + 20])
+    finding = next(f for f in found if f.kind == "divergence")  # (each window says it again)
+    assert "climbed from where it started" in finding.message and "without ever improving" in finding.message
+    assert "its best" not in finding.message
 
 
 def test_mostly_nan_window_is_divergence_but_one_nan_batch_is_not():
