@@ -14,9 +14,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_convergence import tags
 from lightning_convergence.callbacks import _phase_profiler
 from lightning_convergence.callbacks._device_clock import DeviceClock
+from lightning_convergence.callbacks._speed_metrics import run_metrics, window_metrics
 from lightning_convergence.callbacks._speed_reads import batch_size, loader_settings, run_settings
 from lightning_convergence.callbacks.base import ConvergenceCallback
 from lightning_convergence.recorder.tensorboard import log_scalars
@@ -345,19 +345,9 @@ class TrainingSpeedMonitor(ConvergenceCallback):
         return {p: s - self._window_from.get(p, 0.0) for p, s in self._timeline.totals.items()}
 
     def _log_window(self, trainer: Trainer, window: StepWindow, step: int) -> None:
-        summary = window.summary()
-        phases = self._window_phases()
-        total = sum(phases.values())
-        metrics = {tags.speed_share(p): s / total for p, s in phases.items() if total > 0}
-        metrics.update({tags.SPEED_STEP_MS: summary.get("step_ms"),
-                        tags.SPEED_SAMPLES_PER_S: summary.get("samples_per_s"),
-                        tags.DATA_WAIT_FRACTION: summary.get("fetch_share"),
-                        tags.DATA_WAIT_MS: summary.get("fetch_ms")})
-        if self.sequence_length and summary.get("samples_per_s") is not None:
-            metrics[tags.SPEED_TOKENS_PER_S] = summary["samples_per_s"] * self.sequence_length
-        if trainer.strategy.root_device.type == "cpu":
-            metrics[tags.SPEED_CPU_SHARE] = summary.get("cpu_share")
-        log_scalars(trainer, {k: v for k, v in metrics.items() if v is not None}, step)
+        on_cpu = trainer.strategy.root_device.type == "cpu"
+        log_scalars(trainer, window_metrics(window.summary(), self._window_phases(), self.sequence_length, on_cpu),
+                    step)
 
     @override
     def _flush(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -365,11 +355,7 @@ class TrainingSpeedMonitor(ConvergenceCallback):
             self._timeline.stop()
         last_step = self._clock.batch_step(trainer.global_step)
         self._close_window(trainer, last_step, at_end=True)
-        run = self.run_times()
-        if run.wall_s > 0:  # where the whole run's time went, next to the windows' shares
-            metrics = {tags.speed_run_share(p): share for p, share in run.shares().items()}
-            metrics[tags.SPEED_RUN_SAMPLES_PER_S] = run.samples / run.wall_s if run.samples else None
-            log_scalars(trainer, {k: v for k, v in metrics.items() if v is not None}, max(0, last_step))
+        log_scalars(trainer, run_metrics(self.run_times()), max(0, last_step))  # next to the windows' shares
 
     def run_times(self) -> RunTimes:
         """The whole run so far: seconds per phase, epoch starts, counts."""
